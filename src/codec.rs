@@ -1,0 +1,96 @@
+//! Turning items into record frames and back.
+//!
+//! Items are encoded with bincode 2 through serde, using its standard
+//! configuration (little-endian, variable-length integers). Encoding is done
+//! by the sending thread into a buffer of its own, outside every lock, so
+//! senders that spill never wait on each other's serialization.
+
+use std::cell::RefCell;
+use std::io;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::segment::format::{seal_frame, FRAME_HEADER_LEN};
+
+/// A thread's encode buffer is shrunk back to this many bytes after an
+/// unusually large item, so one big item does not pin memory forever.
+const RETAINED_ENCODE_BUFFER_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// Reused by every spill on this thread: no allocation per item.
+    static ENCODE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes `item` as a complete record frame and hands the frame's bytes to
+/// `use_frame`. The bytes live in a per-thread buffer that is reused.
+///
+/// # Errors
+///
+/// `InvalidData` when serde refuses the item, `InvalidInput` when the
+/// encoding is larger than a frame can describe.
+pub(crate) fn with_frame<T: Serialize, R>(
+    item: &T,
+    use_frame: impl FnOnce(&[u8]) -> R,
+) -> io::Result<R> {
+    ENCODE_BUFFER.with(|cell| {
+        // A re-entrant call (an item whose Serialize sends on a channel)
+        // gets a fresh buffer instead of a borrow panic.
+        let mut fresh = Vec::new();
+        let mut borrowed = cell.try_borrow_mut().ok();
+        let buffer = borrowed.as_deref_mut().unwrap_or(&mut fresh);
+        buffer.clear();
+        buffer.resize(FRAME_HEADER_LEN, 0);
+        let result = encode_into(item, buffer).map(|()| use_frame(buffer));
+        if buffer.capacity() > RETAINED_ENCODE_BUFFER_BYTES {
+            *buffer = Vec::new();
+        }
+        result
+    })
+}
+
+fn encode_into<T: Serialize>(item: &T, buffer: &mut Vec<u8>) -> io::Result<()> {
+    bincode::serde::encode_into_std_write(item, buffer, config())
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("cannot encode item: {err}")))?;
+    seal_frame(buffer).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "item encodes to more than 4 GiB")
+    })
+}
+
+/// Decodes one record payload. The whole payload must be consumed: trailing
+/// bytes mean the record is not what it claims to be.
+pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    match bincode::serde::decode_from_slice::<T, _>(payload, config()) {
+        Ok((item, used)) if used == payload.len() => Ok(item),
+        Ok((_, used)) => Err(format!("{} trailing bytes after the item", payload.len() - used)),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::format::{read_frame, Frame};
+
+    #[test]
+    fn frames_round_trip_through_the_reader() {
+        let item = (7u32, String::from("seven"), vec![1u8, 2, 3]);
+        let frame = with_frame(&item, |frame| frame.to_vec()).unwrap();
+        let Frame::Record { payload, next } = read_frame(&frame, 0, frame.len()) else {
+            panic!("frame not readable");
+        };
+        assert_eq!(next, frame.len());
+        assert_eq!(decode::<(u32, String, Vec<u8>)>(payload).unwrap(), item);
+    }
+
+    #[test]
+    fn decoding_garbage_is_an_error_not_a_panic() {
+        assert!(decode::<String>(&[0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode::<u8>(&[1, 2]).is_err(), "trailing bytes must be refused");
+        assert!(decode::<Vec<u64>>(&[0xfc, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+}

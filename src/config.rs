@@ -1,0 +1,317 @@
+//! Opening a channel: [`Builder`], its settings, their defaults, and the
+//! hopper-compatible [`channel`] and [`channel_with_explicit_capacity`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::channel::{Receiver, Sender};
+use crate::err::OpenError;
+use crate::segment::format::{FRAME_HEADER_LEN, HEADER_LEN};
+
+/// Default bound on the in-memory queue, in items.
+pub const DEFAULT_MEMORY_CAPACITY: usize = 4096;
+
+/// Default size at which the active segment is sealed and a new one
+/// started, in bytes (8 MiB).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 8 << 20;
+
+/// Default bound on all segment bytes of one channel (1 GiB).
+pub const DEFAULT_MAX_DISK_BYTES: u64 = 1 << 30;
+
+/// Default bound on the number of segment files, the active one included:
+/// none beyond what [`DEFAULT_MAX_DISK_BYTES`] implies.
+pub const DEFAULT_MAX_SEGMENTS: usize = usize::MAX;
+
+/// What a send does when memory and disk are both at their limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum WhenFull {
+    /// `send` waits for space, `try_send` returns
+    /// [`TrySendError::Full`](crate::TrySendError::Full), `send_timeout`
+    /// waits until its deadline. Nothing is ever dropped. The default.
+    #[default]
+    Block,
+    /// The new item is dropped and counted in [`Stats::dropped`](crate::Stats::dropped);
+    /// the send still returns `Ok`.
+    DropNewest,
+    /// The oldest sealed segment that the receiver has not started reading
+    /// is deleted and its items counted in [`Stats::dropped`](crate::Stats::dropped);
+    /// the new item is then written. When there is no such segment (the
+    /// backlog is a single segment, or the receiver is reading the only
+    /// sealed one), the new item is dropped instead.
+    DropOldest,
+}
+
+/// What the disk tier promises across restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// Disk is scratch space for overflow, as in hopper: opening a channel
+    /// discards the segments a previous run left. The default.
+    #[default]
+    Overflow,
+    /// Unread items survive a clean restart. Not supported by this version:
+    /// [`Builder::open`] refuses it with [`OpenError::Unsupported`].
+    Persistent,
+    /// Every item is written to disk before `send` returns. Not supported
+    /// by this version: [`Builder::open`] refuses it with
+    /// [`OpenError::Unsupported`].
+    WriteAhead,
+}
+
+/// When segment bytes are pushed to stable storage (`fsync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SyncPolicy {
+    /// Never: the OS writes pages back when it likes. [`Sender::flush`]
+    /// hands buffered bytes to the OS only. The default.
+    #[default]
+    Never,
+    /// In the background at this interval. Not supported by this version:
+    /// [`Builder::open`] refuses it with [`OpenError::Unsupported`].
+    Interval(Duration),
+    /// After every record written to disk, and in [`Sender::flush`].
+    Always,
+}
+
+/// The settings a channel runs with, checked by [`Builder::open`].
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Bound on items in memory.
+    pub(crate) memory_capacity: usize,
+    /// Segment size limit in bytes.
+    pub(crate) segment_bytes: u64,
+    /// Bound on all segment bytes.
+    pub(crate) max_disk_bytes: u64,
+    /// Bound on segment files, the active one included.
+    pub(crate) max_segments: usize,
+    /// Policy at the limits.
+    pub(crate) when_full: WhenFull,
+    /// Durability mode.
+    pub(crate) durability: Durability,
+    /// Sync policy.
+    pub(crate) sync: SyncPolicy,
+}
+
+/// Opens a channel with every setting spelled out.
+///
+/// Settings left alone keep the defaults named by the `DEFAULT_*`
+/// constants. Each method takes and returns the builder.
+///
+/// ```
+/// use sump::{Builder, WhenFull};
+///
+/// let dir = tempfile::tempdir()?;
+/// let (tx, rx) = Builder::new("events", dir.path())
+///     .memory_capacity(1_000)
+///     .segment_bytes(1 << 20)
+///     .max_disk_bytes(64 << 20)
+///     .when_full(WhenFull::DropOldest)
+///     .open::<String>()?;
+/// tx.send("hello".to_string())?;
+/// assert_eq!(rx.recv()?, "hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a Builder does nothing until `open` is called"]
+pub struct Builder {
+    /// The channel's name: its files live in `dir/name/`.
+    name: String,
+    /// The directory holding the channel's directory.
+    dir: PathBuf,
+    /// Everything else.
+    settings: Settings,
+}
+
+impl Builder {
+    /// Starts a builder for the channel `name` in `dir`, with every setting
+    /// at its default. The name is checked by [`open`](Self::open).
+    pub fn new(name: impl Into<String>, dir: impl AsRef<Path>) -> Builder {
+        Builder {
+            name: name.into(),
+            dir: dir.as_ref().to_path_buf(),
+            settings: Settings {
+                memory_capacity: DEFAULT_MEMORY_CAPACITY,
+                segment_bytes: DEFAULT_SEGMENT_BYTES,
+                max_disk_bytes: DEFAULT_MAX_DISK_BYTES,
+                max_segments: DEFAULT_MAX_SEGMENTS,
+                when_full: WhenFull::default(),
+                durability: Durability::default(),
+                sync: SyncPolicy::default(),
+            },
+        }
+    }
+
+    /// Bounds the in-memory queue to `items` items (default
+    /// [`DEFAULT_MEMORY_CAPACITY`]). Zero is allowed: every item then goes
+    /// through disk.
+    pub fn memory_capacity(mut self, items: usize) -> Builder {
+        self.settings.memory_capacity = items;
+        self
+    }
+
+    /// Seals the active segment and starts a new one before it would grow
+    /// past `bytes` (default [`DEFAULT_SEGMENT_BYTES`]). It also bounds the
+    /// largest item that can go to disk, and the memory map the receiver
+    /// holds while it reads a segment.
+    pub fn segment_bytes(mut self, bytes: u64) -> Builder {
+        self.settings.segment_bytes = bytes;
+        self
+    }
+
+    /// Bounds the bytes of all segment files of this channel (default
+    /// [`DEFAULT_MAX_DISK_BYTES`]). At the bound, [`WhenFull`] decides.
+    pub fn max_disk_bytes(mut self, bytes: u64) -> Builder {
+        self.settings.max_disk_bytes = bytes;
+        self
+    }
+
+    /// Bounds the number of segment files, the active one included (default
+    /// [`DEFAULT_MAX_SEGMENTS`]). At the bound, [`WhenFull`] decides.
+    pub fn max_segments(mut self, segments: usize) -> Builder {
+        self.settings.max_segments = segments;
+        self
+    }
+
+    /// What a send does when memory and disk are at their limits (default
+    /// [`WhenFull::Block`]).
+    pub fn when_full(mut self, policy: WhenFull) -> Builder {
+        self.settings.when_full = policy;
+        self
+    }
+
+    /// What the disk tier promises across restarts (default
+    /// [`Durability::Overflow`]).
+    pub fn durability(mut self, durability: Durability) -> Builder {
+        self.settings.durability = durability;
+        self
+    }
+
+    /// When segment bytes are pushed to stable storage (default
+    /// [`SyncPolicy::Never`]).
+    pub fn sync(mut self, policy: SyncPolicy) -> Builder {
+        self.settings.sync = policy;
+        self
+    }
+
+    /// Opens the channel: creates `dir/name/` if missing, takes its lock,
+    /// and (in [`Durability::Overflow`]) discards segments a previous run
+    /// left there. Files the crate did not create are left alone.
+    ///
+    /// # Errors
+    ///
+    /// - [`OpenError::InvalidName`] for an empty name, one with `/`, `\` or
+    ///   NUL, or `.` and `..`;
+    /// - [`OpenError::InvalidConfig`] when a segment cannot hold one empty
+    ///   record, or `max_disk_bytes` cannot hold one segment header and
+    ///   record, or `max_segments` is zero;
+    /// - [`OpenError::Unsupported`] for settings this version does not
+    ///   implement yet;
+    /// - [`OpenError::Locked`] while the channel is open elsewhere;
+    /// - [`OpenError::Io`] when the directory or its files cannot be used.
+    pub fn open<T>(self) -> Result<(Sender<T>, Receiver<T>), OpenError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.check()?;
+        crate::core::open(&self.dir, &self.name, self.settings)
+    }
+
+    fn check(&self) -> Result<(), OpenError> {
+        let settings = &self.settings;
+        let smallest = (HEADER_LEN + FRAME_HEADER_LEN) as u64;
+        let invalid = |reason: String| Err(OpenError::InvalidConfig { reason });
+        if settings.segment_bytes < smallest {
+            return invalid(format!(
+                "segment_bytes is {}, but a segment needs at least {smallest} bytes to hold one record",
+                settings.segment_bytes
+            ));
+        }
+        if settings.max_disk_bytes < smallest {
+            return invalid(format!(
+                "max_disk_bytes is {}, but at least {smallest} bytes are needed to hold one record",
+                settings.max_disk_bytes
+            ));
+        }
+        if settings.max_segments == 0 {
+            return invalid("max_segments is 0, but the active segment needs one".to_string());
+        }
+        match (settings.durability, settings.sync) {
+            (Durability::Persistent, _) => Err(OpenError::Unsupported { setting: "Durability::Persistent" }),
+            (Durability::WriteAhead, _) => Err(OpenError::Unsupported { setting: "Durability::WriteAhead" }),
+            (_, SyncPolicy::Interval(_)) => Err(OpenError::Unsupported { setting: "SyncPolicy::Interval" }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Opens the channel `name` in `dir` with default settings.
+///
+/// The hopper-compatible entry point: the same as
+/// `Builder::new(name, dir).open()`.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let (tx, rx) = sump::channel::<u64>("numbers", dir.path())?;
+/// tx.send(7)?;
+/// drop(tx);
+/// assert_eq!(rx.iter().collect::<Vec<_>>(), vec![7]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// As [`Builder::open`].
+pub fn channel<T>(name: &str, dir: impl AsRef<Path>) -> Result<(Sender<T>, Receiver<T>), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    Builder::new(name, dir).open()
+}
+
+/// Opens the channel `name` in `dir` with hopper's three limits.
+///
+/// - `max_memory_bytes` becomes the in-memory bound in items:
+///   `max_memory_bytes / size_of::<T>()`, at least one. Only the inline
+///   size of `T` counts; heap data an item owns (a `String`'s bytes) does
+///   not.
+/// - `max_segment_bytes` is [`Builder::segment_bytes`].
+/// - `max_segments` is [`Builder::max_segments`], and the disk bound is
+///   `max_segment_bytes * max_segments`.
+///
+/// Unlike hopper, an item is never lost at the disk limit: the send blocks
+/// ([`WhenFull::Block`]) until the receiver frees space.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let (tx, rx) = sump::channel_with_explicit_capacity::<u64>("n", dir.path(), 64, 1 << 16, 4)?;
+/// for i in 0..100 {
+///     tx.send(i)?; // 8 items fit in 64 bytes of memory; the rest spill
+/// }
+/// assert!(tx.stats().spilled > 0);
+/// assert_eq!(rx.try_iter().count(), 100);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// As [`Builder::open`].
+pub fn channel_with_explicit_capacity<T>(
+    name: &str,
+    dir: impl AsRef<Path>,
+    max_memory_bytes: usize,
+    max_segment_bytes: usize,
+    max_segments: usize,
+) -> Result<(Sender<T>, Receiver<T>), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let items = (max_memory_bytes / std::mem::size_of::<T>().max(1)).max(1);
+    let segment_bytes = max_segment_bytes as u64;
+    Builder::new(name, dir)
+        .memory_capacity(items)
+        .segment_bytes(segment_bytes)
+        .max_segments(max_segments)
+        .max_disk_bytes(segment_bytes.saturating_mul(max_segments as u64))
+        .open()
+}

@@ -1,0 +1,520 @@
+//! The channel core shared by every [`Sender`] and the [`Receiver`]: the
+//! memory tier, the handoff to the disk tier, blocking and disconnection.
+//!
+//! # Ordering
+//!
+//! Everything a send decides, it decides under the one channel lock
+//! (`Shared::state`), and the decision is the send's place in the channel's
+//! total order. An item goes to memory only while nothing is on disk;
+//! once anything is on disk, every later item follows it there until the
+//! receiver has consumed the whole disk backlog. So memory holds only items
+//! older than everything on disk, and the receiver takes, in this order:
+//!
+//! 1. its local batch (items it swapped out of memory in one go),
+//! 2. the record under its segment cursor (the oldest on disk),
+//! 3. memory, by swapping the whole queue into its local batch,
+//! 4. the disk, by moving its cursor to the oldest unread record.
+//!
+//! A local batch taken while the disk held items is older than all of
+//! them; a cursor positioned while memory was empty is older than anything
+//! memory receives later. Both facts make that order FIFO.
+//!
+//! # Costs
+//!
+//! The memory path never encodes. A send that spills encodes its item in a
+//! per-thread buffer before it takes the lock (when the channel is known
+//! to be spilling) and only copies bytes into the write buffer under it.
+//! The receiver takes the lock once per memory batch, not per item, and
+//! reports what it took through an atomic counter that senders fold into
+//! `in_memory` only when memory looks full.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::channel::{Receiver, Sender};
+use crate::codec;
+use crate::config::{Settings, SyncPolicy, WhenFull};
+use crate::disk::{DiskQueue, Fit};
+use crate::err::OpenError;
+use crate::segment::{Peek, SegmentCursor};
+use crate::stats::Stats;
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, Mutex, MutexGuard, Ordering};
+
+/// How long an operation may wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// Not at all.
+    Never,
+    /// Until this instant.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
+}
+
+impl Wait {
+    /// A wait of `timeout` from now; a timeout too large to represent
+    /// waits forever.
+    pub(crate) fn timeout(timeout: std::time::Duration) -> Wait {
+        Instant::now().checked_add(timeout).map_or(Wait::Forever, Wait::Until)
+    }
+}
+
+/// Why a send did not take the item.
+pub(crate) enum SendFailure<T> {
+    /// Memory and disk full, and the send could not wait.
+    Full(T),
+    /// Memory and disk stayed full until the deadline.
+    Timeout(T),
+    /// The receiver is gone.
+    Disconnected(T),
+    /// Encoding or writing the item failed.
+    Io(T, io::Error),
+}
+
+/// Why a receive returned no item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvFailure {
+    /// Nothing arrived in time.
+    Empty,
+    /// No senders and nothing left.
+    Disconnected,
+}
+
+/// What the spill path decided, under the lock.
+enum Spill {
+    /// The frame is on disk.
+    Written,
+    /// The item was dropped by policy.
+    Dropped,
+    /// The disk backlog drained meanwhile and memory has room: the item
+    /// goes to memory after all.
+    Memory,
+    /// As the `SendFailure` variants.
+    Full,
+    Timeout,
+    Disconnected,
+    Io(io::Error),
+}
+
+/// What the receiver got from its segment cursor.
+enum Taken<T> {
+    /// The next item.
+    Item(T),
+    /// A damaged record or segment was skipped; look again.
+    Skipped,
+    /// Nothing readable under the cursor.
+    Nothing,
+}
+
+/// How long a receiver waits before retrying a disk backlog it could not
+/// read (its bytes could not be flushed, or a segment could not be opened).
+const STUCK_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// State guarded by the channel lock.
+struct State<T> {
+    /// The memory tier: items not yet taken by the receiver.
+    memory: VecDeque<T>,
+    /// Items counted against the memory bound: `memory` plus the
+    /// receiver's local batch as of the last fold of `Shared::taken`.
+    in_memory: usize,
+    /// The disk tier.
+    disk: DiskQueue,
+    /// Live `Sender` handles.
+    senders: usize,
+    /// Whether the `Receiver` is alive.
+    receiver_alive: bool,
+    /// Whether the receiver waits on `Shared::ready`.
+    receiver_waiting: bool,
+    /// Senders waiting on `Shared::space`.
+    senders_waiting: usize,
+    /// Items accepted since open.
+    sent: u64,
+    /// Items written to disk since open.
+    spilled: u64,
+    /// Items dropped by policy since open.
+    dropped: u64,
+}
+
+/// The part of a channel every handle shares.
+pub(crate) struct Shared<T> {
+    /// Everything that decides where an item goes.
+    state: Mutex<State<T>>,
+    /// The receiver waits here for items or for the last sender to leave.
+    ready: Condvar,
+    /// Senders wait here for disk space or for the receiver to leave.
+    space: Condvar,
+    /// A hint, written under the lock, that the disk holds items, so a
+    /// send should encode before taking the lock. Never trusted for order.
+    spilling: AtomicBool,
+    /// Items the receiver popped from its local batch and has not yet
+    /// subtracted from `State::in_memory`. Written by the receiver only;
+    /// folded in under the lock.
+    taken: CachePadded<AtomicUsize>,
+    /// Items handed to the receiver since open. Written by the receiver only.
+    received: CachePadded<AtomicU64>,
+    /// Bound on `State::in_memory`.
+    capacity: usize,
+    /// What a send does at the limits.
+    when_full: WhenFull,
+    /// Whether `flush` also syncs.
+    sync_on_flush: bool,
+}
+
+/// The receiver's own state, outside the lock.
+pub(crate) struct ReceiverSide<T> {
+    /// Items swapped out of memory in one batch, oldest first.
+    local: VecDeque<T>,
+    /// Read position on disk.
+    cursor: Option<SegmentCursor>,
+}
+
+/// Opens a channel: the directory, the disk tier, and the two handles.
+pub(crate) fn open<T>(dir: &Path, name: &str, settings: Settings) -> Result<(Sender<T>, Receiver<T>), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let disk = DiskQueue::open(dir, name, &settings)?;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            memory: VecDeque::new(),
+            in_memory: 0,
+            disk,
+            senders: 1,
+            receiver_alive: true,
+            receiver_waiting: false,
+            senders_waiting: 0,
+            sent: 0,
+            spilled: 0,
+            dropped: 0,
+        }),
+        ready: Condvar::new(),
+        space: Condvar::new(),
+        spilling: AtomicBool::new(false),
+        taken: CachePadded::default(),
+        received: CachePadded::default(),
+        capacity: settings.memory_capacity,
+        when_full: settings.when_full,
+        sync_on_flush: settings.sync != SyncPolicy::Never,
+    });
+    let side = ReceiverSide { local: VecDeque::new(), cursor: None };
+    Ok((Sender::from_shared(Arc::clone(&shared)), Receiver::from_shared(shared, side)))
+}
+
+impl<T: Serialize + DeserializeOwned> Shared<T> {
+    /// Sends `item`, waiting for space as `wait` allows.
+    pub(crate) fn send(&self, item: T, wait: Wait) -> Result<(), SendFailure<T>> {
+        if !self.spilling.load(Ordering::Relaxed) {
+            let mut state = self.state.lock();
+            if !state.receiver_alive {
+                return Err(SendFailure::Disconnected(item));
+            }
+            if self.memory_has_room(&mut state) {
+                self.push_memory(&mut state, item);
+                return Ok(());
+            }
+        }
+        let decided = codec::with_frame(&item, |frame| self.spill(frame, wait));
+        let (outcome, mut state) = match decided {
+            Ok(decided) => decided,
+            Err(err) => return Err(SendFailure::Io(item, err)),
+        };
+        match outcome {
+            Spill::Written | Spill::Dropped => Ok(()),
+            Spill::Memory => {
+                self.push_memory(&mut state, item);
+                Ok(())
+            }
+            Spill::Full => Err(SendFailure::Full(item)),
+            Spill::Timeout => Err(SendFailure::Timeout(item)),
+            Spill::Disconnected => Err(SendFailure::Disconnected(item)),
+            Spill::Io(err) => Err(SendFailure::Io(item, err)),
+        }
+    }
+
+    /// Whether the next item may go to memory: nothing is on disk (FIFO)
+    /// and the memory bound has room.
+    fn memory_has_room(&self, state: &mut State<T>) -> bool {
+        if state.disk.items() > 0 {
+            return false;
+        }
+        if state.in_memory < self.capacity {
+            return true;
+        }
+        self.fold_taken(state);
+        state.in_memory < self.capacity
+    }
+
+    /// Subtracts what the receiver took from its batch since the last fold.
+    fn fold_taken(&self, state: &mut State<T>) {
+        state.in_memory -= self.taken.swap(0, Ordering::Acquire);
+    }
+
+    fn push_memory(&self, state: &mut State<T>, item: T) {
+        state.memory.push_back(item);
+        state.in_memory += 1;
+        state.sent += 1;
+        self.wake_receiver(state);
+    }
+
+    fn wake_receiver(&self, state: &mut State<T>) {
+        if state.receiver_waiting {
+            state.receiver_waiting = false;
+            self.ready.notify_one();
+        }
+    }
+
+    fn wake_senders(&self, state: &State<T>) {
+        if state.senders_waiting > 0 {
+            self.space.notify_all();
+        }
+    }
+
+    /// The spill path: decides, under the lock, what happens to an item
+    /// whose encoded frame is `frame`, and returns the lock still held.
+    fn spill(&self, frame: &[u8], wait: Wait) -> (Spill, MutexGuard<'_, State<T>>) {
+        let mut state = self.state.lock();
+        loop {
+            if !state.receiver_alive {
+                return (Spill::Disconnected, state);
+            }
+            if self.memory_has_room(&mut state) {
+                return (Spill::Memory, state);
+            }
+            match state.disk.fit(frame.len()) {
+                Fit::Fits => {
+                    let outcome = match state.disk.append(frame) {
+                        Ok(()) => {
+                            if state.spilled == 0 || !self.spilling.load(Ordering::Relaxed) {
+                                tracing::debug!(in_memory = state.in_memory, "spill to disk started");
+                            }
+                            state.sent += 1;
+                            state.spilled += 1;
+                            self.spilling.store(true, Ordering::Relaxed);
+                            self.wake_receiver(&mut state);
+                            Spill::Written
+                        }
+                        Err(err) => Spill::Io(err),
+                    };
+                    return (outcome, state);
+                }
+                Fit::TooLarge => {
+                    let err = state.disk.too_large(frame.len());
+                    return (Spill::Io(err), state);
+                }
+                Fit::Full => match self.when_full {
+                    WhenFull::DropNewest => {
+                        state.dropped += 1;
+                        return (Spill::Dropped, state);
+                    }
+                    WhenFull::DropOldest => match state.disk.drop_oldest() {
+                        Some(records) => state.dropped += records,
+                        None => {
+                            state.dropped += 1;
+                            return (Spill::Dropped, state);
+                        }
+                    },
+                    WhenFull::Block => {
+                        let deadline = match wait {
+                            Wait::Never => return (Spill::Full, state),
+                            Wait::Until(deadline) if Instant::now() >= deadline => return (Spill::Timeout, state),
+                            Wait::Until(deadline) => Some(deadline),
+                            Wait::Forever => None,
+                        };
+                        state.senders_waiting += 1;
+                        match deadline {
+                            Some(deadline) => {
+                                self.space.wait_until(&mut state, deadline);
+                            }
+                            None => self.space.wait(&mut state),
+                        }
+                        state.senders_waiting -= 1;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Receives one item, waiting as `wait` allows.
+    pub(crate) fn recv(&self, side: &mut ReceiverSide<T>, wait: Wait) -> Result<T, RecvFailure> {
+        loop {
+            if let Some(item) = side.local.pop_front() {
+                self.taken.fetch_add(1, Ordering::Release);
+                self.count_received();
+                return Ok(item);
+            }
+            match self.take_from_cursor(side) {
+                Taken::Item(item) => return Ok(item),
+                Taken::Skipped => continue,
+                Taken::Nothing => {}
+            }
+            let mut state = self.state.lock();
+            self.fold_taken(&mut state);
+            if !state.memory.is_empty() {
+                mem::swap(&mut side.local, &mut state.memory);
+                continue;
+            }
+            // Records on disk that cannot be reached right now (the writer
+            // cannot flush them to a full disk, say): retry shortly.
+            let mut stuck = false;
+            if state.disk.items() > 0 {
+                match state.disk.position(&mut side.cursor) {
+                    Ok(freed) => {
+                        if freed {
+                            self.after_disk_change(&mut state);
+                        }
+                        if side.cursor.as_ref().is_some_and(|c| !c.at_limit()) || state.disk.items() == 0 {
+                            continue;
+                        }
+                        stuck = true;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot read the disk backlog yet; retrying");
+                        stuck = true;
+                    }
+                }
+            }
+            if !stuck && state.senders == 0 {
+                return Err(RecvFailure::Disconnected);
+            }
+            let mut deadline = match wait {
+                Wait::Never => return Err(RecvFailure::Empty),
+                Wait::Until(deadline) if Instant::now() >= deadline => return Err(RecvFailure::Empty),
+                Wait::Until(deadline) => Some(deadline),
+                Wait::Forever => None,
+            };
+            if stuck {
+                let retry = Instant::now() + STUCK_RETRY;
+                deadline = Some(deadline.map_or(retry, |d| d.min(retry)));
+            }
+            state.receiver_waiting = true;
+            match deadline {
+                Some(deadline) => {
+                    self.ready.wait_until(&mut state, deadline);
+                }
+                None => self.ready.wait(&mut state),
+            }
+            state.receiver_waiting = false;
+        }
+    }
+
+    /// Reads, decodes and consumes the record under the cursor, if there
+    /// is one below its limit. Damaged records are consumed and counted,
+    /// never returned.
+    fn take_from_cursor(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
+        let Some(cursor) = side.cursor.as_mut() else {
+            return Taken::Nothing;
+        };
+        let decoded = match cursor.peek() {
+            Ok(Peek::Record(payload)) => codec::decode::<T>(payload),
+            Ok(Peek::Exhausted) => return Taken::Nothing,
+            Ok(Peek::Corrupt(reason)) => {
+                let mut state = self.state.lock();
+                state.disk.abandon(&mut side.cursor, &reason);
+                self.after_disk_change(&mut state);
+                return Taken::Skipped;
+            }
+            Err(err) => {
+                let mut state = self.state.lock();
+                state.disk.abandon(&mut side.cursor, &format!("cannot read segment: {err}"));
+                self.after_disk_change(&mut state);
+                return Taken::Skipped;
+            }
+        };
+        cursor.commit();
+        let mut state = self.state.lock();
+        if let (Err(reason), Some(cursor)) = (&decoded, side.cursor.as_mut()) {
+            state.disk.undecodable(cursor, reason);
+        }
+        if state.disk.consumed(&mut side.cursor) {
+            self.after_disk_change(&mut state);
+        }
+        drop(state);
+        match decoded {
+            Ok(item) => {
+                self.count_received();
+                Taken::Item(item)
+            }
+            Err(_) => Taken::Skipped,
+        }
+    }
+
+    /// After the disk backlog shrank by more than one record or emptied:
+    /// updates the spilling hint and wakes senders waiting for space.
+    fn after_disk_change(&self, state: &mut State<T>) {
+        if state.disk.items() == 0 && self.spilling.swap(false, Ordering::Relaxed) {
+            tracing::debug!("disk backlog drained; back to memory");
+        }
+        self.wake_senders(state);
+    }
+
+    fn count_received(&self) {
+        // Single writer: a plain load and store, no read-modify-write.
+        let received = self.received.load(Ordering::Relaxed);
+        self.received.store(received + 1, Ordering::Relaxed);
+    }
+
+    /// Writes buffered segment bytes to the OS, and syncs them unless the
+    /// policy is `Never`.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        self.state.lock().disk.flush(self.sync_on_flush)
+    }
+
+    /// A snapshot of the channel.
+    pub(crate) fn stats(&self) -> Stats {
+        let mut state = self.state.lock();
+        self.fold_taken(&mut state);
+        Stats {
+            in_memory: state.in_memory,
+            on_disk: state.disk.items(),
+            disk_bytes: state.disk.bytes(),
+            segments: state.disk.segments(),
+            sent: state.sent,
+            received: self.received.load(Ordering::Relaxed),
+            spilled: state.spilled,
+            dropped: state.dropped,
+            corrupt: state.disk.corrupt(),
+        }
+    }
+}
+
+impl<T> Shared<T> {
+    /// A new `Sender` handle exists.
+    pub(crate) fn add_sender(&self) {
+        self.state.lock().senders += 1;
+    }
+
+    /// A `Sender` handle is gone; the last one wakes the receiver so it can
+    /// drain what is left and see the disconnection.
+    pub(crate) fn remove_sender(&self) {
+        let mut state = self.state.lock();
+        state.senders -= 1;
+        if state.senders == 0 {
+            state.receiver_waiting = false;
+            self.ready.notify_all();
+        }
+    }
+
+    /// The receiver is gone: later sends fail, waiting senders wake, and
+    /// everything in the channel is dropped (memory) or deleted (disk).
+    pub(crate) fn remove_receiver(&self, side: &mut ReceiverSide<T>) {
+        let memory = {
+            let mut state = self.state.lock();
+            state.receiver_alive = false;
+            state.disk.release_all(&mut side.cursor);
+            self.spilling.store(false, Ordering::Relaxed);
+            state.in_memory = 0;
+            self.taken.store(0, Ordering::Relaxed);
+            self.space.notify_all();
+            mem::take(&mut state.memory)
+        };
+        // Items are dropped outside the lock: their `Drop` may use the channel.
+        drop(memory);
+        drop(mem::take(&mut side.local));
+    }
+}

@@ -1,0 +1,387 @@
+//! [`DiskQueue`]: the disk tier of one channel, kept under the channel's
+//! lock.
+//!
+//! It owns the active [`SegmentWriter`], the list of sealed segments
+//! (oldest first), and the counts the bounds are checked against. The
+//! receiver's [`SegmentCursor`] lives outside the lock; the queue only
+//! moves it from segment to segment and learns what it consumed.
+//!
+//! Invariants:
+//! - `items` is the number of records written and not yet consumed,
+//!   dropped or lost to damage; `bytes` the total length of the segment
+//!   files the queue still owns, active included;
+//! - every limit is checked by [`DiskQueue::fit`] before anything is
+//!   written, so a refused record changes nothing on disk;
+//! - the cursor reads the oldest segment first, and no segment is deleted
+//!   while the cursor has it open, except when everything in it has been
+//!   consumed;
+//! - when `items` reaches zero every segment is deleted, so an idle channel
+//!   holds no files but its lock.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+
+use crate::config::{Settings, SyncPolicy};
+use crate::dir::{ChannelDir, CORRUPT_SUFFIX};
+use crate::err::OpenError;
+use crate::segment::format::HEADER_LEN;
+use crate::segment::{segment_path, SegmentCursor, SegmentMeta, SegmentWriter};
+
+/// Whether a record of some size can be written now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fit {
+    /// It can.
+    Fits,
+    /// Not until the receiver frees space (or a policy drops something).
+    Full,
+    /// Never: it is larger than a segment or than the whole disk bound.
+    TooLarge,
+}
+
+/// The disk tier of one channel.
+#[derive(Debug)]
+pub(crate) struct DiskQueue {
+    /// The channel's directory and lock.
+    dir: ChannelDir,
+    /// Size at which the active segment is sealed, in bytes.
+    segment_bytes: u64,
+    /// Bound on `bytes`.
+    max_disk_bytes: u64,
+    /// Bound on segment files, the active one included.
+    max_segments: usize,
+    /// Whether every append is followed by an fsync.
+    sync_always: bool,
+    /// The segment being appended to, if any.
+    active: Option<SegmentWriter>,
+    /// Sealed segments still owned, oldest first.
+    sealed: VecDeque<SegmentMeta>,
+    /// The segment the receiver's cursor has open, if any.
+    reading: Option<u64>,
+    /// Records written and not yet consumed, dropped or lost.
+    items: u64,
+    /// Bytes of all owned segment files.
+    bytes: u64,
+    /// Records skipped as damaged since open.
+    corrupt: u64,
+    /// Id of the next segment to create.
+    next_id: u64,
+}
+
+impl DiskQueue {
+    /// Opens the channel directory and discards the segments a previous
+    /// run left there (overflow mode: disk is scratch space).
+    pub(crate) fn open(dir: &std::path::Path, name: &str, settings: &Settings) -> Result<DiskQueue, OpenError> {
+        let dir = ChannelDir::open(dir, name)?;
+        let (old_segments, highest) = dir.scan()?;
+        for id in old_segments {
+            let path = segment_path(dir.path(), id);
+            std::fs::remove_file(&path).map_err(|err| OpenError::io(&path, err))?;
+        }
+        Ok(DiskQueue {
+            dir,
+            segment_bytes: settings.segment_bytes,
+            max_disk_bytes: settings.max_disk_bytes,
+            max_segments: settings.max_segments,
+            sync_always: settings.sync == SyncPolicy::Always,
+            active: None,
+            sealed: VecDeque::new(),
+            reading: None,
+            items: 0,
+            bytes: 0,
+            corrupt: 0,
+            next_id: highest.map_or(0, |id| id.saturating_add(1)),
+        })
+    }
+
+    /// Records on disk not yet consumed.
+    pub(crate) fn items(&self) -> u64 {
+        self.items
+    }
+
+    /// Bytes of all segment files.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Segment files, the active one included.
+    pub(crate) fn segments(&self) -> usize {
+        self.sealed.len() + usize::from(self.active.is_some())
+    }
+
+    /// Records skipped as damaged since open.
+    pub(crate) fn corrupt(&self) -> u64 {
+        self.corrupt
+    }
+
+    fn path_of(&self, id: u64) -> PathBuf {
+        segment_path(self.dir.path(), id)
+    }
+
+    /// Whether a frame of `frame_len` bytes can be appended now.
+    pub(crate) fn fit(&self, frame_len: usize) -> Fit {
+        let frame = frame_len as u64;
+        let alone = HEADER_LEN as u64 + frame;
+        if alone > self.segment_bytes || alone > self.max_disk_bytes {
+            return Fit::TooLarge;
+        }
+        let (more_bytes, more_segments) = match &self.active {
+            Some(writer) if writer.len() + frame <= self.segment_bytes => (frame, 0),
+            _ => (alone, 1),
+        };
+        if self.bytes + more_bytes > self.max_disk_bytes || self.segments() + more_segments > self.max_segments {
+            Fit::Full
+        } else {
+            Fit::Fits
+        }
+    }
+
+    /// The error a send gets for a frame that [`fit`](Self::fit) called
+    /// [`Fit::TooLarge`].
+    pub(crate) fn too_large(&self, frame_len: usize) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "item encodes to a {frame_len}-byte record, which cannot fit in a segment of {} bytes \
+                 (with its {HEADER_LEN}-byte header) or in max_disk_bytes of {}",
+                self.segment_bytes, self.max_disk_bytes
+            ),
+        )
+    }
+
+    /// Appends one frame, starting a new segment first if the active one
+    /// would grow past `segment_bytes`. The caller has checked
+    /// [`fit`](Self::fit). On error nothing was appended.
+    pub(crate) fn append(&mut self, frame: &[u8]) -> io::Result<()> {
+        let rotate = match &self.active {
+            Some(writer) => writer.len() + frame.len() as u64 > self.segment_bytes,
+            None => true,
+        };
+        if rotate {
+            self.rotate()?;
+        }
+        let Some(writer) = self.active.as_mut() else {
+            return Err(io::Error::other("no active segment after rotation"));
+        };
+        writer.append(frame)?;
+        self.items += 1;
+        self.bytes += frame.len() as u64;
+        if self.sync_always {
+            if let Err(err) = writer.sync() {
+                // The record is appended and will be delivered; only its
+                // durability is in doubt, and overflow mode promises none.
+                tracing::warn!(error = %err, "fsync of the active segment failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new active segment, sealing the current one.
+    fn rotate(&mut self) -> io::Result<()> {
+        let id = self.next_id;
+        let new = SegmentWriter::create(self.dir.path(), id)?;
+        self.next_id += 1;
+        if let Some(old) = self.active.take() {
+            match old.seal() {
+                Ok(meta) => {
+                    tracing::debug!(segment = meta.id, bytes = meta.bytes, records = meta.records, "segment sealed");
+                    self.sealed.push_back(meta);
+                }
+                Err((old, err)) => {
+                    self.active = Some(old);
+                    remove_file_logged(&self.path_of(id));
+                    return Err(err);
+                }
+            }
+        }
+        tracing::debug!(segment = id, "segment started");
+        self.bytes += HEADER_LEN as u64;
+        self.active = Some(new);
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed segment the receiver has not opened and
+    /// returns how many records it held, or `None` if there is no such
+    /// segment.
+    pub(crate) fn drop_oldest(&mut self) -> Option<u64> {
+        let index = self.sealed.iter().position(|meta| Some(meta.id) != self.reading)?;
+        let meta = self.sealed.remove(index)?;
+        self.items -= meta.records;
+        self.bytes -= meta.bytes;
+        tracing::warn!(segment = meta.id, records = meta.records, "disk full: oldest segment dropped");
+        remove_file_logged(&self.path_of(meta.id));
+        Some(meta.records)
+    }
+
+    /// Writes buffered bytes to the OS, and to stable storage if `sync`.
+    pub(crate) fn flush(&mut self, sync: bool) -> io::Result<()> {
+        match self.active.as_mut() {
+            Some(writer) if sync => writer.sync(),
+            Some(writer) => writer.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// Points `cursor` at the oldest unconsumed record and brings its limit
+    /// up to date, flushing the writer if the cursor has caught up with it.
+    /// Finished sealed segments are deleted on the way. Returns whether any
+    /// segment was deleted, which frees space.
+    pub(crate) fn position(&mut self, cursor: &mut Option<SegmentCursor>) -> io::Result<bool> {
+        let mut freed = false;
+        loop {
+            let current = cursor.as_ref().map(SegmentCursor::id);
+            if let Some(front) = self.sealed.front().copied() {
+                match cursor.as_mut() {
+                    Some(open) if current == Some(front.id) => {
+                        open.set_limit(front.bytes, true);
+                        if !open.at_limit() {
+                            return Ok(freed);
+                        }
+                        let missing = front.records.saturating_sub(open.records_read());
+                        if missing > 0 {
+                            self.lose(missing, front.id, "segment ended before all its records were read");
+                        }
+                        let damaged = open.damaged() || missing > 0;
+                        *cursor = None;
+                        self.release_front(damaged);
+                        freed = true;
+                    }
+                    _ => {
+                        *cursor = Some(SegmentCursor::open_sealed(&self.path_of(front.id), front.id, front.bytes)?);
+                        self.reading = Some(front.id);
+                        return Ok(freed);
+                    }
+                }
+                continue;
+            }
+            let Some(writer) = self.active.as_mut() else {
+                *cursor = None;
+                self.reading = None;
+                return Ok(freed);
+            };
+            match cursor.as_mut() {
+                Some(open) if current == Some(writer.id()) => {
+                    writer.flush()?;
+                    open.set_limit(writer.flushed(), false);
+                }
+                _ => {
+                    writer.flush()?;
+                    *cursor = Some(SegmentCursor::open_active(writer.path(), writer.id(), writer.flushed())?);
+                    self.reading = Some(writer.id());
+                }
+            }
+            return Ok(freed);
+        }
+    }
+
+    /// Removes the front sealed segment, which the cursor has finished:
+    /// deleted if clean, set aside if damaged.
+    fn release_front(&mut self, damaged: bool) {
+        let Some(meta) = self.sealed.pop_front() else { return };
+        self.bytes -= meta.bytes;
+        if self.reading == Some(meta.id) {
+            self.reading = None;
+        }
+        let path = self.path_of(meta.id);
+        if damaged {
+            set_aside(&path);
+        } else {
+            tracing::debug!(segment = meta.id, "segment consumed and deleted");
+            remove_file_logged(&path);
+        }
+    }
+
+    /// Counts records that can never be delivered.
+    fn lose(&mut self, records: u64, segment: u64, reason: &str) {
+        self.items -= records.min(self.items);
+        self.corrupt += records;
+        tracing::error!(segment, records, reason, "records lost to a damaged segment");
+    }
+
+    /// Notes that the cursor consumed one record (delivered it, or skipped
+    /// it as undecodable). When that was the last record on disk, every
+    /// segment is released and the cursor closed. Returns whether the disk
+    /// is now empty.
+    pub(crate) fn consumed(&mut self, cursor: &mut Option<SegmentCursor>) -> bool {
+        self.items = self.items.saturating_sub(1);
+        if self.items > 0 {
+            return false;
+        }
+        self.release_all(cursor);
+        true
+    }
+
+    /// The record the cursor is at decoded to garbage: counts it, and marks
+    /// its segment to be set aside once read.
+    pub(crate) fn undecodable(&mut self, cursor: &mut SegmentCursor, reason: &str) {
+        self.corrupt += 1;
+        cursor.mark_damaged();
+        tracing::error!(segment = cursor.id(), reason, "record does not decode; skipped");
+    }
+
+    /// The cursor cannot read its segment past where it is: the records it
+    /// has not read are lost, the segment is set aside, and the cursor is
+    /// closed. Returns whether anything was freed.
+    pub(crate) fn abandon(&mut self, cursor: &mut Option<SegmentCursor>, reason: &str) {
+        let Some(open) = cursor.take() else { return };
+        self.reading = None;
+        if self.sealed.front().map(|meta| meta.id) == Some(open.id()) {
+            let total = self.sealed.front().map_or(0, |meta| meta.records);
+            self.lose(total.saturating_sub(open.records_read()), open.id(), reason);
+            self.release_front(true);
+        } else if let Some(writer) = self.active.take_if(|writer| writer.id() == open.id()) {
+            self.lose(writer.records().saturating_sub(open.records_read()), open.id(), reason);
+            self.bytes -= writer.len();
+            let path = writer.path().to_owned();
+            drop(writer);
+            set_aside(&path);
+        }
+        if self.items == 0 {
+            self.release_all(cursor);
+        }
+    }
+
+    /// Deletes every segment (setting aside the one the cursor marked
+    /// damaged) and closes the cursor.
+    pub(crate) fn release_all(&mut self, cursor: &mut Option<SegmentCursor>) {
+        let damaged = cursor.take().filter(|open| open.damaged()).map(|open| open.id());
+        self.reading = None;
+        let ids: Vec<u64> = self.sealed.drain(..).map(|meta| meta.id).chain(self.active.take().map(|w| w.id())).collect();
+        for id in ids {
+            let path = self.path_of(id);
+            if Some(id) == damaged {
+                set_aside(&path);
+            } else {
+                remove_file_logged(&path);
+            }
+        }
+        self.items = 0;
+        self.bytes = 0;
+    }
+}
+
+impl Drop for DiskQueue {
+    fn drop(&mut self) {
+        // Overflow mode: segments are scratch space, gone with the channel.
+        self.release_all(&mut None);
+    }
+}
+
+/// Deletes a file the crate created; a failure is logged, never raised.
+fn remove_file_logged(path: &std::path::Path) {
+    if let Err(err) = std::fs::remove_file(path) {
+        if err.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %err, "could not delete segment");
+        }
+    }
+}
+
+/// Renames a damaged segment to `*.seg.corrupt` so it can be inspected.
+fn set_aside(path: &std::path::Path) {
+    let mut target = path.as_os_str().to_owned();
+    target.push(CORRUPT_SUFFIX);
+    match std::fs::rename(path, &target) {
+        Ok(()) => tracing::warn!(path = %PathBuf::from(&target).display(), "damaged segment set aside"),
+        Err(err) => tracing::warn!(path = %path.display(), error = %err, "could not set damaged segment aside"),
+    }
+}

@@ -1,0 +1,361 @@
+//! Error types, one per operation, named as in `std::sync::mpsc` and
+//! `crossbeam-channel`.
+//!
+//! Every error that carries an item gives it back with `into_inner()`, and
+//! `Debug` never requires `T: Debug`: it prints `SendError(..)`. A send that
+//! fails because the disk refused to write says so and carries the
+//! [`io::Error`]; the item comes back either way.
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Why a send failed: the receiver is gone, or the disk refused the item.
+enum Cause {
+    Disconnected,
+    Io(io::Error),
+}
+
+/// An error returned by [`Sender::send`](crate::Sender::send): the item could
+/// not be sent and is handed back.
+///
+/// Either the receiver is gone ([`is_disconnected`](Self::is_disconnected)),
+/// or the item had to go to disk and the write failed
+/// ([`io_error`](Self::io_error)), in which case nothing of it was written.
+pub struct SendError<T> {
+    item: T,
+    cause: Cause,
+}
+
+impl<T> SendError<T> {
+    pub(crate) fn disconnected(item: T) -> SendError<T> {
+        SendError { item, cause: Cause::Disconnected }
+    }
+
+    pub(crate) fn io(item: T, err: io::Error) -> SendError<T> {
+        SendError { item, cause: Cause::Io(err) }
+    }
+
+    /// Gives back the item that could not be sent.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let (tx, rx) = sump::channel::<String>("jobs", dir.path())?;
+    /// drop(rx);
+    /// let err = tx.send("hello".to_string()).unwrap_err();
+    /// assert_eq!(err.into_inner(), "hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn into_inner(self) -> T {
+        self.item
+    }
+
+    /// Whether the send failed because the receiver is gone.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self.cause, Cause::Disconnected)
+    }
+
+    /// The I/O error, when the send failed because the disk refused it.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match &self.cause {
+            Cause::Io(err) => Some(err),
+            Cause::Disconnected => None,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.cause {
+            Cause::Disconnected => f.write_str("SendError(..)"),
+            Cause::Io(err) => write!(f, "SendError(.., {err:?})"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.cause {
+            Cause::Disconnected => f.write_str("sending on a disconnected channel"),
+            Cause::Io(err) => write!(f, "sending failed: could not write the item to disk: {err}"),
+        }
+    }
+}
+
+impl<T> Error for SendError<T> {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.io_error().map(|err| err as &(dyn Error + 'static))
+    }
+}
+
+/// An error returned by [`Sender::try_send`](crate::Sender::try_send).
+pub enum TrySendError<T> {
+    /// Memory and disk are both at their limits (and the channel is set to
+    /// [`WhenFull::Block`](crate::WhenFull::Block)).
+    Full(T),
+    /// The receiver is gone.
+    Disconnected(T),
+    /// The item had to go to disk and the write failed; nothing of it was
+    /// written.
+    Io(T, io::Error),
+}
+
+impl<T> TrySendError<T> {
+    /// Gives back the item that could not be sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            TrySendError::Full(item) | TrySendError::Disconnected(item) | TrySendError::Io(item, _) => item,
+        }
+    }
+
+    /// Whether the send failed because the channel was full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, TrySendError::Full(_))
+    }
+
+    /// Whether the send failed because the receiver is gone.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, TrySendError::Disconnected(_))
+    }
+}
+
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("Full(..)"),
+            TrySendError::Disconnected(_) => f.write_str("Disconnected(..)"),
+            TrySendError::Io(_, err) => write!(f, "Io(.., {err:?})"),
+        }
+    }
+}
+
+impl<T> fmt::Display for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("sending on a full channel"),
+            TrySendError::Disconnected(_) => f.write_str("sending on a disconnected channel"),
+            TrySendError::Io(_, err) => write!(f, "sending failed: could not write the item to disk: {err}"),
+        }
+    }
+}
+
+impl<T> Error for TrySendError<T> {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            TrySendError::Io(_, err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// An error returned by [`Sender::send_timeout`](crate::Sender::send_timeout).
+pub enum SendTimeoutError<T> {
+    /// Memory and disk stayed at their limits until the timeout.
+    Timeout(T),
+    /// The receiver is gone.
+    Disconnected(T),
+    /// The item had to go to disk and the write failed; nothing of it was
+    /// written.
+    Io(T, io::Error),
+}
+
+impl<T> SendTimeoutError<T> {
+    /// Gives back the item that could not be sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendTimeoutError::Timeout(item) | SendTimeoutError::Disconnected(item) | SendTimeoutError::Io(item, _) => {
+                item
+            }
+        }
+    }
+
+    /// Whether the send timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SendTimeoutError::Timeout(_))
+    }
+
+    /// Whether the send failed because the receiver is gone.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, SendTimeoutError::Disconnected(_))
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            SendTimeoutError::Disconnected(_) => f.write_str("Disconnected(..)"),
+            SendTimeoutError::Io(_, err) => write!(f, "Io(.., {err:?})"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("timed out waiting on a full channel"),
+            SendTimeoutError::Disconnected(_) => f.write_str("sending on a disconnected channel"),
+            SendTimeoutError::Io(_, err) => write!(f, "sending failed: could not write the item to disk: {err}"),
+        }
+    }
+}
+
+impl<T> Error for SendTimeoutError<T> {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            SendTimeoutError::Io(_, err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// An error returned by [`Receiver::recv`](crate::Receiver::recv): every
+/// sender is gone and every item has been received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvError;
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("receiving on an empty and disconnected channel")
+    }
+}
+
+impl Error for RecvError {}
+
+/// An error returned by [`Receiver::try_recv`](crate::Receiver::try_recv).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing to receive right now; senders remain.
+    Empty,
+    /// Every sender is gone and every item has been received.
+    Disconnected,
+}
+
+impl fmt::Display for TryRecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryRecvError::Empty => f.write_str("receiving on an empty channel"),
+            TryRecvError::Disconnected => f.write_str("receiving on an empty and disconnected channel"),
+        }
+    }
+}
+
+impl Error for TryRecvError {}
+
+/// An error returned by [`Receiver::recv_timeout`](crate::Receiver::recv_timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvTimeoutError {
+    /// Nothing arrived before the timeout; senders remain.
+    Timeout,
+    /// Every sender is gone and every item has been received.
+    Disconnected,
+}
+
+impl fmt::Display for RecvTimeoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvTimeoutError::Timeout => f.write_str("timed out waiting on an empty channel"),
+            RecvTimeoutError::Disconnected => f.write_str("receiving on an empty and disconnected channel"),
+        }
+    }
+}
+
+impl Error for RecvTimeoutError {}
+
+/// An error returned when a channel cannot be opened.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The channel name is empty, contains a path separator or NUL, or is
+    /// `.` or `..`.
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A setting is out of range, such as a segment too small for one record.
+    InvalidConfig {
+        /// What is wrong, with the values involved.
+        reason: String,
+    },
+    /// The setting is part of the API but this version does not implement
+    /// it yet.
+    Unsupported {
+        /// The setting, as it is written in code.
+        setting: &'static str,
+    },
+    /// Another open channel, in this process or another, holds the lock.
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The directory or a file in it could not be created or read.
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+impl OpenError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> OpenError {
+        OpenError::Io { path: path.into(), source }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::InvalidName { name, reason } => write!(f, "invalid channel name {name:?}: {reason}"),
+            OpenError::InvalidConfig { reason } => write!(f, "invalid channel settings: {reason}"),
+            OpenError::Unsupported { setting } => write!(f, "{setting} is not supported by this version of sump"),
+            OpenError::Locked { path } => write!(
+                f,
+                "channel is already open (lock held on {}): close the other handle or process first",
+                path.display()
+            ),
+            OpenError::Io { path, source } => write!(f, "cannot open channel at {}: {source}", path.display()),
+        }
+    }
+}
+
+impl Error for OpenError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            OpenError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// An error returned by [`Receiver::close`](crate::Receiver::close): some
+/// items could not be written to disk and are still in memory.
+#[derive(Debug)]
+pub struct CloseError {
+    /// Items that could not be persisted.
+    pub(crate) unpersisted: usize,
+    /// Why.
+    pub(crate) source: io::Error,
+}
+
+impl CloseError {
+    /// How many items could not be persisted.
+    pub fn unpersisted(&self) -> usize {
+        self.unpersisted
+    }
+}
+
+impl fmt::Display for CloseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "closing the channel left {} items unpersisted: {}", self.unpersisted, self.source)
+    }
+}
+
+impl Error for CloseError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.source)
+    }
+}

@@ -1,0 +1,128 @@
+//! A multi-producer, single-consumer channel that spills to disk.
+//!
+//! `sump` has the shape of [`std::sync::mpsc`] and `crossbeam-channel`, but
+//! its memory use stays bounded however far the receiver falls behind.
+//! Items travel through a bounded in-memory queue; when it is full, further
+//! items are encoded and appended to segment files in a directory, and read
+//! back in order. A fully read segment is deleted, and once the disk
+//! backlog is drained the channel goes back to memory only.
+//!
+//! # Hello, channel
+//!
+//! ```
+//! let dir = tempfile::tempdir()?;
+//! let (tx, rx) = sump::channel::<String>("greetings", dir.path())?;
+//!
+//! let producer = std::thread::spawn(move || {
+//!     for i in 0..3 {
+//!         tx.send(format!("hello #{i}")).unwrap();
+//!     }
+//! });
+//!
+//! producer.join().unwrap();
+//! assert_eq!(rx.iter().collect::<Vec<_>>(), ["hello #0", "hello #1", "hello #2"]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Items must implement serde's `Serialize` and `DeserializeOwned`: the
+//! items that spill are encoded with bincode. Items that stay in memory are
+//! never encoded.
+//!
+//! # Spilling
+//!
+//! ```
+//! let dir = tempfile::tempdir()?;
+//! let (tx, rx) = sump::Builder::new("spill", dir.path())
+//!     .memory_capacity(100)
+//!     .open::<u64>()?;
+//!
+//! for i in 0..10_000 {
+//!     tx.send(i)?; // never blocks: 100 in memory, the rest on disk
+//! }
+//! let stats = tx.stats();
+//! assert_eq!(stats.in_memory, 100);
+//! assert_eq!(stats.on_disk, 9_900);
+//!
+//! drop(tx);
+//! assert!(rx.iter().eq(0..10_000)); // in order, then disconnected
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Order
+//!
+//! The receiver sees one total order that keeps each sender's order. An
+//! item never overtakes an item that went to disk before it: once anything
+//! is on disk, later items follow it there until the receiver has caught
+//! up.
+//!
+//! # Disconnection
+//!
+//! As in `std`: when every [`Sender`] is gone, the receiver gets every
+//! remaining item, from memory and disk, then [`RecvError`]. When the
+//! [`Receiver`] is gone, sends fail and hand their item back.
+//!
+//! # Limits
+//!
+//! Memory holds at most [`Builder::memory_capacity`] items, plus a write
+//! buffer and a read window of fixed size, plus the memory map of the one
+//! segment the receiver is reading. Disk holds at most
+//! [`Builder::max_disk_bytes`] bytes in at most [`Builder::max_segments`]
+//! files. When both are full, [`WhenFull`] decides: block the sender
+//! (the default), drop the new item, or drop the oldest segment. Every
+//! limit is checked before anything is written, so a refused send changes
+//! nothing on disk.
+//!
+//! ```
+//! use sump::{Builder, WhenFull};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let (tx, rx) = Builder::new("lossy", dir.path())
+//!     .memory_capacity(1)
+//!     .segment_bytes(64)
+//!     .max_disk_bytes(64)
+//!     .when_full(WhenFull::DropNewest)
+//!     .open::<u32>()?;
+//! for i in 0..100 {
+//!     tx.send(i)?; // Ok even when dropped
+//! }
+//! let stats = tx.stats();
+//! assert!(stats.dropped > 0);
+//! assert_eq!(stats.sent + stats.dropped, 100);
+//! # drop(rx);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Files
+//!
+//! A channel named `name` in `dir` owns `dir/name/`: a lock file, which
+//! makes a second open of the same channel fail with [`OpenError::Locked`],
+//! and segment files named `{id:020}.seg`. In [`Durability::Overflow`] (the
+//! default, and the only mode this version implements) disk is scratch
+//! space: opening a channel discards old segments, and closing it deletes
+//! its own. Files the crate did not create are never touched. Each segment
+//! starts with a magic number and a format version, and each record carries
+//! its length and a CRC32C; a damaged record is skipped, counted in
+//! [`Stats::corrupt`], and never delivered.
+
+#![warn(missing_docs)]
+
+mod channel;
+mod codec;
+mod config;
+mod core;
+mod dir;
+mod disk;
+mod err;
+mod segment;
+mod stats;
+mod sync;
+
+pub use crate::channel::{IntoIter, Iter, Receiver, Sender, TryIter};
+pub use crate::config::{
+    channel, channel_with_explicit_capacity, Builder, Durability, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES,
+    DEFAULT_MAX_SEGMENTS, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES,
+};
+pub use crate::err::{
+    CloseError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+pub use crate::stats::Stats;

@@ -1,0 +1,296 @@
+//! [`SegmentCursor`]: the receiver's read position in one segment.
+//!
+//! A sealed segment is read through a read-only memory map of the whole
+//! file. The active segment is still growing, so it is read with
+//! positioned reads into a buffer of at most [`TAIL_READ_BYTES`] (or one
+//! record, whichever is larger), and only up to the limit the writer has
+//! flushed. Either way the cursor never looks past its limit, and the most
+//! it ever allocates for one record is the segment size.
+//!
+//! Reading is two steps: [`SegmentCursor::peek`] returns the next record's
+//! payload without moving, [`SegmentCursor::commit`] moves past it. The
+//! receiver commits only once the record is accounted for.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use memmap2::{Advice, Mmap};
+
+use super::format::{decode_header, read_frame, Frame, FRAME_HEADER_LEN, HEADER_LEN};
+
+/// Bytes read at once from the active segment.
+pub(crate) const TAIL_READ_BYTES: usize = 256 * 1024;
+
+/// What [`SegmentCursor::peek`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Peek<'a> {
+    /// The next record's payload, CRC checked.
+    Record(&'a [u8]),
+    /// Nothing more below the limit (yet, if the segment is still active).
+    Exhausted,
+    /// The segment cannot be read past this point; the reason says why.
+    Corrupt(String),
+}
+
+/// Where the cursor's bytes come from.
+#[derive(Debug)]
+enum Source {
+    /// A sealed segment, mapped whole.
+    Mapped(Mmap),
+    /// The active segment: `buffer` holds the file's bytes from `base` on.
+    Tail { file: File, buffer: Vec<u8>, base: u64 },
+}
+
+/// A read position in one segment, owned by the receiver.
+#[derive(Debug)]
+pub(crate) struct SegmentCursor {
+    /// The segment being read.
+    id: u64,
+    /// The bytes.
+    source: Source,
+    /// File offset of the next frame; 0 until the header has been checked.
+    pos: u64,
+    /// Bytes of the file that may be read. Set by `set_limit`.
+    limit: u64,
+    /// Whether `limit` is the segment's final length, so that a frame cut
+    /// off by it is torn rather than still being written.
+    sealed: bool,
+    /// Offset after the record returned by the last `peek`, if any.
+    pending_next: Option<u64>,
+    /// Records committed so far.
+    records_read: u64,
+    /// Whether a record in this segment failed to decode, so the segment
+    /// is to be set aside rather than deleted.
+    damaged: bool,
+}
+
+impl SegmentCursor {
+    /// Opens a sealed segment of `bytes` bytes through a memory map.
+    pub(crate) fn open_sealed(path: &Path, id: u64, bytes: u64) -> io::Result<SegmentCursor> {
+        let file = File::open(path)?;
+        // SAFETY: a sealed segment is never written again by this crate: its
+        // writer is gone, the file is read-only, and the lock file keeps any
+        // other `sump` instance out of the directory. The receiver deletes
+        // it only after dropping this map, and deleting a mapped file on
+        // Unix leaves the mapping valid anyway. Another program truncating
+        // it behind our back is outside what we can defend against.
+        let map = unsafe { Mmap::map(&file)? };
+        let _ = map.advise(Advice::Sequential);
+        Ok(SegmentCursor::new(id, Source::Mapped(map), bytes, true))
+    }
+
+    /// Opens the active segment for positioned reads up to `limit` bytes.
+    pub(crate) fn open_active(path: &Path, id: u64, limit: u64) -> io::Result<SegmentCursor> {
+        let file = File::open(path)?;
+        let source = Source::Tail { file, buffer: Vec::new(), base: 0 };
+        Ok(SegmentCursor::new(id, source, limit, false))
+    }
+
+    fn new(id: u64, source: Source, limit: u64, sealed: bool) -> SegmentCursor {
+        SegmentCursor { id, source, pos: 0, limit, sealed, pending_next: None, records_read: 0, damaged: false }
+    }
+
+    /// The segment this cursor reads.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Records committed so far.
+    pub(crate) fn records_read(&self) -> u64 {
+        self.records_read
+    }
+
+    /// Whether a record in this segment failed to decode.
+    pub(crate) fn damaged(&self) -> bool {
+        self.damaged
+    }
+
+    /// Notes that a record in this segment failed to decode.
+    pub(crate) fn mark_damaged(&mut self) {
+        self.damaged = true;
+    }
+
+    /// Whether every byte below the limit has been read.
+    pub(crate) fn at_limit(&self) -> bool {
+        self.pos >= self.limit
+    }
+
+    /// Moves the limit: the writer flushed more, or sealed the segment.
+    pub(crate) fn set_limit(&mut self, limit: u64, sealed: bool) {
+        self.limit = limit;
+        self.sealed = sealed;
+    }
+
+    /// Returns up to `limit - pos` bytes from file offset `pos`, at least
+    /// `want` of them when the limit allows.
+    fn bytes_at(&mut self, pos: u64, want: usize) -> io::Result<&[u8]> {
+        let available = self.limit.saturating_sub(pos);
+        match &mut self.source {
+            Source::Mapped(map) => {
+                let end = usize::try_from(self.limit).unwrap_or(usize::MAX).min(map.len());
+                let start = usize::try_from(pos).unwrap_or(usize::MAX).min(end);
+                Ok(&map[start..end])
+            }
+            Source::Tail { file, buffer, base } => {
+                let want = (want as u64).min(available);
+                let covered = pos >= *base && pos + want <= *base + buffer.len() as u64;
+                if !covered {
+                    let len = want.max(TAIL_READ_BYTES as u64).min(available) as usize;
+                    buffer.clear();
+                    buffer.resize(len, 0);
+                    read_exact_at(file, buffer, pos)?;
+                    *base = pos;
+                }
+                let start = (pos - *base) as usize;
+                Ok(&buffer[start..])
+            }
+        }
+    }
+
+    /// Returns the next record without moving past it.
+    ///
+    /// # Errors
+    ///
+    /// Only when reading the active segment's file fails.
+    pub(crate) fn peek(&mut self) -> io::Result<Peek<'_>> {
+        self.pending_next = None;
+        if self.pos == 0 {
+            let sealed = self.sealed;
+            let header = self.bytes_at(0, HEADER_LEN)?;
+            if header.len() < HEADER_LEN && !sealed {
+                return Ok(Peek::Exhausted);
+            }
+            if let Err(err) = decode_header(header) {
+                return Ok(Peek::Corrupt(err.to_string()));
+            }
+            self.pos = HEADER_LEN as u64;
+        }
+        if self.pos >= self.limit {
+            return Ok(Peek::Exhausted);
+        }
+        let pos = self.pos;
+        let sealed = self.sealed;
+        let cut_off = move || {
+            if sealed {
+                Peek::Corrupt(format!("record at offset {pos} is cut off by the end of the segment"))
+            } else {
+                Peek::Exhausted
+            }
+        };
+        let frame_len = {
+            let bytes = self.bytes_at(pos, FRAME_HEADER_LEN)?;
+            if bytes.len() < FRAME_HEADER_LEN {
+                return Ok(cut_off());
+            }
+            let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            FRAME_HEADER_LEN as u64 + u64::from(len)
+        };
+        if pos + frame_len > self.limit {
+            // The length is not yet checked: it may be the damage itself.
+            return Ok(if sealed { Peek::Corrupt(format!("record at offset {pos} has a bad length")) } else { cut_off() });
+        }
+        self.pending_next = Some(pos + frame_len);
+        let bytes = self.bytes_at(pos, frame_len as usize)?;
+        Ok(match read_frame(bytes, 0, frame_len as usize) {
+            Frame::Record { payload, .. } => Peek::Record(payload),
+            Frame::Incomplete | Frame::Corrupt => Peek::Corrupt(format!("record at offset {pos} fails its CRC32C")),
+        })
+    }
+
+    /// Moves past the record the last `peek` returned.
+    pub(crate) fn commit(&mut self) {
+        if let Some(next) = self.pending_next.take() {
+            self.pos = next;
+            self.records_read += 1;
+        }
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buffer, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(mut file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::{segment_path, SegmentWriter};
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0; FRAME_HEADER_LEN];
+        frame.extend_from_slice(payload);
+        crate::segment::format::seal_frame(&mut frame).unwrap();
+        frame
+    }
+
+    fn read_all(cursor: &mut SegmentCursor) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Peek::Record(payload) = cursor.peek().unwrap() {
+            out.push(payload.to_vec());
+            cursor.commit();
+        }
+        out
+    }
+
+    #[test]
+    fn active_cursor_sees_only_flushed_records_and_follows_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 1).unwrap();
+        writer.append(&frame(b"one")).unwrap();
+        let mut cursor = SegmentCursor::open_active(writer.path(), 1, writer.flushed()).unwrap();
+        assert_eq!(cursor.peek().unwrap(), Peek::Exhausted);
+        writer.flush().unwrap();
+        cursor.set_limit(writer.flushed(), false);
+        writer.append(&frame(b"two")).unwrap();
+        assert_eq!(read_all(&mut cursor), vec![b"one".to_vec()]);
+        writer.flush().unwrap();
+        cursor.set_limit(writer.flushed(), false);
+        assert_eq!(read_all(&mut cursor), vec![b"two".to_vec()]);
+        assert_eq!(cursor.records_read(), 2);
+        assert!(cursor.at_limit());
+    }
+
+    #[test]
+    fn sealed_cursor_reads_through_the_map_and_reports_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 2).unwrap();
+        for payload in [&b"a"[..], b"bb", b"ccc"] {
+            writer.append(&frame(payload)).unwrap();
+        }
+        let meta = writer.seal().map_err(|(_, e)| e).unwrap();
+        let path = segment_path(dir.path(), 2);
+        let mut cursor = SegmentCursor::open_sealed(&path, 2, meta.bytes).unwrap();
+        assert_eq!(read_all(&mut cursor), vec![b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec()]);
+        assert_eq!(cursor.peek().unwrap(), Peek::Exhausted);
+
+        let mut torn = SegmentCursor::open_sealed(&path, 2, meta.bytes - 1).unwrap();
+        assert_eq!(read_all(&mut torn).len(), 2);
+        assert!(matches!(torn.peek().unwrap(), Peek::Corrupt(_)));
+    }
+
+    #[test]
+    fn a_bad_header_or_a_flipped_byte_is_reported_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 3).unwrap();
+        writer.append(&frame(b"payload")).unwrap();
+        let meta = writer.seal().map_err(|(_, e)| e).unwrap();
+        let path = segment_path(dir.path(), 3);
+        let clean = std::fs::read(&path).unwrap();
+        for (offset, what) in [(0, "header"), (HEADER_LEN + 9, "payload")] {
+            let mut bytes = clean.clone();
+            bytes[offset] ^= 0x40;
+            let damaged = dir.path().join(format!("damaged-{what}"));
+            std::fs::write(&damaged, &bytes).unwrap();
+            let mut cursor = SegmentCursor::open_sealed(&damaged, 3, meta.bytes).unwrap();
+            assert!(matches!(cursor.peek().unwrap(), Peek::Corrupt(_)), "{what}");
+        }
+    }
+}

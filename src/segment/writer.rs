@@ -1,0 +1,197 @@
+//! [`SegmentWriter`]: appends record frames to the active segment.
+//!
+//! Frames are gathered in a write buffer and reach the file in large
+//! sequential writes, never one system call per record. Bytes reach the
+//! file only through [`SegmentWriter::flush`], which keeps an exact count
+//! of what the file holds even when a write fails half-way, so a failed
+//! write never leaves the writer unsure of where the next byte goes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::{encode_header, HEADER_LEN};
+use super::{segment_path, SegmentMeta};
+
+/// Size of the write buffer in bytes. Frames at least this large bypass it.
+pub(crate) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// The one segment that is being appended to.
+#[derive(Debug)]
+pub(crate) struct SegmentWriter {
+    /// The segment's id; its file is `segment_path(dir, id)`.
+    id: u64,
+    /// Path of the segment file, for messages and sealing.
+    path: PathBuf,
+    /// The file, opened for appending. Written only by `flush`.
+    file: File,
+    /// Frames appended but not yet written to the file.
+    buffer: Vec<u8>,
+    /// Bytes the file holds, header included.
+    flushed: u64,
+    /// Records appended, buffered or not.
+    records: u64,
+}
+
+impl SegmentWriter {
+    /// Creates segment `id` in `dir` and writes its header. Fails if the
+    /// file exists: a writer never appends to a file it did not start.
+    pub(crate) fn create(dir: &Path, id: u64) -> io::Result<SegmentWriter> {
+        let path = segment_path(dir, id);
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        if let Err(err) = file.write_all(&encode_header()) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(err);
+        }
+        Ok(SegmentWriter { id, path, file, buffer: Vec::new(), flushed: HEADER_LEN as u64, records: 0 })
+    }
+
+    /// The segment's id.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The segment's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Length of the segment in bytes once everything buffered is written.
+    pub(crate) fn len(&self) -> u64 {
+        self.flushed + self.buffer.len() as u64
+    }
+
+    /// Bytes already in the file; a reader may read up to here.
+    pub(crate) fn flushed(&self) -> u64 {
+        self.flushed
+    }
+
+    /// Records appended so far.
+    pub(crate) fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Appends one complete frame. On error nothing of this frame was
+    /// appended, and everything appended before is still buffered or in
+    /// the file.
+    pub(crate) fn append(&mut self, frame: &[u8]) -> io::Result<()> {
+        if self.buffer.len() + frame.len() > WRITE_BUFFER_BYTES {
+            self.flush()?;
+        }
+        if frame.len() >= WRITE_BUFFER_BYTES {
+            self.write_direct(frame)?;
+        } else {
+            self.buffer.extend_from_slice(frame);
+        }
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Writes a large frame straight to the file. A failure half-way cuts
+    /// the file back to where the frame started.
+    fn write_direct(&mut self, frame: &[u8]) -> io::Result<()> {
+        match self.file.write_all(frame) {
+            Ok(()) => {
+                self.flushed += frame.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                self.rewind_file_to(self.flushed)?;
+                Err(err)
+            }
+        }
+    }
+
+    fn rewind_file_to(&mut self, len: u64) -> io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        self.file.set_len(len)?;
+        self.file.seek(SeekFrom::Start(len))?;
+        Ok(())
+    }
+
+    /// Writes buffered frames to the file (to the OS, not to stable
+    /// storage). On a failure the bytes that did reach the file are
+    /// accounted for and the rest stay buffered for the next attempt.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        while !self.buffer.is_empty() {
+            match self.file.write(&self.buffer) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write made no progress")),
+                Ok(written) => {
+                    self.flushed += written as u64;
+                    self.buffer.drain(..written);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and then asks the OS to put the file on stable storage.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.file.sync_data()
+    }
+
+    /// Flushes and closes the segment for good, making the file read-only.
+    /// On error the writer is handed back unchanged, still active.
+    pub(crate) fn seal(mut self) -> Result<SegmentMeta, (SegmentWriter, io::Error)> {
+        if let Err(err) = self.flush() {
+            return Err((self, err));
+        }
+        let meta = SegmentMeta { id: self.id, bytes: self.flushed, records: self.records };
+        // Read-only is a guard against accidents, not something correctness
+        // rests on, so a failure here is only logged.
+        let readonly = self.file.metadata().map(|m| {
+            let mut permissions = m.permissions();
+            permissions.set_readonly(true);
+            permissions
+        });
+        if let Err(err) = readonly.and_then(|p| std::fs::set_permissions(&self.path, p)) {
+            tracing::warn!(path = %self.path.display(), error = %err, "could not make sealed segment read-only");
+        }
+        Ok(meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_frames_are_buffered_until_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 3).unwrap();
+        writer.append(&[1; 100]).unwrap();
+        writer.append(&[2; 100]).unwrap();
+        assert_eq!(writer.flushed(), HEADER_LEN as u64);
+        assert_eq!(writer.len(), HEADER_LEN as u64 + 200);
+        assert_eq!(std::fs::metadata(writer.path()).unwrap().len(), HEADER_LEN as u64);
+        writer.flush().unwrap();
+        assert_eq!(std::fs::metadata(writer.path()).unwrap().len(), HEADER_LEN as u64 + 200);
+        assert_eq!(writer.records(), 2);
+    }
+
+    #[test]
+    fn sealing_flushes_and_makes_the_file_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 0).unwrap();
+        writer.append(&[7; WRITE_BUFFER_BYTES + 1]).unwrap();
+        writer.append(&[8; 10]).unwrap();
+        let path = writer.path().to_owned();
+        let meta = writer.seal().map_err(|(_, e)| e).unwrap();
+        assert_eq!(meta, SegmentMeta { id: 0, bytes: HEADER_LEN as u64 + WRITE_BUFFER_BYTES as u64 + 11, records: 2 });
+        let file_meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(file_meta.len(), meta.bytes);
+        assert!(file_meta.permissions().readonly());
+    }
+
+    #[test]
+    fn creating_over_an_existing_file_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(segment_path(dir.path(), 5), b"not ours").unwrap();
+        assert!(SegmentWriter::create(dir.path(), 5).is_err());
+        assert_eq!(std::fs::read(segment_path(dir.path(), 5)).unwrap(), b"not ours");
+    }
+}

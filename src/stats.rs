@@ -1,0 +1,47 @@
+//! [`Stats`]: a snapshot of a channel's contents and counters.
+
+/// A snapshot of a channel, from [`Sender::stats`](crate::Sender::stats) or
+/// [`Receiver::stats`](crate::Receiver::stats).
+///
+/// Counters count since the channel was opened. When nothing is in flight,
+/// `sent == received + in_memory + on_disk + dropped_oldest + corrupt`,
+/// where `dropped_oldest` are the items [`WhenFull::DropOldest`](crate::WhenFull::DropOldest)
+/// deleted (part of `dropped`).
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let (tx, rx) = sump::Builder::new("s", dir.path()).memory_capacity(2).open::<u32>()?;
+/// for i in 0..5 {
+///     tx.send(i)?;
+/// }
+/// let stats = tx.stats();
+/// assert_eq!((stats.sent, stats.in_memory, stats.on_disk, stats.spilled), (5, 2, 3, 3));
+/// rx.recv()?;
+/// assert_eq!(rx.stats().received, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Items in memory, waiting to be received.
+    pub in_memory: usize,
+    /// Items on disk, waiting to be received.
+    pub on_disk: u64,
+    /// Bytes of this channel's segment files.
+    pub disk_bytes: u64,
+    /// Segment files of this channel, the active one included.
+    pub segments: usize,
+    /// Items accepted into the channel (memory or disk).
+    pub sent: u64,
+    /// Items handed to the receiver.
+    pub received: u64,
+    /// Items that were written to disk because memory was full or older
+    /// items were already on disk.
+    pub spilled: u64,
+    /// Items dropped by the [`WhenFull`](crate::WhenFull) policy: new
+    /// items refused by `DropNewest`, and old items deleted by `DropOldest`.
+    pub dropped: u64,
+    /// Records skipped because they failed their checksum or did not
+    /// decode; they are never delivered.
+    pub corrupt: u64,
+}
