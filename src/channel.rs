@@ -44,6 +44,23 @@ impl<T> Sender<T> {
     pub(crate) fn from_shared(shared: Arc<Shared<T>>) -> Sender<T> {
         Sender { shared }
     }
+
+    /// Pushes segment bytes still in the write buffer to the OS and, unless
+    /// the sync policy is [`SyncPolicy::Never`](crate::SyncPolicy::Never),
+    /// to stable storage. Never needed for the receiver to see an item.
+    ///
+    /// # Errors
+    ///
+    /// The error of the write or sync that failed. Nothing is lost: the
+    /// bytes stay buffered for the next attempt.
+    pub fn flush(&self) -> io::Result<()> {
+        self.shared.flush()
+    }
+
+    /// A snapshot of the channel's contents and counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> Sender<T> {
@@ -136,23 +153,6 @@ impl<T: Serialize + DeserializeOwned> Sender<T> {
             SendFailure::Io(item, err) => SendTimeoutError::Io(item, err),
         })
     }
-
-    /// Pushes segment bytes still in the write buffer to the OS and, unless
-    /// the sync policy is [`SyncPolicy::Never`](crate::SyncPolicy::Never),
-    /// to stable storage. Never needed for the receiver to see an item.
-    ///
-    /// # Errors
-    ///
-    /// The error of the write or sync that failed. Nothing is lost: the
-    /// bytes stay buffered for the next attempt.
-    pub fn flush(&self) -> io::Result<()> {
-        self.shared.flush()
-    }
-
-    /// A snapshot of the channel's contents and counters.
-    pub fn stats(&self) -> Stats {
-        self.shared.stats()
-    }
 }
 
 impl<T> Clone for Sender<T> {
@@ -177,6 +177,11 @@ impl<T> fmt::Debug for Sender<T> {
 impl<T> Receiver<T> {
     pub(crate) fn from_shared(shared: Arc<Shared<T>>, side: ReceiverSide<T>) -> Receiver<T> {
         Receiver { shared, side: RefCell::new(side) }
+    }
+
+    /// A snapshot of the channel's contents and counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
     }
 }
 
@@ -254,11 +259,6 @@ impl<T: Serialize + DeserializeOwned> Receiver<T> {
     /// [`try_recv`](Self::try_recv) that finds nothing.
     pub fn try_iter(&self) -> TryIter<'_, T> {
         TryIter { receiver: self }
-    }
-
-    /// A snapshot of the channel's contents and counters.
-    pub fn stats(&self) -> Stats {
-        self.shared.stats()
     }
 
     /// Ends the receiving side now, as dropping the receiver does, and

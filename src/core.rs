@@ -250,11 +250,6 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         state.in_memory < self.capacity
     }
 
-    /// Subtracts what the receiver took from its batch since the last fold.
-    fn fold_taken(&self, state: &mut State<T>) {
-        state.in_memory -= self.taken.swap(0, Ordering::Acquire);
-    }
-
     fn push_memory(&self, state: &mut State<T>, item: T) {
         state.memory.push_back(item);
         state.in_memory += 1;
@@ -459,6 +454,14 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         self.received.store(received + 1, Ordering::Relaxed);
     }
 
+}
+
+impl<T> Shared<T> {
+    /// Subtracts what the receiver took from its batch since the last fold.
+    fn fold_taken(&self, state: &mut State<T>) {
+        state.in_memory -= self.taken.swap(0, Ordering::Acquire);
+    }
+
     /// Writes buffered segment bytes to the OS, and syncs them unless the
     /// policy is `Never`.
     pub(crate) fn flush(&self) -> io::Result<()> {
@@ -481,9 +484,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             corrupt: state.disk.corrupt(),
         }
     }
-}
 
-impl<T> Shared<T> {
     /// A new `Sender` handle exists.
     pub(crate) fn add_sender(&self) {
         self.state.lock().senders += 1;

@@ -1,0 +1,274 @@
+//! The behaviour users of `std::sync::mpsc` rely on, checked on `sump`:
+//! disconnection in both directions, timeouts, iterators, and errors that
+//! give the item back. Written for this crate; each test says which std
+//! guarantee it checks.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sump::{RecvError, RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
+
+fn open<T>(dir: &tempfile::TempDir) -> (sump::Sender<T>, sump::Receiver<T>)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    sump::Builder::new("mpsc", dir.path()).memory_capacity(4).open().unwrap()
+}
+
+#[test]
+fn send_then_recv_returns_the_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<i32>(&dir);
+    tx.send(1).unwrap();
+    assert_eq!(rx.recv(), Ok(1));
+}
+
+#[test]
+fn recv_blocks_until_another_thread_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<i32>(&dir);
+    let sender = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        tx.send(42).unwrap();
+    });
+    assert_eq!(rx.recv(), Ok(42));
+    sender.join().unwrap();
+}
+
+#[test]
+fn recv_reports_disconnection_after_the_last_sender_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<i32>(&dir);
+    let tx2 = tx.clone();
+    drop(tx);
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "a clone still lives");
+    drop(tx2);
+    assert_eq!(rx.recv(), Err(RecvError));
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    assert_eq!(rx.recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Disconnected));
+}
+
+#[test]
+fn a_blocked_recv_wakes_when_the_last_sender_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<i32>(&dir);
+    let dropper = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        drop(tx);
+    });
+    assert_eq!(rx.recv(), Err(RecvError));
+    dropper.join().unwrap();
+}
+
+#[test]
+fn items_in_memory_and_on_disk_are_delivered_before_disconnection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<i32>(&dir);
+    for i in 0..20 {
+        tx.send(i).unwrap();
+    }
+    assert!(tx.stats().on_disk > 0, "capacity 4 must spill some of 20 items");
+    drop(tx);
+    assert_eq!(rx.iter().collect::<Vec<_>>(), (0..20).collect::<Vec<_>>());
+    assert_eq!(rx.recv(), Err(RecvError));
+}
+
+#[test]
+fn send_fails_and_gives_the_item_back_after_the_receiver_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<String>(&dir);
+    drop(rx);
+    let err = tx.send("kept".to_string()).unwrap_err();
+    assert!(err.is_disconnected());
+    assert!(err.io_error().is_none());
+    assert_eq!(err.to_string(), "sending on a disconnected channel");
+    assert_eq!(err.into_inner(), "kept");
+    match tx.try_send("again".to_string()) {
+        Err(TrySendError::Disconnected(item)) => assert_eq!(item, "again"),
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    match tx.send_timeout("late".to_string(), Duration::from_millis(5)) {
+        Err(SendTimeoutError::Disconnected(item)) => assert_eq!(item, "late"),
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_sender_blocked_on_a_full_channel_wakes_when_the_receiver_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) =
+        sump::Builder::new("full", dir.path()).memory_capacity(1).segment_bytes(32).max_disk_bytes(32).open::<u8>().unwrap();
+    tx.send(1).unwrap();
+    tx.send(2).unwrap();
+    let blocked = thread::spawn(move || tx.send(3).map_err(|e| (e.is_disconnected(), e.into_inner())));
+    thread::sleep(Duration::from_millis(50));
+    assert!(!blocked.is_finished(), "send must block while memory and disk are full");
+    drop(rx);
+    assert_eq!(blocked.join().unwrap(), Err((true, 3)));
+}
+
+#[test]
+fn recv_timeout_times_out_on_an_empty_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<i32>(&dir);
+    let start = Instant::now();
+    assert_eq!(rx.recv_timeout(Duration::from_millis(30)), Err(RecvTimeoutError::Timeout));
+    assert!(start.elapsed() >= Duration::from_millis(30));
+    tx.send(5).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_millis(30)), Ok(5));
+}
+
+#[test]
+fn recv_timeout_with_a_huge_timeout_waits_like_recv() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<i32>(&dir);
+    let sender = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        tx.send(6).unwrap();
+    });
+    assert_eq!(rx.recv_timeout(Duration::MAX), Ok(6));
+    sender.join().unwrap();
+}
+
+#[test]
+fn send_timeout_times_out_on_a_full_channel_and_gives_the_item_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _rx) =
+        sump::Builder::new("full", dir.path()).memory_capacity(1).segment_bytes(32).max_disk_bytes(32).open::<u8>().unwrap();
+    tx.send(1).unwrap();
+    tx.send(2).unwrap();
+    let start = Instant::now();
+    match tx.send_timeout(3, Duration::from_millis(30)) {
+        Err(err @ SendTimeoutError::Timeout(_)) => {
+            assert!(err.is_timeout());
+            assert_eq!(err.into_inner(), 3);
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(start.elapsed() >= Duration::from_millis(30));
+    match tx.try_send(4) {
+        Err(err @ TrySendError::Full(_)) => {
+            assert!(err.is_full());
+            assert_eq!(err.into_inner(), 4);
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_blocked_send_completes_once_the_receiver_frees_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) =
+        sump::Builder::new("full", dir.path()).memory_capacity(1).segment_bytes(32).max_disk_bytes(32).open::<u8>().unwrap();
+    tx.send(1).unwrap();
+    tx.send(2).unwrap();
+    let sender = thread::spawn(move || tx.send(3));
+    thread::sleep(Duration::from_millis(30));
+    assert_eq!(rx.recv(), Ok(1));
+    assert_eq!(rx.recv(), Ok(2));
+    sender.join().unwrap().unwrap();
+    assert_eq!(rx.recv(), Ok(3));
+    assert_eq!(rx.recv(), Err(RecvError));
+}
+
+#[test]
+fn try_iter_stops_at_the_first_empty_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<i32>(&dir);
+    for i in 0..10 {
+        tx.send(i).unwrap();
+    }
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert_eq!(rx.try_iter().next(), None);
+    tx.send(10).unwrap();
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![10]);
+}
+
+#[test]
+fn iter_and_into_iter_end_at_disconnection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<i32>(&dir);
+    let sender = thread::spawn(move || {
+        for i in 0..50 {
+            tx.send(i).unwrap();
+        }
+    });
+    let mut seen = Vec::new();
+    for item in &rx {
+        seen.push(item);
+    }
+    sender.join().unwrap();
+    assert_eq!(seen, (0..50).collect::<Vec<_>>());
+
+    let (tx, rx) = sump::Builder::new("again", dir.path()).memory_capacity(2).open::<i32>().unwrap();
+    for i in 0..5 {
+        tx.send(i).unwrap();
+    }
+    drop(tx);
+    let owned: Vec<i32> = rx.into_iter().collect();
+    assert_eq!(owned, vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn senders_can_be_shared_by_reference_across_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open::<u32>(&dir);
+    thread::scope(|scope| {
+        for t in 0..4 {
+            let tx = &tx;
+            scope.spawn(move || {
+                for i in 0..100 {
+                    tx.send(t * 1000 + i).unwrap();
+                }
+            });
+        }
+    });
+    drop(tx);
+    let mut all: Vec<u32> = rx.iter().collect();
+    all.sort_unstable();
+    let mut expected: Vec<u32> = (0..4).flat_map(|t| (0..100).map(move |i| t * 1000 + i)).collect();
+    expected.sort_unstable();
+    assert_eq!(all, expected);
+}
+
+#[test]
+fn handles_have_the_std_auto_traits() {
+    fn send_sync<X: Send + Sync>() {}
+    fn send<X: Send>() {}
+    send_sync::<sump::Sender<String>>();
+    send::<sump::Receiver<String>>();
+}
+
+#[test]
+fn errors_display_and_debug_without_requiring_debug_on_the_item() {
+    struct Opaque;
+    assert_eq!(format!("{:?}", TrySendError::Full(Opaque)), "Full(..)");
+    assert_eq!(format!("{:?}", SendTimeoutError::Disconnected(Opaque)), "Disconnected(..)");
+    assert_eq!(format!("{}", RecvError), "receiving on an empty and disconnected channel");
+    assert_eq!(TryRecvError::Empty.to_string(), "receiving on an empty channel");
+    assert_eq!(RecvTimeoutError::Timeout.to_string(), "timed out waiting on an empty channel");
+    let boxed: Box<dyn std::error::Error> = Box::new(SendTimeoutError::Timeout(1u8));
+    assert_eq!(boxed.to_string(), "timed out waiting on a full channel");
+}
+
+#[test]
+fn dropping_the_receiver_drops_the_items_it_held() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static DROPS: AtomicUsize = AtomicUsize::new(0);
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Counted(u32);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            DROPS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = sump::Builder::new("drops", dir.path()).memory_capacity(8).open::<Counted>().unwrap();
+    for i in 0..3 {
+        tx.send(Counted(i)).unwrap();
+    }
+    assert_eq!(DROPS.load(Ordering::SeqCst), 0);
+    drop(rx);
+    assert_eq!(DROPS.load(Ordering::SeqCst), 3, "the receiver's items are dropped with it, senders alive or not");
+    drop(tx);
+}

@@ -1,0 +1,199 @@
+//! Spilling to disk, segment rotation, deletion of read segments, and the
+//! return to the memory-only path.
+
+use std::path::Path;
+
+use sump::Builder;
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn items_beyond_memory_capacity_go_to_disk_and_come_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("spill", dir.path()).memory_capacity(10).open::<String>().unwrap();
+    for i in 0..1_000 {
+        tx.send(format!("item {i}")).unwrap();
+    }
+    let stats = tx.stats();
+    assert_eq!(stats.in_memory, 10);
+    assert_eq!(stats.on_disk, 990);
+    assert_eq!(stats.spilled, 990);
+    assert_eq!(stats.sent, 1_000);
+    assert!(stats.disk_bytes > 990 * 8, "every spilled record has an 8-byte frame header");
+    for i in 0..1_000 {
+        assert_eq!(rx.recv().unwrap(), format!("item {i}"));
+    }
+    let stats = rx.stats();
+    assert_eq!((stats.in_memory, stats.on_disk, stats.received), (0, 0, 1_000));
+}
+
+#[test]
+fn a_full_segment_is_sealed_read_only_and_a_new_one_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) =
+        Builder::new("rotate", dir.path()).memory_capacity(0).segment_bytes(1_024).open::<Vec<u8>>().unwrap();
+    for i in 0..50u8 {
+        tx.send(vec![i; 100]).unwrap();
+    }
+    let channel_dir = dir.path().join("rotate");
+    let files = segment_files(&channel_dir);
+    let stats = tx.stats();
+    assert_eq!(files.len(), stats.segments);
+    assert!(files.len() >= 5, "50 records of ~110 bytes need several 1 KiB segments, got {files:?}");
+    for name in &files {
+        let meta = std::fs::metadata(channel_dir.join(name)).unwrap();
+        assert!(meta.len() <= 1_024, "{name} is {} bytes", meta.len());
+    }
+    for name in &files[..files.len() - 1] {
+        assert!(std::fs::metadata(channel_dir.join(name)).unwrap().permissions().readonly(), "{name} sealed");
+    }
+    let file_bytes: u64 = files.iter().map(|n| std::fs::metadata(channel_dir.join(n)).unwrap().len()).sum();
+    tx.flush().unwrap();
+    let file_bytes_flushed: u64 = files.iter().map(|n| std::fs::metadata(channel_dir.join(n)).unwrap().len()).sum();
+    assert!(file_bytes <= file_bytes_flushed);
+    assert_eq!(file_bytes_flushed, stats.disk_bytes);
+    for i in 0..50u8 {
+        assert_eq!(rx.recv().unwrap(), vec![i; 100]);
+    }
+}
+
+#[test]
+fn read_segments_are_deleted_as_the_receiver_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("del", dir.path()).memory_capacity(0).segment_bytes(256).open::<u64>().unwrap();
+    for i in 0..200 {
+        tx.send(i).unwrap();
+    }
+    let channel_dir = dir.path().join("del");
+    let before = segment_files(&channel_dir);
+    assert!(before.len() > 3);
+    for i in 0..100 {
+        assert_eq!(rx.recv().unwrap(), i);
+    }
+    let middle = segment_files(&channel_dir);
+    assert!(middle.len() < before.len(), "segments read past must be deleted: {before:?} -> {middle:?}");
+    assert!(!middle.contains(&before[0]), "the oldest segment is gone");
+    assert_eq!(rx.stats().segments, middle.len());
+    for i in 100..200 {
+        assert_eq!(rx.recv().unwrap(), i);
+    }
+    assert_eq!(segment_files(&channel_dir), Vec::<String>::new(), "an empty channel keeps no segments");
+    let stats = rx.stats();
+    assert_eq!((stats.segments, stats.disk_bytes, stats.on_disk), (0, 0, 0));
+}
+
+#[test]
+fn once_the_backlog_drains_items_travel_through_memory_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("back", dir.path()).memory_capacity(4).open::<u32>().unwrap();
+    for i in 0..20 {
+        tx.send(i).unwrap();
+    }
+    assert_eq!(tx.stats().spilled, 16);
+    for i in 0..20 {
+        assert_eq!(rx.recv().unwrap(), i);
+    }
+    for i in 20..24 {
+        tx.send(i).unwrap();
+    }
+    let stats = tx.stats();
+    assert_eq!(stats.spilled, 16, "with room in memory and nothing on disk, nothing spills");
+    assert_eq!(stats.in_memory, 4);
+    assert_eq!(stats.segments, 0);
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![20, 21, 22, 23]);
+}
+
+#[test]
+fn while_anything_is_on_disk_new_items_follow_it_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("follow", dir.path()).memory_capacity(2).open::<u32>().unwrap();
+    for i in 0..5 {
+        tx.send(i).unwrap();
+    }
+    // Memory now has room again, but 2..5 are on disk: 5 must not overtake them.
+    assert_eq!(rx.recv().unwrap(), 0);
+    assert_eq!(rx.recv().unwrap(), 1);
+    tx.send(5).unwrap();
+    assert_eq!(tx.stats().on_disk, 4);
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+}
+
+#[test]
+fn a_receiver_keeping_up_with_a_spilling_sender_reads_unflushed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("tail", dir.path()).memory_capacity(0).open::<u64>().unwrap();
+    for i in 0..1_000 {
+        tx.send(i).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), i, "an item is visible as soon as send returns");
+    }
+    assert_eq!(tx.stats().spilled, 1_000);
+}
+
+#[test]
+fn a_capacity_of_zero_sends_everything_through_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("zero", dir.path()).memory_capacity(0).open::<u8>().unwrap();
+    tx.send(1).unwrap();
+    let stats = tx.stats();
+    assert_eq!((stats.in_memory, stats.on_disk, stats.segments), (0, 1, 1));
+    assert_eq!(rx.recv().unwrap(), 1);
+}
+
+#[test]
+fn an_item_larger_than_a_segment_is_refused_with_an_error_and_handed_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("big", dir.path()).memory_capacity(1).segment_bytes(64).open::<Vec<u8>>().unwrap();
+    tx.send(vec![0; 1_000]).unwrap(); // memory: never encoded, any size goes
+    let err = tx.send(vec![1; 1_000]).unwrap_err();
+    let io = err.io_error().expect("an I/O cause");
+    assert_eq!(io.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("segment"), "{err}");
+    assert_eq!(err.into_inner(), vec![1; 1_000]);
+    tx.send(vec![2; 10]).unwrap();
+    assert_eq!(rx.recv().unwrap(), vec![0; 1_000]);
+    assert_eq!(rx.recv().unwrap(), vec![2; 10]);
+}
+
+#[test]
+fn items_larger_than_the_write_buffer_spill_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("huge", dir.path()).memory_capacity(0).open::<Vec<u8>>().unwrap();
+    let items: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 600_000]).collect();
+    for item in &items {
+        tx.send(item.clone()).unwrap();
+    }
+    for item in &items {
+        assert_eq!(&rx.recv().unwrap(), item);
+    }
+}
+
+#[test]
+fn an_item_serde_refuses_is_handed_back_with_an_error() {
+    #[derive(Debug, PartialEq)]
+    struct Refused;
+    impl serde::Serialize for Refused {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refused"))
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Refused {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Ok(Refused)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _rx) = Builder::new("refused", dir.path()).memory_capacity(0).open::<Refused>().unwrap();
+    let err = tx.send(Refused).unwrap_err();
+    assert_eq!(err.io_error().map(|e| e.kind()), Some(std::io::ErrorKind::InvalidData));
+    assert_eq!(err.into_inner(), Refused);
+    let stats = tx.stats();
+    assert_eq!((stats.sent, stats.on_disk), (0, 0));
+}
