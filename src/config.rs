@@ -36,11 +36,11 @@ pub enum WhenFull {
     /// The new item is dropped and counted in [`Stats::dropped`](crate::Stats::dropped);
     /// the send still returns `Ok`.
     DropNewest,
-    /// The oldest sealed segment that the receiver has not started reading
-    /// is deleted and its items counted in [`Stats::dropped`](crate::Stats::dropped);
-    /// the new item is then written. When there is no such segment (the
-    /// backlog is a single segment, or the receiver is reading the only
-    /// sealed one), the new item is dropped instead.
+    /// The oldest segment that the receiver has not started reading is
+    /// deleted and its items counted in [`Stats::dropped`](crate::Stats::dropped);
+    /// the new item is then written. Sealed segments go first; the active
+    /// segment goes when it is the only candidate. When the receiver is
+    /// reading the only segment, the new item is dropped instead.
     DropOldest,
 }
 

@@ -200,17 +200,25 @@ impl DiskQueue {
         Ok(())
     }
 
-    /// Deletes the oldest sealed segment the receiver has not opened and
-    /// returns how many records it held, or `None` if there is no such
-    /// segment.
+    /// Deletes the oldest segment the receiver has not opened (the active
+    /// one if it is the only such segment) and returns how many records it
+    /// held, or `None` if there is no such segment.
     pub(crate) fn drop_oldest(&mut self) -> Option<u64> {
-        let index = self.sealed.iter().position(|meta| Some(meta.id) != self.reading)?;
-        let meta = self.sealed.remove(index)?;
-        self.items -= meta.records;
-        self.bytes -= meta.bytes;
-        tracing::warn!(segment = meta.id, records = meta.records, "disk full: oldest segment dropped");
-        remove_file_logged(&self.path_of(meta.id));
-        Some(meta.records)
+        let (id, records, bytes) = match self.sealed.iter().position(|meta| Some(meta.id) != self.reading) {
+            Some(index) => {
+                let meta = self.sealed.remove(index)?;
+                (meta.id, meta.records, meta.bytes)
+            }
+            None => {
+                let writer = self.active.take_if(|w| Some(w.id()) != self.reading && w.records() > 0)?;
+                (writer.id(), writer.records(), writer.len())
+            }
+        };
+        self.items -= records;
+        self.bytes -= bytes;
+        tracing::warn!(segment = id, records, "disk full: oldest segment dropped");
+        remove_file_logged(&self.path_of(id));
+        Some(records)
     }
 
     /// Writes buffered bytes to the OS, and to stable storage if `sync`.
