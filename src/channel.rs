@@ -10,9 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::core::{ReceiverSide, RecvFailure, SendFailure, Shared, Wait};
-use crate::err::{
-    CloseError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
-};
+use crate::err::{CloseError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
 use crate::stats::Stats;
 use crate::sync::Arc;
 

@@ -33,10 +33,7 @@ fn config() -> bincode::config::Configuration {
 ///
 /// `InvalidData` when serde refuses the item, `InvalidInput` when the
 /// encoding is larger than a frame can describe.
-pub(crate) fn with_frame<T: Serialize, R>(
-    item: &T,
-    use_frame: impl FnOnce(&[u8]) -> R,
-) -> io::Result<R> {
+pub(crate) fn with_frame<T: Serialize, R>(item: &T, use_frame: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
     ENCODE_BUFFER.with(|cell| {
         // A re-entrant call (an item whose Serialize sends on a channel)
         // gets a fresh buffer instead of a borrow panic.
@@ -56,9 +53,7 @@ pub(crate) fn with_frame<T: Serialize, R>(
 fn encode_into<T: Serialize>(item: &T, buffer: &mut Vec<u8>) -> io::Result<()> {
     bincode::serde::encode_into_std_write(item, buffer, config())
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("cannot encode item: {err}")))?;
-    seal_frame(buffer).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "item encodes to more than 4 GiB")
-    })
+    seal_frame(buffer).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "item encodes to more than 4 GiB"))
 }
 
 /// Decodes one record payload. The whole payload must be consumed: trailing

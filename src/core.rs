@@ -453,7 +453,6 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         let received = self.received.load(Ordering::Relaxed);
         self.received.store(received + 1, Ordering::Relaxed);
     }
-
 }
 
 impl<T> Shared<T> {

@@ -354,7 +354,8 @@ impl DiskQueue {
     pub(crate) fn release_all(&mut self, cursor: &mut Option<SegmentCursor>) {
         let damaged = cursor.take().filter(|open| open.damaged()).map(|open| open.id());
         self.reading = None;
-        let ids: Vec<u64> = self.sealed.drain(..).map(|meta| meta.id).chain(self.active.take().map(|w| w.id())).collect();
+        let ids: Vec<u64> =
+            self.sealed.drain(..).map(|meta| meta.id).chain(self.active.take().map(|w| w.id())).collect();
         for id in ids {
             let path = self.path_of(id);
             if Some(id) == damaged {

@@ -46,11 +46,8 @@ fn one_thread_random_sends_and_receives_match_a_queue_model() {
         let dir = tempfile::tempdir().unwrap();
         let capacity = rng.below(4) as usize;
         let segment = 32 + 16 * rng.below(8);
-        let (tx, rx) = Builder::new("model", dir.path())
-            .memory_capacity(capacity)
-            .segment_bytes(segment)
-            .open::<u32>()
-            .unwrap();
+        let (tx, rx) =
+            Builder::new("model", dir.path()).memory_capacity(capacity).segment_bytes(segment).open::<u32>().unwrap();
         let mut senders = vec![tx];
         let mut model = VecDeque::new();
         let mut next = 0u32;

@@ -96,8 +96,12 @@ fn send_fails_and_gives_the_item_back_after_the_receiver_drops() {
 #[test]
 fn a_sender_blocked_on_a_full_channel_wakes_when_the_receiver_drops() {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, rx) =
-        sump::Builder::new("full", dir.path()).memory_capacity(1).segment_bytes(32).max_disk_bytes(32).open::<u8>().unwrap();
+    let (tx, rx) = sump::Builder::new("full", dir.path())
+        .memory_capacity(1)
+        .segment_bytes(32)
+        .max_disk_bytes(32)
+        .open::<u8>()
+        .unwrap();
     tx.send(1).unwrap();
     tx.send(2).unwrap();
     let blocked = thread::spawn(move || tx.send(3).map_err(|e| (e.is_disconnected(), e.into_inner())));
@@ -133,8 +137,12 @@ fn recv_timeout_with_a_huge_timeout_waits_like_recv() {
 #[test]
 fn send_timeout_times_out_on_a_full_channel_and_gives_the_item_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, _rx) =
-        sump::Builder::new("full", dir.path()).memory_capacity(1).segment_bytes(32).max_disk_bytes(32).open::<u8>().unwrap();
+    let (tx, _rx) = sump::Builder::new("full", dir.path())
+        .memory_capacity(1)
+        .segment_bytes(32)
+        .max_disk_bytes(32)
+        .open::<u8>()
+        .unwrap();
     tx.send(1).unwrap();
     tx.send(2).unwrap();
     let start = Instant::now();
@@ -158,8 +166,12 @@ fn send_timeout_times_out_on_a_full_channel_and_gives_the_item_back() {
 #[test]
 fn a_blocked_send_completes_once_the_receiver_frees_space() {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, rx) =
-        sump::Builder::new("full", dir.path()).memory_capacity(1).segment_bytes(32).max_disk_bytes(32).open::<u8>().unwrap();
+    let (tx, rx) = sump::Builder::new("full", dir.path())
+        .memory_capacity(1)
+        .segment_bytes(32)
+        .max_disk_bytes(32)
+        .open::<u8>()
+        .unwrap();
     tx.send(1).unwrap();
     tx.send(2).unwrap();
     let sender = thread::spawn(move || tx.send(3));

@@ -188,7 +188,11 @@ impl SegmentCursor {
         };
         if pos + frame_len > self.limit {
             // The length is not yet checked: it may be the damage itself.
-            return Ok(if sealed { Peek::Corrupt(format!("record at offset {pos} has a bad length")) } else { cut_off() });
+            return Ok(if sealed {
+                Peek::Corrupt(format!("record at offset {pos} has a bad length"))
+            } else {
+                cut_off()
+            });
         }
         self.pending_next = Some(pos + frame_len);
         let bytes = self.bytes_at(pos, frame_len as usize)?;

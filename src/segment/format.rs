@@ -197,10 +197,7 @@ mod tests {
     #[test]
     fn frame_reader_tells_records_torn_tails_and_flipped_bits_apart() {
         let frame = frame_of(b"payload");
-        assert_eq!(
-            read_frame(&frame, 0, frame.len()),
-            Frame::Record { payload: b"payload", next: frame.len() }
-        );
+        assert_eq!(read_frame(&frame, 0, frame.len()), Frame::Record { payload: b"payload", next: frame.len() });
         for cut in 0..frame.len() {
             assert_eq!(read_frame(&frame, 0, cut), Frame::Incomplete, "cut at {cut}");
         }
@@ -208,10 +205,7 @@ mod tests {
             let mut flipped = frame.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
             let found = read_frame(&flipped, 0, flipped.len());
-            assert!(
-                matches!(found, Frame::Corrupt | Frame::Incomplete),
-                "bit {bit} flipped was read as {found:?}"
-            );
+            assert!(matches!(found, Frame::Corrupt | Frame::Incomplete), "bit {bit} flipped was read as {found:?}");
         }
     }
 

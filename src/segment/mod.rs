@@ -78,7 +78,14 @@ mod tests {
 
     #[test]
     fn names_the_crate_did_not_write_are_not_segments() {
-        for name in ["1.seg", "0000000000000000000a.seg", "00000000000000000001.seg.corrupt", "notes.txt", "sump.lock", "+0000000000000000001.seg"] {
+        for name in [
+            "1.seg",
+            "0000000000000000000a.seg",
+            "00000000000000000001.seg.corrupt",
+            "notes.txt",
+            "sump.lock",
+            "+0000000000000000001.seg",
+        ] {
             assert_eq!(parse_segment_name(name), None, "{name}");
         }
     }
