@@ -22,10 +22,8 @@ const TRICKLE: u64 = 2_000;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let (tx, rx) = sump::Builder::new("logs", dir.path())
-        .memory_capacity(1_000)
-        .segment_bytes(4 << 20)
-        .open::<LogLine>()?;
+    let (tx, rx) =
+        sump::Builder::new("logs", dir.path()).memory_capacity(1_000).segment_bytes(4 << 20).open::<LogLine>()?;
     println!("channel `logs` in {}", dir.path().display());
     println!("memory holds 1,000 items; the rest goes to 4 MiB segments\n");
 

@@ -1,0 +1,132 @@
+//! Side-by-side throughput of `sump`, `std::sync::mpsc` and
+//! `crossbeam-channel` on the same workloads, so ratios come from one run.
+//!
+//! - W1 hot path: 1 producer, 1 consumer, 1,000,000 `u64`, nothing spills.
+//! - W2 spill: 200,000 items of 1 KiB, receiver idle until every send
+//!   returned, memory capacity 1,000 (bounded in-memory channels cannot do
+//!   this without blocking forever, so only unbounded ones are compared).
+//! - W3 contention: 4 producers x 250,000 items of 64 bytes, capacity 1,000.
+//!
+//! Run with `cargo bench --bench channels`.
+
+use std::thread;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+const W1_ITEMS: u64 = 1_000_000;
+const W2_ITEMS: usize = 200_000;
+const W3_PRODUCERS: usize = 4;
+const W3_ITEMS: usize = 250_000;
+
+fn w1_hot_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("w1_hot_path");
+    group.throughput(Throughput::Elements(W1_ITEMS));
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group.bench_function("crossbeam_bounded", |b| {
+        b.iter(|| {
+            let (tx, rx) = crossbeam_channel::bounded::<u64>(1 << 20);
+            let producer = thread::spawn(move || (0..W1_ITEMS).for_each(|i| tx.send(i).unwrap()));
+            assert_eq!(rx.iter().count() as u64, W1_ITEMS);
+            producer.join().unwrap();
+        })
+    });
+    group.bench_function("std_mpsc_sync", |b| {
+        b.iter(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(1 << 20);
+            let producer = thread::spawn(move || (0..W1_ITEMS).for_each(|i| tx.send(i).unwrap()));
+            assert_eq!(rx.iter().count() as u64, W1_ITEMS);
+            producer.join().unwrap();
+        })
+    });
+    group.bench_function("sump", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        b.iter(|| {
+            let (tx, rx) = sump::Builder::new("w1", dir.path()).memory_capacity(1 << 20).open::<u64>().unwrap();
+            let producer = thread::spawn(move || (0..W1_ITEMS).for_each(|i| tx.send(i).unwrap()));
+            assert_eq!(rx.iter().count() as u64, W1_ITEMS);
+            producer.join().unwrap();
+            assert_eq!(rx.stats().spilled, 0, "W1 must not spill");
+        })
+    });
+    group.finish();
+}
+
+fn kib() -> Vec<u8> {
+    vec![7u8; 1024]
+}
+
+fn w2_spill(c: &mut Criterion) {
+    let mut group = c.benchmark_group("w2_spill");
+    group.throughput(Throughput::Elements(W2_ITEMS as u64));
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group.bench_function("crossbeam_unbounded", |b| {
+        b.iter_batched(
+            kib,
+            |item| {
+                let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+                for _ in 0..W2_ITEMS {
+                    tx.send(item.clone()).unwrap();
+                }
+                drop(tx);
+                assert_eq!(rx.iter().count(), W2_ITEMS);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("sump", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        b.iter_batched(
+            kib,
+            |item| {
+                let (tx, rx) = sump::Builder::new("w2", dir.path()).memory_capacity(1_000).open::<Vec<u8>>().unwrap();
+                for _ in 0..W2_ITEMS {
+                    tx.send(item.clone()).unwrap();
+                }
+                drop(tx);
+                assert_eq!(rx.iter().count(), W2_ITEMS);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+fn w3_contention(c: &mut Criterion) {
+    let mut group = c.benchmark_group("w3_contention");
+    group.throughput(Throughput::Elements((W3_PRODUCERS * W3_ITEMS) as u64));
+    group.sample_size(10).measurement_time(Duration::from_secs(8));
+    group.bench_function("crossbeam_bounded", |b| {
+        b.iter(|| {
+            let (tx, rx) = crossbeam_channel::bounded::<[u64; 8]>(1_000);
+            let producers: Vec<_> = (0..W3_PRODUCERS)
+                .map(|_| {
+                    let tx = tx.clone();
+                    thread::spawn(move || (0..W3_ITEMS).for_each(|_| tx.send([1u64; 8]).unwrap()))
+                })
+                .collect();
+            drop(tx);
+            assert_eq!(rx.iter().count(), W3_PRODUCERS * W3_ITEMS);
+            producers.into_iter().for_each(|p| p.join().unwrap());
+        })
+    });
+    group.bench_function("sump", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        b.iter(|| {
+            let (tx, rx) = sump::Builder::new("w3", dir.path()).memory_capacity(1_000).open::<[u64; 8]>().unwrap();
+            let producers: Vec<_> = (0..W3_PRODUCERS)
+                .map(|_| {
+                    let tx = tx.clone();
+                    thread::spawn(move || (0..W3_ITEMS).for_each(|_| tx.send([1u64; 8]).unwrap()))
+                })
+                .collect();
+            drop(tx);
+            assert_eq!(rx.iter().count(), W3_PRODUCERS * W3_ITEMS);
+            producers.into_iter().for_each(|p| p.join().unwrap());
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, w1_hot_path, w2_spill, w3_contention);
+criterion_main!(benches);
