@@ -181,6 +181,32 @@ impl<T> Receiver<T> {
     pub fn stats(&self) -> Stats {
         self.shared.stats()
     }
+
+    /// Puts items taken from this receiver back at the front of the
+    /// channel, oldest first: the peek-and-commit a drainer needs.
+    pub(crate) fn put_back(&self, items: Vec<T>) {
+        self.shared.put_back(&mut self.side.borrow_mut(), items);
+    }
+
+    /// A handle that reads the channel's stats from another thread without
+    /// keeping the channel connected.
+    pub(crate) fn monitor(&self) -> Monitor<T> {
+        Monitor { shared: Arc::clone(&self.shared) }
+    }
+}
+
+/// Reads a channel's stats; not a sender, so it does not keep the channel
+/// connected.
+pub(crate) struct Monitor<T> {
+    /// The channel core.
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Monitor<T> {
+    /// A snapshot of the channel's contents and counters.
+    pub(crate) fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> Receiver<T> {

@@ -56,6 +56,13 @@ fn encode_into<T: Serialize>(item: &T, buffer: &mut Vec<u8>) -> io::Result<()> {
     seal_frame(buffer).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "item encodes to more than 4 GiB"))
 }
 
+/// The number of bytes `item` encodes to, without encoding it anywhere.
+pub(crate) fn encoded_len<T: Serialize>(item: &T) -> Option<usize> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(item, &mut size, config()).ok()?;
+    Some(size.bytes_written)
+}
+
 /// Decodes one record payload. The whole payload must be consumed: trailing
 /// bytes mean the record is not what it claims to be.
 pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {

@@ -116,6 +116,36 @@ enum Taken<T> {
 /// read (its bytes could not be flushed, or a segment could not be opened).
 const STUCK_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Spins a receiver briefly before it parks: a few rounds of busy-waiting
+/// that double each time, then a few yields.
+#[derive(Debug, Default)]
+struct Backoff {
+    /// Rounds spun so far.
+    round: u32,
+}
+
+impl Backoff {
+    /// Rounds that busy-wait (`2^round` spin hints each).
+    const SPIN_ROUNDS: u32 = 6;
+    /// Rounds in all, the later ones yielding the thread.
+    const ROUNDS: u32 = 10;
+
+    fn may_spin(&self) -> bool {
+        self.round < Self::ROUNDS
+    }
+
+    fn spin(&mut self) {
+        if self.round < Self::SPIN_ROUNDS {
+            for _ in 0..1u32 << self.round {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+        self.round += 1;
+    }
+}
+
 /// State guarded by the channel lock.
 struct State<T> {
     /// The memory tier: items not yet taken by the receiver.
@@ -337,6 +367,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
 
     /// Receives one item, waiting as `wait` allows.
     pub(crate) fn recv(&self, side: &mut ReceiverSide<T>, wait: Wait) -> Result<T, RecvFailure> {
+        let mut backoff = Backoff::default();
         loop {
             if let Some(item) = side.local.pop_front() {
                 self.taken.fetch_add(1, Ordering::Release);
@@ -386,6 +417,12 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             if stuck {
                 let retry = Instant::now() + STUCK_RETRY;
                 deadline = Some(deadline.map_or(retry, |d| d.min(retry)));
+            } else if backoff.may_spin() {
+                // An item is often only a moment away: a short spin costs
+                // less than parking and being woken.
+                drop(state);
+                backoff.spin();
+                continue;
             }
             state.receiver_waiting = true;
             match deadline {
@@ -497,6 +534,26 @@ impl<T> Shared<T> {
         if state.senders == 0 {
             state.receiver_waiting = false;
             self.ready.notify_all();
+        }
+    }
+
+    /// Returns items the receiver took but could not hand on (a drainer
+    /// whose sink refused them) to the front of the channel, oldest first,
+    /// so they are the next to be received. They count as in memory again
+    /// and no longer as received.
+    pub(crate) fn put_back(&self, side: &mut ReceiverSide<T>, items: Vec<T>) {
+        if items.is_empty() {
+            return;
+        }
+        let count = items.len();
+        let mut state = self.state.lock();
+        self.fold_taken(&mut state);
+        state.in_memory += count;
+        let received = self.received.load(Ordering::Relaxed);
+        self.received.store(received - count as u64, Ordering::Relaxed);
+        drop(state);
+        for item in items.into_iter().rev() {
+            side.local.push_front(item);
         }
     }
 

@@ -112,6 +112,7 @@ mod config;
 mod core;
 mod dir;
 mod disk;
+mod drain;
 mod err;
 mod segment;
 mod stats;
@@ -121,6 +122,11 @@ pub use crate::channel::{IntoIter, Iter, Receiver, Sender, TryIter};
 pub use crate::config::{
     channel, channel_with_explicit_capacity, Builder, Durability, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES,
     DEFAULT_MAX_SEGMENTS, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES,
+};
+pub use crate::drain::{
+    BoxError, BreakerState, ChannelSink, DrainError, DrainHandle, DrainStats, Drainer, JsonLinesSink, Sink, SinkError,
+    DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_BATCH_SIZE, DEFAULT_BREAKER_OPEN_FOR,
+    DEFAULT_BREAKER_THRESHOLD, DEFAULT_LINGER,
 };
 pub use crate::err::{
     CloseError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
