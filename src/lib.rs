@@ -128,6 +128,8 @@ pub use crate::drain::{
     DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_BATCH_SIZE, DEFAULT_BREAKER_OPEN_FOR,
     DEFAULT_BREAKER_THRESHOLD, DEFAULT_LINGER,
 };
+#[cfg(feature = "redis")]
+pub use crate::drain::{RedisSink, DEFAULT_REDIS_FIELD, DEFAULT_REDIS_TIMEOUT};
 pub use crate::err::{
     CloseError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };

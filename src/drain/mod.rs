@@ -21,6 +21,8 @@
 //!   A sink that panics stops the drainer the same way.
 
 mod breaker;
+#[cfg(feature = "redis")]
+mod redis_sink;
 mod sink;
 mod worker;
 
@@ -37,6 +39,8 @@ use crate::sync::{Arc, Condvar, Mutex};
 pub use breaker::{
     BreakerState, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_BREAKER_OPEN_FOR, DEFAULT_BREAKER_THRESHOLD,
 };
+#[cfg(feature = "redis")]
+pub use redis_sink::{RedisSink, DEFAULT_REDIS_FIELD, DEFAULT_REDIS_TIMEOUT};
 pub use sink::{BoxError, ChannelSink, JsonLinesSink, Sink, SinkError};
 
 /// Default bound on items per batch.
