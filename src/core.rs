@@ -445,10 +445,22 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         let decoded = match cursor.peek() {
             Ok(Peek::Record(payload)) => codec::decode::<T>(payload),
             Ok(Peek::Exhausted) => return Taken::Nothing,
-            Ok(Peek::Corrupt(reason)) => {
+            Ok(Peek::Damaged { reason, resume }) => {
+                tracing::error!(%reason, "damaged record in segment; skipping it");
+                cursor.mark_damaged();
+                cursor.skip_to(resume.unwrap_or(cursor.limit()));
+                return Taken::Skipped;
+            }
+            Ok(Peek::DamagedActive { reason }) => {
+                // Seal the segment so the damage can be told from a write
+                // in progress; the records it cost are counted when the
+                // cursor leaves the segment.
+                tracing::error!(%reason, "damaged record in the active segment; sealing it");
                 let mut state = self.state.lock();
-                state.disk.abandon(&mut side.cursor, &reason);
-                self.after_disk_change(&mut state);
+                if let Err(err) = state.disk.seal_active(&mut side.cursor) {
+                    state.disk.abandon(&mut side.cursor, &format!("{reason}; and sealing failed: {err}"));
+                    self.after_disk_change(&mut state);
+                }
                 return Taken::Skipped;
             }
             Err(err) => {

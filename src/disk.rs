@@ -282,6 +282,26 @@ impl DiskQueue {
         }
     }
 
+    /// Seals the active segment now, so the cursor reads it as sealed: its
+    /// final length known, so damage in it can be told from a write in
+    /// progress. The next append starts a new segment.
+    pub(crate) fn seal_active(&mut self, cursor: &mut Option<SegmentCursor>) -> io::Result<()> {
+        let Some(writer) = self.active.take() else { return Ok(()) };
+        match writer.seal() {
+            Ok(meta) => {
+                self.sealed.push_back(meta);
+                if let Some(open) = cursor.as_mut().filter(|open| open.id() == meta.id) {
+                    open.set_limit(meta.bytes, true);
+                }
+                Ok(())
+            }
+            Err((writer, err)) => {
+                self.active = Some(writer);
+                Err(err)
+            }
+        }
+    }
+
     /// Removes the front sealed segment, which the cursor has finished:
     /// deleted if clean, set aside if damaged.
     fn release_front(&mut self, damaged: bool) {

@@ -1,6 +1,7 @@
 //! Damaged segment files, found while the channel runs: the damaged
-//! records are skipped and counted, never delivered, the damaged segment is
-//! set aside, and nothing panics or hangs.
+//! records are skipped and counted, never delivered, reading resumes at the
+//! next intact record, the damaged segment is set aside, and nothing
+//! panics or hangs.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ fn open(dir: &Path) -> (sump::Sender<String>, sump::Receiver<String>) {
 }
 
 #[test]
-fn a_flipped_bit_loses_the_rest_of_its_segment_only_and_sets_it_aside() {
+fn a_flipped_bit_loses_only_the_damaged_record_and_sets_its_segment_aside() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = open(dir.path());
     for i in 0..20 {
@@ -51,11 +52,11 @@ fn a_flipped_bit_loses_the_rest_of_its_segment_only_and_sets_it_aside() {
     edit(&sealed[1], |bytes| bytes[HEADER + 2 * FRAME + 12] ^= 0x08);
     drop(tx);
     let got: Vec<String> = rx.iter().collect();
-    let expected: Vec<String> = (0..7).chain(10..20).map(item).collect();
-    assert_eq!(got, expected, "records before the damage and in later segments are delivered");
+    let expected: Vec<String> = (0..20).filter(|&i| i != 7).map(item).collect();
+    assert_eq!(got, expected, "reading resumes at the next intact record");
     let stats = rx.stats();
-    assert_eq!(stats.corrupt, 3, "the damaged record and the two after it");
-    assert_eq!(stats.received, 17);
+    assert_eq!(stats.corrupt, 1, "only the damaged record is lost");
+    assert_eq!(stats.received, 19);
     let aside = segments(&channel_dir, ".seg.corrupt");
     assert_eq!(aside.len(), 1, "the damaged segment is kept for inspection");
     assert!(aside[0].to_string_lossy().contains(&*sealed[1].file_name().unwrap().to_string_lossy()));
@@ -113,6 +114,25 @@ fn a_truncated_segment_is_read_up_to_the_cut() {
     let got: Vec<String> = rx.iter().collect();
     assert_eq!(got, (0..3).chain(5..10).map(item).collect::<Vec<_>>());
     assert_eq!(rx.stats().corrupt, 2);
+}
+
+#[test]
+fn damage_in_the_segment_being_written_is_found_after_sealing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("c", dir.path()).memory_capacity(0).open::<String>().unwrap();
+    for i in 0..10 {
+        tx.send(item(i)).unwrap();
+    }
+    tx.flush().unwrap();
+    let active = segments(&dir.path().join("c"), ".seg");
+    assert_eq!(active.len(), 1);
+    edit(&active[0], |bytes| bytes[HEADER + 4 * FRAME + 10] ^= 0x01);
+    let got: Vec<String> = rx.try_iter().collect();
+    assert_eq!(got, (0..10).filter(|&i| i != 4).map(item).collect::<Vec<_>>());
+    assert_eq!(rx.stats().corrupt, 1);
+    tx.send(item(10)).unwrap();
+    assert_eq!(rx.recv().unwrap(), item(10), "the channel goes on in a new segment");
+    assert_eq!(segments(&dir.path().join("c"), ".seg.corrupt").len(), 1);
 }
 
 #[test]

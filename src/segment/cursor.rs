@@ -17,7 +17,7 @@ use std::path::Path;
 
 use memmap2::{Advice, Mmap};
 
-use super::format::{decode_header, read_frame, Frame, FRAME_HEADER_LEN, HEADER_LEN};
+use super::format::{decode_header, find_frame, read_frame, Frame, FRAME_HEADER_LEN, HEADER_LEN};
 
 /// Bytes read at once from the active segment.
 pub(crate) const TAIL_READ_BYTES: usize = 256 * 1024;
@@ -29,8 +29,14 @@ pub(crate) enum Peek<'a> {
     Record(&'a [u8]),
     /// Nothing more below the limit (yet, if the segment is still active).
     Exhausted,
-    /// The segment cannot be read past this point; the reason says why.
-    Corrupt(String),
+    /// The bytes at the cursor are not a whole, intact frame, and the
+    /// segment is sealed (or the header is bad). `resume` is where the
+    /// next intact frame starts, if there is one below the limit.
+    Damaged { reason: String, resume: Option<u64> },
+    /// The bytes at the cursor of the active segment are not an intact
+    /// frame; whether the damage is a torn write can only be decided once
+    /// the segment is sealed.
+    DamagedActive { reason: String },
 }
 
 /// Where the cursor's bytes come from.
@@ -162,7 +168,7 @@ impl SegmentCursor {
                 return Ok(Peek::Exhausted);
             }
             if let Err(err) = decode_header(header) {
-                return Ok(Peek::Corrupt(err.to_string()));
+                return Ok(Peek::Damaged { reason: err.to_string(), resume: None });
             }
             self.pos = HEADER_LEN as u64;
         }
@@ -170,36 +176,52 @@ impl SegmentCursor {
             return Ok(Peek::Exhausted);
         }
         let pos = self.pos;
-        let sealed = self.sealed;
-        let cut_off = move || {
-            if sealed {
-                Peek::Corrupt(format!("record at offset {pos} is cut off by the end of the segment"))
-            } else {
-                Peek::Exhausted
-            }
-        };
         let frame_len = {
             let bytes = self.bytes_at(pos, FRAME_HEADER_LEN)?;
             if bytes.len() < FRAME_HEADER_LEN {
-                return Ok(cut_off());
+                return self.report_damage(pos, "record header cut off by the end of the segment", false);
             }
             let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
             FRAME_HEADER_LEN as u64 + u64::from(len)
         };
         if pos + frame_len > self.limit {
             // The length is not yet checked: it may be the damage itself.
-            return Ok(if sealed {
-                Peek::Corrupt(format!("record at offset {pos} has a bad length"))
-            } else {
-                cut_off()
-            });
+            return self.report_damage(pos, "record runs past the end of the segment", false);
         }
-        self.pending_next = Some(pos + frame_len);
-        let bytes = self.bytes_at(pos, frame_len as usize)?;
-        Ok(match read_frame(bytes, 0, frame_len as usize) {
-            Frame::Record { payload, .. } => Peek::Record(payload),
-            Frame::Incomplete | Frame::Corrupt => Peek::Corrupt(format!("record at offset {pos} fails its CRC32C")),
-        })
+        let frame_len = frame_len as usize;
+        let payload = match read_frame(self.bytes_at(pos, frame_len)?, 0, frame_len) {
+            Frame::Record { payload, next } => next - payload.len()..next,
+            Frame::Incomplete | Frame::Corrupt => return self.report_damage(pos, "record fails its CRC32C", true),
+        };
+        self.pending_next = Some(pos + frame_len as u64);
+        // Already read and checked: this second look copies nothing.
+        Ok(Peek::Record(&self.bytes_at(pos, frame_len)?[payload]))
+    }
+
+    /// Reports damage at `pos`. In the active segment a frame cut off by
+    /// the limit is still being written, so it is only "exhausted"; in a
+    /// sealed one, the next intact frame is searched for.
+    fn report_damage(&mut self, pos: u64, what: &str, checksum_failed: bool) -> io::Result<Peek<'_>> {
+        let reason = format!("{what} (offset {pos} of segment {})", self.id);
+        if !self.sealed {
+            return Ok(if checksum_failed { Peek::DamagedActive { reason } } else { Peek::Exhausted });
+        }
+        let rest = usize::try_from(self.limit - pos).unwrap_or(usize::MAX);
+        let bytes = self.bytes_at(pos, rest)?;
+        let resume = find_frame(bytes, 1, bytes.len()).map(|offset| pos + offset as u64);
+        Ok(Peek::Damaged { reason, resume })
+    }
+
+    /// Moves the cursor to `pos` without counting a record: past a damaged
+    /// stretch, or to where reading left off before a restart.
+    pub(crate) fn skip_to(&mut self, pos: u64) {
+        self.pending_next = None;
+        self.pos = pos.max(HEADER_LEN as u64);
+    }
+
+    /// The bytes the cursor may read.
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
     }
 
     /// Moves past the record the last `peek` returned.
@@ -277,7 +299,7 @@ mod tests {
 
         let mut torn = SegmentCursor::open_sealed(&path, 2, meta.bytes - 1).unwrap();
         assert_eq!(read_all(&mut torn).len(), 2);
-        assert!(matches!(torn.peek().unwrap(), Peek::Corrupt(_)));
+        assert!(matches!(torn.peek().unwrap(), Peek::Damaged { resume: None, .. }));
     }
 
     #[test]
@@ -294,7 +316,7 @@ mod tests {
             let damaged = dir.path().join(format!("damaged-{what}"));
             std::fs::write(&damaged, &bytes).unwrap();
             let mut cursor = SegmentCursor::open_sealed(&damaged, 3, meta.bytes).unwrap();
-            assert!(matches!(cursor.peek().unwrap(), Peek::Corrupt(_)), "{what}");
+            assert!(matches!(cursor.peek().unwrap(), Peek::Damaged { resume: None, .. }), "{what}");
         }
     }
 }

@@ -144,6 +144,16 @@ pub(crate) fn read_frame(bytes: &[u8], pos: usize, limit: usize) -> Frame<'_> {
     Frame::Record { payload, next: end }
 }
 
+/// Finds the first offset at or after `from` where a whole frame with a
+/// matching CRC starts, below `limit`: where reading can resume after a
+/// damaged stretch. Never allocates; the cost is bounded by the bytes
+/// between `from` and `limit` times the lengths the candidates claim.
+pub(crate) fn find_frame(bytes: &[u8], from: usize, limit: usize) -> Option<usize> {
+    let limit = limit.min(bytes.len());
+    (from..limit.saturating_sub(FRAME_HEADER_LEN - 1))
+        .find(|&pos| matches!(read_frame(bytes, pos, limit), Frame::Record { .. }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +217,21 @@ mod tests {
             let found = read_frame(&flipped, 0, flipped.len());
             assert!(matches!(found, Frame::Corrupt | Frame::Incomplete), "bit {bit} flipped was read as {found:?}");
         }
+    }
+
+    #[test]
+    fn reading_resumes_at_the_next_whole_frame_after_damage() {
+        let mut bytes = frame_of(b"first");
+        let second = bytes.len();
+        bytes.extend(frame_of(b"second"));
+        let third = bytes.len();
+        bytes.extend(frame_of(b"third"));
+        assert_eq!(find_frame(&bytes, 0, bytes.len()), Some(0));
+        bytes[second + 10] ^= 0xff; // damage the second payload
+        assert_eq!(read_frame(&bytes, second, bytes.len()), Frame::Corrupt);
+        assert_eq!(find_frame(&bytes, second, bytes.len()), Some(third));
+        assert_eq!(find_frame(&bytes, third + 1, bytes.len()), None);
+        assert_eq!(find_frame(&[0u8; 64], 0, 64), None, "zeros are not frames");
     }
 
     #[test]
