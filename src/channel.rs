@@ -36,6 +36,8 @@ pub struct Receiver<T> {
     shared: Arc<Shared<T>>,
     /// The receiver's batch and disk cursor, used only by this handle.
     side: RefCell<ReceiverSide<T>>,
+    /// Set by `close`, so that `Drop` does not shut down a second time.
+    closed: bool,
 }
 
 impl<T> Sender<T> {
@@ -174,7 +176,7 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T> Receiver<T> {
     pub(crate) fn from_shared(shared: Arc<Shared<T>>, side: ReceiverSide<T>) -> Receiver<T> {
-        Receiver { shared, side: RefCell::new(side) }
+        Receiver { shared, side: RefCell::new(side), closed: false }
     }
 
     /// A snapshot of the channel's contents and counters.
@@ -288,24 +290,47 @@ impl<T: Serialize + DeserializeOwned> Receiver<T> {
     /// Ends the receiving side now, as dropping the receiver does, and
     /// reports what could not be kept.
     ///
-    /// In [`Durability::Overflow`](crate::Durability::Overflow), the only
-    /// mode this version supports, nothing is kept across a close: items
-    /// still in the channel are dropped and segments deleted, so this
-    /// always returns `Ok`.
+    /// In [`Durability::Overflow`](crate::Durability::Overflow) items still
+    /// in the channel are dropped and segments deleted, and this returns
+    /// `Ok`. In the durable modes the items still in memory are written to
+    /// disk, ahead of the disk backlog, and read progress is recorded, so
+    /// that the next `open` delivers exactly what was not received.
+    ///
+    /// ```
+    /// use sump::{Builder, Durability};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let (tx, rx) = Builder::new("jobs", dir.path()).durability(Durability::Persistent).open::<u32>()?;
+    /// tx.send(1)?;
+    /// tx.send(2)?;
+    /// assert_eq!(rx.recv()?, 1);
+    /// drop(tx);
+    /// rx.close()?; // 2 is written to disk
+    ///
+    /// let (_tx, rx) = Builder::new("jobs", dir.path()).durability(Durability::Persistent).open::<u32>()?;
+    /// assert_eq!(rx.recv()?, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
-    /// In durable modes, [`CloseError`] when items still in memory could
-    /// not be written to disk.
-    pub fn close(self) -> Result<(), CloseError> {
-        drop(self);
-        Ok(())
+    /// [`CloseError`] when items could not be written (a full disk, an item
+    /// serde refuses); it says how many. Dropping the receiver does the
+    /// same but can only log the error.
+    pub fn close(mut self) -> Result<(), CloseError> {
+        self.closed = true;
+        self.shared.remove_receiver(self.side.get_mut())
     }
 }
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        self.shared.remove_receiver(self.side.get_mut());
+        if self.closed {
+            return;
+        }
+        if let Err(err) = self.shared.remove_receiver(self.side.get_mut()) {
+            tracing::error!(error = %err, "closing the channel lost items");
+        }
     }
 }
 

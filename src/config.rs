@@ -45,18 +45,33 @@ pub enum WhenFull {
 }
 
 /// What the disk tier promises across restarts.
+///
+/// | mode | clean restart | process crash (kill -9) | power loss |
+/// |---|---|---|---|
+/// | `Overflow` | nothing kept | nothing kept | nothing kept |
+/// | `Persistent` | nothing lost, nothing delivered twice | items in memory lost; items on disk kept; items read since the last clean shutdown may come again | as a crash, less what the OS had not written back |
+/// | `WriteAhead` | nothing lost, nothing delivered twice | nothing whose `send` returned is lost; items read since the last clean shutdown may come again | with [`SyncPolicy::Always`], as a crash |
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Durability {
     /// Disk is scratch space for overflow, as in hopper: opening a channel
-    /// discards the segments a previous run left. The default.
+    /// discards the segments a previous run left, and closing it deletes
+    /// its own. The default.
     #[default]
     Overflow,
-    /// Unread items survive a clean restart. Not supported by this version:
-    /// [`Builder::open`] refuses it with [`OpenError::Unsupported`].
+    /// Unread items survive a clean restart: `open` recovers the segments
+    /// a previous run left, and a clean shutdown (every handle dropped, or
+    /// [`Receiver::close`](crate::Receiver::close)) writes the in-memory
+    /// queue to disk, in front of the backlog, and records how far the
+    /// receiver read. Items in memory are not on disk until then.
     Persistent,
-    /// Every item is written to disk before `send` returns. Not supported
-    /// by this version: [`Builder::open`] refuses it with
-    /// [`OpenError::Unsupported`].
+    /// Every item is written to the active segment (handed to the OS)
+    /// before `send` returns, so a process crash loses nothing that was
+    /// sent; with [`SyncPolicy::Always`] it is also on stable storage.
+    /// Items then travel through disk only. Recovery and clean shutdown
+    /// are as in `Persistent`. After a crash, items received since the
+    /// last clean shutdown from segments not yet fully read are delivered
+    /// again (at-least-once): at most the records of the segments the
+    /// receiver had open, `segment_bytes` each.
     WriteAhead,
 }
 
@@ -67,10 +82,12 @@ pub enum SyncPolicy {
     /// hands buffered bytes to the OS only. The default.
     #[default]
     Never,
-    /// In the background at this interval. Not supported by this version:
-    /// [`Builder::open`] refuses it with [`OpenError::Unsupported`].
+    /// A background thread syncs the active segment at this interval (at
+    /// least 1 ms); [`Sender::flush`] syncs too.
     Interval(Duration),
-    /// After every record written to disk, and in [`Sender::flush`].
+    /// A send that writes to disk returns only once its record is on
+    /// stable storage. Concurrent senders share one sync (group commit):
+    /// a sync covers every record appended before it started.
     Always,
 }
 
@@ -195,8 +212,9 @@ impl Builder {
     }
 
     /// Opens the channel: creates `dir/name/` if missing, takes its lock,
-    /// and (in [`Durability::Overflow`]) discards segments a previous run
-    /// left there. Files the crate did not create are left alone.
+    /// and either discards the segments a previous run left there
+    /// ([`Durability::Overflow`]) or recovers them (the durable modes).
+    /// Files the crate did not create are left alone.
     ///
     /// # Errors
     ///
@@ -205,8 +223,6 @@ impl Builder {
     /// - [`OpenError::InvalidConfig`] when a segment cannot hold one empty
     ///   record, or `max_disk_bytes` cannot hold one segment header and
     ///   record, or `max_segments` is zero;
-    /// - [`OpenError::Unsupported`] for settings this version does not
-    ///   implement yet;
     /// - [`OpenError::Locked`] while the channel is open elsewhere;
     /// - [`OpenError::Io`] when the directory or its files cannot be used.
     pub fn open<T>(self) -> Result<(Sender<T>, Receiver<T>), OpenError>
@@ -236,12 +252,7 @@ impl Builder {
         if settings.max_segments == 0 {
             return invalid("max_segments is 0, but the active segment needs one".to_string());
         }
-        match (settings.durability, settings.sync) {
-            (Durability::Persistent, _) => Err(OpenError::Unsupported { setting: "Durability::Persistent" }),
-            (Durability::WriteAhead, _) => Err(OpenError::Unsupported { setting: "Durability::WriteAhead" }),
-            (_, SyncPolicy::Interval(_)) => Err(OpenError::Unsupported { setting: "SyncPolicy::Interval" }),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 }
 

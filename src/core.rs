@@ -39,9 +39,9 @@ use serde::Serialize;
 
 use crate::channel::{Receiver, Sender};
 use crate::codec;
-use crate::config::{Settings, SyncPolicy, WhenFull};
+use crate::config::{Durability, Settings, SyncPolicy, WhenFull};
 use crate::disk::{DiskQueue, Fit};
-use crate::err::OpenError;
+use crate::err::{CloseError, OpenError};
 use crate::segment::{Peek, SegmentCursor};
 use crate::stats::Stats;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, Mutex, MutexGuard, Ordering};
@@ -88,8 +88,8 @@ pub(crate) enum RecvFailure {
 
 /// What the spill path decided, under the lock.
 enum Spill {
-    /// The frame is on disk.
-    Written,
+    /// The frame is on disk: the channel's `appended` count after it.
+    Written(u64),
     /// The item was dropped by policy.
     Dropped,
     /// The disk backlog drained meanwhile and memory has room: the item
@@ -169,6 +169,12 @@ struct State<T> {
     spilled: u64,
     /// Items dropped by policy since open.
     dropped: u64,
+    /// Records appended to disk since open; a record's sequence number.
+    appended: u64,
+    /// Every record up to this sequence number is on stable storage.
+    synced: u64,
+    /// Whether a sender is syncing for the group right now.
+    syncing: bool,
 }
 
 /// The part of a channel every handle shares.
@@ -179,6 +185,8 @@ pub(crate) struct Shared<T> {
     ready: Condvar,
     /// Senders wait here for disk space or for the receiver to leave.
     space: Condvar,
+    /// Senders wait here for a group commit to cover their record.
+    synced: Condvar,
     /// A hint, written under the lock, that the disk holds items, so a
     /// send should encode before taking the lock. Never trusted for order.
     spilling: AtomicBool,
@@ -194,6 +202,16 @@ pub(crate) struct Shared<T> {
     when_full: WhenFull,
     /// Whether `flush` also syncs.
     sync_on_flush: bool,
+    /// `SyncPolicy::Always`: a spilled record is synced before `send`
+    /// returns.
+    sync_always: bool,
+    /// `WriteAhead`: every item goes to disk before `send` returns.
+    write_ahead: bool,
+    /// `Persistent` or `WriteAhead`: a clean shutdown writes memory to disk.
+    durable: bool,
+    /// Encodes an item as a frame; kept here so that shutdown, which runs
+    /// in `Drop` where `T: Serialize` cannot be named, can persist memory.
+    encode: fn(&T) -> io::Result<Vec<u8>>,
 }
 
 /// The receiver's own state, outside the lock.
@@ -222,18 +240,48 @@ where
             sent: 0,
             spilled: 0,
             dropped: 0,
+            appended: 0,
+            synced: 0,
+            syncing: false,
         }),
         ready: Condvar::new(),
         space: Condvar::new(),
+        synced: Condvar::new(),
         spilling: AtomicBool::new(false),
         taken: CachePadded::default(),
         received: CachePadded::default(),
         capacity: settings.memory_capacity,
         when_full: settings.when_full,
         sync_on_flush: settings.sync != SyncPolicy::Never,
+        sync_always: settings.sync == SyncPolicy::Always,
+        write_ahead: settings.durability == Durability::WriteAhead,
+        durable: settings.durability != Durability::Overflow,
+        encode: |item| codec::with_frame(item, <[u8]>::to_vec),
     });
+    if let SyncPolicy::Interval(every) = settings.sync {
+        start_interval_sync(Arc::downgrade(&shared), every.max(MIN_SYNC_INTERVAL))
+            .map_err(|err| OpenError::io(dir.join(name), err))?;
+    }
     let side = ReceiverSide { local: VecDeque::new(), cursor: None };
     Ok((Sender::from_shared(Arc::clone(&shared)), Receiver::from_shared(shared, side)))
+}
+
+/// The shortest interval a `SyncPolicy::Interval` thread syncs at.
+const MIN_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Starts the thread that syncs a channel's active segment every `every`,
+/// for `SyncPolicy::Interval`. It holds only a weak reference and ends
+/// once the channel is gone.
+fn start_interval_sync<T: Send + 'static>(channel: std::sync::Weak<Shared<T>>, every: std::time::Duration) -> io::Result<()> {
+    std::thread::Builder::new().name("sump-sync".to_string()).spawn(move || loop {
+        std::thread::sleep(every);
+        let Some(shared) = channel.upgrade() else { return };
+        let file = shared.state.lock().disk.flush_for_sync();
+        if let Err(err) = file.and_then(|file| file.map_or(Ok(()), |file| file.sync_data())) {
+            tracing::error!(error = %err, "interval sync of the active segment failed");
+        }
+    })?;
+    Ok(())
 }
 
 impl<T: Serialize + DeserializeOwned> Shared<T> {
@@ -255,7 +303,11 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             Err(err) => return Err(SendFailure::Io(item, err)),
         };
         match outcome {
-            Spill::Written | Spill::Dropped => Ok(()),
+            Spill::Written(sequence) if self.sync_always => match self.group_commit(state, sequence) {
+                Ok(()) => Ok(()),
+                Err(err) => Err(SendFailure::Io(item, err)),
+            },
+            Spill::Written(_) | Spill::Dropped => Ok(()),
             Spill::Memory => {
                 self.push_memory(&mut state, item);
                 Ok(())
@@ -270,7 +322,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// Whether the next item may go to memory: nothing is on disk (FIFO)
     /// and the memory bound has room.
     fn memory_has_room(&self, state: &mut State<T>) -> bool {
-        if state.disk.items() > 0 {
+        if self.write_ahead || state.disk.items() > 0 {
             return false;
         }
         if state.in_memory < self.capacity {
@@ -313,16 +365,17 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             }
             match state.disk.fit(frame.len()) {
                 Fit::Fits => {
-                    let outcome = match state.disk.append(frame) {
+                    let outcome = match state.disk.append(frame, self.write_ahead) {
                         Ok(()) => {
                             if state.spilled == 0 || !self.spilling.load(Ordering::Relaxed) {
                                 tracing::debug!(in_memory = state.in_memory, "spill to disk started");
                             }
                             state.sent += 1;
                             state.spilled += 1;
+                            state.appended += 1;
                             self.spilling.store(true, Ordering::Relaxed);
                             self.wake_receiver(&mut state);
-                            Spill::Written
+                            Spill::Written(state.appended)
                         }
                         Err(err) => Spill::Io(err),
                     };
@@ -361,6 +414,42 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                         state.senders_waiting -= 1;
                     }
                 },
+            }
+        }
+    }
+
+    /// Waits until record `sequence` is on stable storage. The first sender
+    /// to find no sync under way syncs for everyone: it flushes under the
+    /// lock, then syncs outside it, covering every record appended before
+    /// it started; senders arriving meanwhile wait for the next round.
+    ///
+    /// # Errors
+    ///
+    /// The sync's error. The record stays in the channel and may still be
+    /// delivered; only its durability is unknown.
+    fn group_commit<'a>(&'a self, mut state: MutexGuard<'a, State<T>>, sequence: u64) -> io::Result<()> {
+        loop {
+            if state.synced >= sequence {
+                return Ok(());
+            }
+            if state.syncing {
+                self.synced.wait(&mut state);
+                continue;
+            }
+            state.syncing = true;
+            let target = state.appended;
+            let file = state.disk.flush_for_sync();
+            drop(state);
+            let result = file.and_then(|file| file.map_or(Ok(()), |file| file.sync_data()));
+            state = self.state.lock();
+            state.syncing = false;
+            self.synced.notify_all();
+            match result {
+                Ok(()) => state.synced = state.synced.max(target),
+                Err(err) => {
+                    tracing::error!(error = %err, "group commit failed to sync the active segment");
+                    return Err(err);
+                }
             }
         }
     }
@@ -569,21 +658,57 @@ impl<T> Shared<T> {
         }
     }
 
-    /// The receiver is gone: later sends fail, waiting senders wake, and
-    /// everything in the channel is dropped (memory) or deleted (disk).
-    pub(crate) fn remove_receiver(&self, side: &mut ReceiverSide<T>) {
-        let memory = {
+    /// The receiver is gone: later sends fail and waiting senders wake. In
+    /// `Overflow` mode everything in the channel is dropped (memory) and
+    /// deleted (disk); in the durable modes the items in memory are written
+    /// to disk, in front of the backlog, and read progress is recorded.
+    pub(crate) fn remove_receiver(&self, side: &mut ReceiverSide<T>) -> Result<(), CloseError> {
+        let (memory, result) = {
             let mut state = self.state.lock();
             state.receiver_alive = false;
-            state.disk.release_all(&mut side.cursor);
+            self.fold_taken(&mut state);
+            let memory = mem::take(&mut state.memory);
+            let result = if self.durable {
+                self.persist(&mut state.disk, side, &memory)
+            } else {
+                state.disk.release_all(&mut side.cursor);
+                Ok(())
+            };
             self.spilling.store(false, Ordering::Relaxed);
             state.in_memory = 0;
             self.taken.store(0, Ordering::Relaxed);
             self.space.notify_all();
-            mem::take(&mut state.memory)
+            (memory, result)
         };
         // Items are dropped outside the lock: their `Drop` may use the channel.
         drop(memory);
         drop(mem::take(&mut side.local));
+        side.cursor = None;
+        result
+    }
+
+    /// Writes the receiver's batch and the memory queue, oldest first, to
+    /// disk, and records read progress.
+    fn persist(&self, disk: &mut DiskQueue, side: &ReceiverSide<T>, memory: &VecDeque<T>) -> Result<(), CloseError> {
+        let mut frames = Vec::with_capacity(side.local.len() + memory.len());
+        let mut first_error = None;
+        for item in side.local.iter().chain(memory) {
+            match (self.encode)(item) {
+                Ok(frame) => frames.push(frame),
+                Err(err) => {
+                    tracing::error!(error = %err, "an item in memory cannot be encoded; it is lost at shutdown");
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        let unencodable = side.local.len() + memory.len() - frames.len();
+        match (disk.shutdown(side.cursor.as_ref(), &frames), first_error) {
+            (Ok(()), None) => Ok(()),
+            (Ok(()), Some(source)) => Err(CloseError { unpersisted: unencodable, source }),
+            (Err((unwritten, source)), _) => {
+                tracing::error!(error = %source, unwritten, "items in memory could not be written at shutdown");
+                Err(CloseError { unpersisted: unwritten + unencodable, source })
+            }
+        }
     }
 }

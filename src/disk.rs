@@ -21,8 +21,11 @@
 use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::config::{Settings, SyncPolicy};
+use crate::config::{Durability, Settings, SyncPolicy};
+use crate::progress::{self, Progress};
+use crate::recover::{recover, Recovered};
 use crate::dir::{ChannelDir, CORRUPT_SUFFIX};
 use crate::err::OpenError;
 use crate::segment::format::HEADER_LEN;
@@ -50,8 +53,14 @@ pub(crate) struct DiskQueue {
     max_disk_bytes: u64,
     /// Bound on segment files, the active one included.
     max_segments: usize,
+    /// Whether segments survive the channel (`Persistent`, `WriteAhead`)
+    /// rather than being scratch space (`Overflow`).
+    durable: bool,
     /// Whether every append is followed by an fsync.
     sync_always: bool,
+    /// Where reading resumes in the oldest segment after a restart, until
+    /// the cursor gets there.
+    resume_at: Option<Progress>,
     /// The segment being appended to, if any.
     active: Option<SegmentWriter>,
     /// Sealed segments still owned, oldest first.
@@ -69,28 +78,39 @@ pub(crate) struct DiskQueue {
 }
 
 impl DiskQueue {
-    /// Opens the channel directory and discards the segments a previous
-    /// run left there (overflow mode: disk is scratch space).
+    /// Opens the channel directory. In `Overflow` mode the segments a
+    /// previous run left are discarded (disk is scratch space); in the
+    /// durable modes they are recovered.
     pub(crate) fn open(dir: &std::path::Path, name: &str, settings: &Settings) -> Result<DiskQueue, OpenError> {
         let dir = ChannelDir::open(dir, name)?;
-        let (old_segments, highest) = dir.scan()?;
-        for id in old_segments {
-            let path = segment_path(dir.path(), id);
-            std::fs::remove_file(&path).map_err(|err| OpenError::io(&path, err))?;
-        }
+        let durable = settings.durability != Durability::Overflow;
+        let recovered = if durable {
+            recover(&dir)?
+        } else {
+            let (old_segments, highest) = dir.scan()?;
+            for id in old_segments {
+                let path = segment_path(dir.path(), id);
+                std::fs::remove_file(&path).map_err(|err| OpenError::io(&path, err))?;
+            }
+            Recovered { next_id: highest.map_or(0, |id| id.saturating_add(1)), ..Recovered::default() }
+        };
+        let items = recovered.segments.iter().map(|meta| meta.records).sum();
+        let bytes = recovered.segments.iter().map(|meta| meta.bytes).sum();
         Ok(DiskQueue {
             dir,
             segment_bytes: settings.segment_bytes,
             max_disk_bytes: settings.max_disk_bytes,
             max_segments: settings.max_segments,
+            durable,
             sync_always: settings.sync == SyncPolicy::Always,
+            resume_at: recovered.resume_at,
             active: None,
-            sealed: VecDeque::new(),
+            sealed: recovered.segments,
             reading: None,
-            items: 0,
-            bytes: 0,
-            corrupt: 0,
-            next_id: highest.map_or(0, |id| id.saturating_add(1)),
+            items,
+            bytes,
+            corrupt: recovered.corrupt,
+            next_id: recovered.next_id,
         })
     }
 
@@ -150,9 +170,10 @@ impl DiskQueue {
     }
 
     /// Appends one frame, starting a new segment first if the active one
-    /// would grow past `segment_bytes`. The caller has checked
+    /// would grow past `segment_bytes`; with `through`, the frame is
+    /// written to the file before this returns. The caller has checked
     /// [`fit`](Self::fit). On error nothing was appended.
-    pub(crate) fn append(&mut self, frame: &[u8]) -> io::Result<()> {
+    pub(crate) fn append(&mut self, frame: &[u8], through: bool) -> io::Result<()> {
         let rotate = match &self.active {
             Some(writer) => writer.len() + frame.len() as u64 > self.segment_bytes,
             None => true,
@@ -163,24 +184,35 @@ impl DiskQueue {
         let Some(writer) = self.active.as_mut() else {
             return Err(io::Error::other("no active segment after rotation"));
         };
-        writer.append(frame)?;
+        if through {
+            writer.append_through(frame)?;
+        } else {
+            writer.append(frame)?;
+        }
         self.items += 1;
         self.bytes += frame.len() as u64;
-        if self.sync_always {
-            if let Err(err) = writer.sync() {
-                // The record is appended and will be delivered; only its
-                // durability is in doubt, and overflow mode promises none.
-                tracing::warn!(error = %err, "fsync of the active segment failed");
-            }
-        }
         Ok(())
     }
 
-    /// Starts a new active segment, sealing the current one.
+    /// Starts a new active segment, sealing the current one. Under
+    /// `SyncPolicy::Always` the old segment is synced before it is sealed,
+    /// and the directory after the new file is created, so that a group
+    /// commit of the new segment covers every record before it.
     fn rotate(&mut self) -> io::Result<()> {
+        if self.sync_always {
+            if let Some(old) = self.active.as_mut() {
+                old.sync()?;
+            }
+        }
         let id = self.next_id;
         let new = SegmentWriter::create(self.dir.path(), id)?;
         self.next_id += 1;
+        if self.sync_always {
+            if let Err(err) = progress::sync_dir(self.dir.path()) {
+                remove_file_logged(&self.path_of(id));
+                return Err(err);
+            }
+        }
         if let Some(old) = self.active.take() {
             match old.seal() {
                 Ok(meta) => {
@@ -221,6 +253,13 @@ impl DiskQueue {
         Some(records)
     }
 
+    /// Writes buffered bytes to the OS and returns the active segment's
+    /// file, to be synced outside the lock; `None` when there is no active
+    /// segment (sealed ones were synced when sealed).
+    pub(crate) fn flush_for_sync(&mut self) -> io::Result<Option<Arc<std::fs::File>>> {
+        self.active.as_mut().map(SegmentWriter::flush_for_sync).transpose()
+    }
+
     /// Writes buffered bytes to the OS, and to stable storage if `sync`.
     pub(crate) fn flush(&mut self, sync: bool) -> io::Result<()> {
         match self.active.as_mut() {
@@ -255,7 +294,11 @@ impl DiskQueue {
                         freed = true;
                     }
                     _ => {
-                        *cursor = Some(SegmentCursor::open_sealed(&self.path_of(front.id), front.id, front.bytes)?);
+                        let mut open = SegmentCursor::open_sealed(&self.path_of(front.id), front.id, front.bytes)?;
+                        if let Some(resume) = self.resume_at.take_if(|resume| resume.segment == front.id) {
+                            open.skip_to(resume.offset);
+                        }
+                        *cursor = Some(open);
                         self.reading = Some(front.id);
                         return Ok(freed);
                     }
@@ -389,10 +432,82 @@ impl DiskQueue {
     }
 }
 
+impl DiskQueue {
+    /// A clean shutdown of a durable channel: writes `frames` (the items
+    /// still in memory, oldest first) into segments placed before every
+    /// other, flushes and syncs the active segment, and records where the
+    /// cursor stopped reading. Returns how many of `frames` were not
+    /// written, with the error, if any.
+    pub(crate) fn shutdown(&mut self, cursor: Option<&SegmentCursor>, frames: &[Vec<u8>]) -> Result<(), (usize, io::Error)> {
+        if let Some(writer) = self.active.as_mut() {
+            writer.sync().map_err(|err| (frames.len(), err))?;
+        }
+        self.write_front(frames)?;
+        let reading = cursor.map(|open| Progress { segment: open.id(), offset: open.pos() });
+        progress::write(self.dir.path(), reading.or(self.resume_at), true).map_err(|err| (0, err))?;
+        progress::sync_dir(self.dir.path()).map_err(|err| (0, err))
+    }
+
+    /// Writes `frames` into new segments whose ids sort before every
+    /// segment the queue holds, so they are read first.
+    fn write_front(&mut self, frames: &[Vec<u8>]) -> Result<(), (usize, io::Error)> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let mut chunks: Vec<&[Vec<u8>]> = Vec::new();
+        let mut start = 0;
+        let mut len = HEADER_LEN as u64;
+        for (index, frame) in frames.iter().enumerate() {
+            if index > start && len + frame.len() as u64 > self.segment_bytes {
+                chunks.push(&frames[start..index]);
+                start = index;
+                len = HEADER_LEN as u64;
+            }
+            len += frame.len() as u64;
+        }
+        chunks.push(&frames[start..]);
+        let oldest = self.sealed.front().map(|meta| meta.id).or(self.active.as_ref().map(SegmentWriter::id));
+        let first_id = match oldest {
+            Some(oldest) => oldest.checked_sub(chunks.len() as u64),
+            None => {
+                self.next_id += chunks.len() as u64;
+                Some(self.next_id - chunks.len() as u64)
+            }
+        };
+        let Some(first_id) = first_id else {
+            return Err((frames.len(), io::Error::other("no segment id is free below the oldest segment")));
+        };
+        let mut written = 0;
+        for (offset, chunk) in chunks.iter().enumerate() {
+            let id = first_id + offset as u64;
+            let result = SegmentWriter::create(self.dir.path(), id).and_then(|mut writer| {
+                chunk.iter().try_for_each(|frame| writer.append(frame))?;
+                writer.sync()?;
+                writer.seal().map_err(|(_, err)| err)
+            });
+            match result {
+                Ok(meta) => {
+                    written += chunk.len();
+                    self.items += meta.records;
+                    self.bytes += meta.bytes;
+                }
+                Err(err) => {
+                    remove_file_logged(&self.path_of(id));
+                    return Err((frames.len() - written, err));
+                }
+            }
+        }
+        tracing::info!(items = frames.len(), segments = chunks.len(), "in-memory items written to disk at shutdown");
+        Ok(())
+    }
+}
+
 impl Drop for DiskQueue {
     fn drop(&mut self) {
-        // Overflow mode: segments are scratch space, gone with the channel.
-        self.release_all(&mut None);
+        if !self.durable {
+            // Overflow mode: segments are scratch space, gone with the channel.
+            self.release_all(&mut None);
+        }
     }
 }
 
@@ -405,10 +520,18 @@ fn remove_file_logged(path: &std::path::Path) {
     }
 }
 
-/// Renames a damaged segment to `*.seg.corrupt` so it can be inspected.
-fn set_aside(path: &std::path::Path) {
+/// Renames a damaged segment to `*.seg.corrupt` (or `*.seg.corrupt.N` if
+/// that name is taken) so it can be inspected.
+pub(crate) fn set_aside(path: &std::path::Path) {
     let mut target = path.as_os_str().to_owned();
     target.push(CORRUPT_SUFFIX);
+    let base = target.clone();
+    let mut n = 0;
+    while std::path::Path::new(&target).exists() {
+        n += 1;
+        target = base.clone();
+        target.push(format!(".{n}"));
+    }
     match std::fs::rename(path, &target) {
         Ok(()) => tracing::warn!(path = %PathBuf::from(&target).display(), "damaged segment set aside"),
         Err(err) => tracing::warn!(path = %path.display(), error = %err, "could not set damaged segment aside"),

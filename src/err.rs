@@ -280,8 +280,7 @@ pub enum OpenError {
         /// What is wrong, with the values involved.
         reason: String,
     },
-    /// The setting is part of the API but this version does not implement
-    /// it yet.
+    /// The setting needs a feature this build was compiled without.
     Unsupported {
         /// The setting, as it is written in code.
         setting: &'static str,

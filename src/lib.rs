@@ -114,6 +114,8 @@ mod dir;
 mod disk;
 mod drain;
 mod err;
+mod progress;
+mod recover;
 mod segment;
 mod stats;
 mod sync;

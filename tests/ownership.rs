@@ -103,26 +103,3 @@ fn closing_the_channel_deletes_its_segments_but_keeps_the_lock_file() {
     assert_eq!(names_in(&dir.path().join("c")), vec!["sump.lock".to_string()]);
     assert!(tx.send(1).unwrap_err().is_disconnected());
 }
-
-#[test]
-fn durable_modes_are_refused_until_implemented() {
-    let dir = tempfile::tempdir().unwrap();
-    for (builder, setting) in [
-        (Builder::new("p", dir.path()).durability(sump::Durability::Persistent), "Durability::Persistent"),
-        (Builder::new("w", dir.path()).durability(sump::Durability::WriteAhead), "Durability::WriteAhead"),
-        (
-            Builder::new("i", dir.path()).sync(sump::SyncPolicy::Interval(std::time::Duration::from_secs(1))),
-            "SyncPolicy::Interval",
-        ),
-    ] {
-        match builder.open::<u8>() {
-            Err(OpenError::Unsupported { setting: got }) => assert_eq!(got, setting),
-            other => panic!("{setting}: expected Unsupported, got {other:?}"),
-        }
-    }
-    let (tx, rx) =
-        Builder::new("a", dir.path()).memory_capacity(0).sync(sump::SyncPolicy::Always).open::<u8>().unwrap();
-    tx.send(1).unwrap();
-    tx.flush().unwrap();
-    assert_eq!(rx.recv().unwrap(), 1);
-}

@@ -219,6 +219,11 @@ impl SegmentCursor {
         self.pos = pos.max(HEADER_LEN as u64);
     }
 
+    /// The cursor's offset: where the next record starts.
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
     /// The bytes the cursor may read.
     pub(crate) fn limit(&self) -> u64 {
         self.limit

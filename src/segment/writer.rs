@@ -9,6 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::format::{encode_header, HEADER_LEN};
 use super::{segment_path, SegmentMeta};
@@ -23,8 +24,9 @@ pub(crate) struct SegmentWriter {
     id: u64,
     /// Path of the segment file, for messages and sealing.
     path: PathBuf,
-    /// The file, opened for appending. Written only by `flush`.
-    file: File,
+    /// The file, opened for appending. Written only by `flush`; shared
+    /// only to be synced outside the channel lock.
+    file: Arc<File>,
     /// Frames appended but not yet written to the file.
     buffer: Vec<u8>,
     /// Bytes the file holds, header included.
@@ -44,7 +46,7 @@ impl SegmentWriter {
             let _ = std::fs::remove_file(&path);
             return Err(err);
         }
-        Ok(SegmentWriter { id, path, file, buffer: Vec::new(), flushed: HEADER_LEN as u64, records: 0 })
+        Ok(SegmentWriter { id, path, file: Arc::new(file), buffer: Vec::new(), flushed: HEADER_LEN as u64, records: 0 })
     }
 
     /// The segment's id.
@@ -88,10 +90,20 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Appends one frame and writes it to the file (to the OS) before
+    /// returning: write-ahead. On error nothing of this frame is in the
+    /// file, and everything appended before is still buffered or in it.
+    pub(crate) fn append_through(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.flush()?;
+        self.write_direct(frame)?;
+        self.records += 1;
+        Ok(())
+    }
+
     /// Writes a large frame straight to the file. A failure half-way cuts
     /// the file back to where the frame started.
     fn write_direct(&mut self, frame: &[u8]) -> io::Result<()> {
-        match self.file.write_all(frame) {
+        match (&*self.file).write_all(frame) {
             Ok(()) => {
                 self.flushed += frame.len() as u64;
                 Ok(())
@@ -106,7 +118,7 @@ impl SegmentWriter {
     fn rewind_file_to(&mut self, len: u64) -> io::Result<()> {
         use std::io::{Seek, SeekFrom};
         self.file.set_len(len)?;
-        self.file.seek(SeekFrom::Start(len))?;
+        (&*self.file).seek(SeekFrom::Start(len))?;
         Ok(())
     }
 
@@ -115,7 +127,7 @@ impl SegmentWriter {
     /// accounted for and the rest stay buffered for the next attempt.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         while !self.buffer.is_empty() {
-            match self.file.write(&self.buffer) {
+            match (&*self.file).write(&self.buffer) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write made no progress")),
                 Ok(written) => {
                     self.flushed += written as u64;
@@ -132,6 +144,13 @@ impl SegmentWriter {
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         self.flush()?;
         self.file.sync_data()
+    }
+
+    /// Flushes, and returns the file so that it can be synced without
+    /// holding up appends.
+    pub(crate) fn flush_for_sync(&mut self) -> io::Result<Arc<File>> {
+        self.flush()?;
+        Ok(Arc::clone(&self.file))
     }
 
     /// Flushes and closes the segment for good, making the file read-only.

@@ -1,0 +1,170 @@
+//! Recovery: turning the segment files a previous run left into a disk
+//! backlog, in `Persistent` and `WriteAhead` modes.
+//!
+//! Rules, applied to each segment file in id order:
+//! - segments before the one the progress file names were read
+//!   completely: they are deleted;
+//! - a segment whose header is short, has the wrong magic number, fails
+//!   its CRC or has an unknown version is set aside as `*.seg.corrupt`,
+//!   never deleted and never read;
+//! - records are counted from the recorded offset (or the header) on; a
+//!   damaged stretch followed by intact records is counted in
+//!   `Stats::corrupt` and will be skipped by the reader;
+//! - damage that runs to the end of the **last** segment is a torn tail,
+//!   the mark of a crash in the middle of a write: the file is cut back to
+//!   the end of its last intact record, and that is not corruption; the
+//!   same in an earlier segment is corruption, counted, and that segment
+//!   is set aside once read;
+//! - a segment with nothing left to read is deleted;
+//! - every remaining segment is treated as sealed; new records go to a new
+//!   segment.
+//!
+//! Recovery reads each file once, never allocates more than one segment's
+//! worth for any record, and refuses to start only when the directory
+//! itself cannot be read.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
+
+use crate::dir::ChannelDir;
+use crate::err::OpenError;
+use crate::progress::{self, Progress};
+use crate::segment::format::{decode_header, HEADER_LEN};
+use crate::segment::{segment_path, Peek, SegmentCursor, SegmentMeta};
+
+/// Id of the first segment of a new durable channel. Segments written at a
+/// clean shutdown to hold the in-memory queue take ids below the oldest
+/// segment, so there must be room below.
+pub(crate) const FIRST_DURABLE_ID: u64 = 1 << 32;
+
+/// The backlog found on disk.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    /// Segments with unread records, oldest first.
+    pub(crate) segments: VecDeque<SegmentMeta>,
+    /// Where to resume reading inside the first of them, if not at its start.
+    pub(crate) resume_at: Option<Progress>,
+    /// Damaged stretches found.
+    pub(crate) corrupt: u64,
+    /// Id for the next segment to create.
+    pub(crate) next_id: u64,
+}
+
+/// Recovers the backlog in `dir`.
+pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
+    let (ids, highest) = dir.scan()?;
+    let progress = progress::read(dir.path());
+    let mut recovered = Recovered { next_id: highest.map_or(FIRST_DURABLE_ID, |id| id + 1), ..Recovered::default() };
+    for (index, &id) in ids.iter().enumerate() {
+        let path = segment_path(dir.path(), id);
+        let io_error = |err: io::Error| OpenError::io(&path, err);
+        if progress.is_some_and(|p| id < p.segment) {
+            remove_readable(&path).map_err(io_error)?;
+            continue;
+        }
+        let start = progress.filter(|p| p.segment == id).map_or(HEADER_LEN as u64, |p| p.offset);
+        let last = index + 1 == ids.len();
+        match recover_segment(&path, id, start, last).map_err(io_error)? {
+            Scan::BadHeader(reason) => {
+                tracing::error!(path = %path.display(), %reason, "segment header is damaged; set aside");
+                crate::disk::set_aside(&path);
+            }
+            Scan::Segment { meta, corrupt } => {
+                recovered.corrupt += corrupt;
+                if meta.records == 0 && corrupt == 0 {
+                    remove_readable(&path).map_err(io_error)?;
+                    continue;
+                }
+                if start > HEADER_LEN as u64 {
+                    recovered.resume_at = Some(Progress { segment: id, offset: start });
+                }
+                tracing::info!(segment = id, records = meta.records, corrupt, "segment recovered");
+                recovered.segments.push_back(meta);
+            }
+        }
+    }
+    Ok(recovered)
+}
+
+/// What a scan of one segment found.
+enum Scan {
+    /// The header is damaged; the reason says how.
+    BadHeader(String),
+    /// The segment, with its records from the start offset on, and how
+    /// many damaged stretches it has.
+    Segment { meta: SegmentMeta, corrupt: u64 },
+}
+
+fn recover_segment(path: &Path, id: u64, start: u64, last: bool) -> io::Result<Scan> {
+    let len = std::fs::metadata(path)?.len();
+    let mut header = [0u8; HEADER_LEN];
+    let short = len < HEADER_LEN as u64 || {
+        use std::io::Read;
+        std::fs::File::open(path)?.read_exact(&mut header).is_err()
+    };
+    if short {
+        return Ok(Scan::BadHeader("shorter than a segment header".to_string()));
+    }
+    if let Err(err) = decode_header(&header) {
+        return Ok(Scan::BadHeader(err.to_string()));
+    }
+    let mut cursor = SegmentCursor::open_sealed(path, id, len)?;
+    cursor.skip_to(start.min(len));
+    let mut records = 0;
+    let mut corrupt = 0;
+    let mut end = len;
+    loop {
+        match cursor.peek()? {
+            Peek::Record(_) => {
+                cursor.commit();
+                records += 1;
+            }
+            Peek::Damaged { resume: Some(next), reason } => {
+                tracing::error!(segment = id, %reason, "damaged record found in recovery");
+                corrupt += 1;
+                cursor.skip_to(next);
+            }
+            Peek::Damaged { resume: None, reason } => {
+                if last {
+                    end = cursor.pos();
+                    tracing::warn!(segment = id, at = end, %reason, "torn tail cut off");
+                } else {
+                    tracing::error!(segment = id, %reason, "damaged end of segment found in recovery");
+                    corrupt += 1;
+                }
+                break;
+            }
+            Peek::Exhausted | Peek::DamagedActive { .. } => break,
+        }
+    }
+    drop(cursor);
+    if end < len {
+        truncate(path, end)?;
+    }
+    Ok(Scan::Segment { meta: SegmentMeta { id, bytes: end, records }, corrupt })
+}
+
+/// Cuts a segment file to `len` bytes, even if it was sealed read-only.
+fn truncate(path: &Path, len: u64) -> io::Result<()> {
+    let mut permissions = std::fs::metadata(path)?.permissions();
+    let was_readonly = permissions.readonly();
+    if was_readonly {
+        #[allow(clippy::permissions_set_readonly_false)]
+        permissions.set_readonly(false);
+        std::fs::set_permissions(path, permissions.clone())?;
+    }
+    std::fs::OpenOptions::new().write(true).open(path)?.set_len(len)?;
+    if was_readonly {
+        permissions.set_readonly(true);
+        std::fs::set_permissions(path, permissions)?;
+    }
+    Ok(())
+}
+
+fn remove_readable(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
