@@ -65,8 +65,27 @@ pub(crate) fn encoded_len<T: Serialize>(item: &T) -> Option<usize> {
 
 /// Decodes one record payload. The whole payload must be consumed: trailing
 /// bytes mean the record is not what it claims to be.
+///
+/// A damaged length prefix inside the payload (one that passed the CRC
+/// because it was written that way) must not make the decoder allocate
+/// without bound, so decoding runs under a limit: sixteen times the
+/// smallest power of two at least as large as the payload. bincode counts
+/// the in-memory size of every number it decodes (at most 16 bytes from
+/// one byte on the wire) and the length of every string and byte buffer
+/// it allocates, so a legitimate payload never claims more than sixteen
+/// times its length, and a forged one can allocate at most 32 times it.
 pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
-    match bincode::serde::decode_from_slice::<T, _>(payload, config()) {
+    macro_rules! decode_within {
+        ($($bits:literal)*) => {
+            match payload.len().max(1).next_power_of_two().trailing_zeros() + 4 {
+                $($bits => bincode::serde::decode_from_slice::<T, _>(payload, config().with_limit::<{ 1usize << $bits }>()),)*
+                _ => bincode::serde::decode_from_slice::<T, _>(payload, config().with_limit::<{ usize::MAX }>()),
+            }
+        };
+    }
+    let decoded =
+        decode_within!(4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36);
+    match decoded {
         Ok((item, used)) if used == payload.len() => Ok(item),
         Ok((_, used)) => Err(format!("{} trailing bytes after the item", payload.len() - used)),
         Err(err) => Err(err.to_string()),
@@ -87,6 +106,26 @@ mod tests {
         };
         assert_eq!(next, frame.len());
         assert_eq!(decode::<(u32, String, Vec<u8>)>(payload).unwrap(), item);
+    }
+
+    #[test]
+    fn a_huge_string_length_inside_a_payload_is_refused_without_allocating_it() {
+        for claimed in [u64::MAX, 1 << 42, 1 << 20] {
+            let mut payload = vec![0xfd];
+            payload.extend_from_slice(&claimed.to_le_bytes());
+            payload.extend_from_slice(b"ab");
+            assert!(decode::<String>(&payload).is_err(), "{claimed}");
+            assert!(decode::<Vec<u8>>(&payload).is_err(), "{claimed}");
+        }
+        let big = "x".repeat(100_000);
+        let frame = with_frame(&big, |frame| frame.to_vec()).unwrap();
+        assert_eq!(decode::<String>(&frame[FRAME_HEADER_LEN..]).unwrap(), big, "real strings still decode");
+        let numbers: Vec<u64> = (0..10_000).collect();
+        let frame = with_frame(&numbers, |frame| frame.to_vec()).unwrap();
+        assert_eq!(decode::<Vec<u64>>(&frame[FRAME_HEADER_LEN..]).unwrap(), numbers);
+        let wide = vec![0u128; 10_000]; // one byte each on the wire, sixteen in memory
+        let frame = with_frame(&wide, |frame| frame.to_vec()).unwrap();
+        assert_eq!(decode::<Vec<u128>>(&frame[FRAME_HEADER_LEN..]).unwrap(), wide);
     }
 
     #[test]

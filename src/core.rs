@@ -196,6 +196,10 @@ pub(crate) struct Shared<T> {
     taken: CachePadded<AtomicUsize>,
     /// Items handed to the receiver since open. Written by the receiver only.
     received: CachePadded<AtomicU64>,
+    /// Whether a spilled item of this type has been decoded back once, to
+    /// catch types that serialize but cannot be read back (bincode does
+    /// not support `deserialize_any`) before any of them is accepted.
+    round_trip_checked: AtomicBool,
     /// Bound on `State::in_memory`.
     capacity: usize,
     /// What a send does at the limits.
@@ -250,6 +254,7 @@ where
         spilling: AtomicBool::new(false),
         taken: CachePadded::default(),
         received: CachePadded::default(),
+        round_trip_checked: AtomicBool::new(false),
         capacity: settings.memory_capacity,
         when_full: settings.when_full,
         sync_on_flush: settings.sync != SyncPolicy::Never,
@@ -272,7 +277,10 @@ const MIN_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 /// Starts the thread that syncs a channel's active segment every `every`,
 /// for `SyncPolicy::Interval`. It holds only a weak reference and ends
 /// once the channel is gone.
-fn start_interval_sync<T: Send + 'static>(channel: std::sync::Weak<Shared<T>>, every: std::time::Duration) -> io::Result<()> {
+fn start_interval_sync<T: Send + 'static>(
+    channel: std::sync::Weak<Shared<T>>,
+    every: std::time::Duration,
+) -> io::Result<()> {
     std::thread::Builder::new().name("sump-sync".to_string()).spawn(move || loop {
         std::thread::sleep(every);
         let Some(shared) = channel.upgrade() else { return };
@@ -297,8 +305,11 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 return Ok(());
             }
         }
-        let decided = codec::with_frame(&item, |frame| self.spill(frame, wait));
-        let (outcome, mut state) = match decided {
+        let decided = codec::with_frame(&item, |frame| {
+            self.check_round_trip(frame)?;
+            Ok(self.spill(frame, wait))
+        });
+        let (outcome, mut state) = match decided.and_then(|decided| decided) {
             Ok(decided) => decided,
             Err(err) => return Err(SendFailure::Io(item, err)),
         };
@@ -316,6 +327,28 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             Spill::Timeout => Err(SendFailure::Timeout(item)),
             Spill::Disconnected => Err(SendFailure::Disconnected(item)),
             Spill::Io(err) => Err(SendFailure::Io(item, err)),
+        }
+    }
+
+    /// Decodes the first frame this channel spills, so that a type that
+    /// serializes but cannot be read back fails its first spilling send
+    /// instead of being lost on the way out.
+    fn check_round_trip(&self, frame: &[u8]) -> io::Result<()> {
+        if self.round_trip_checked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match codec::decode::<T>(&frame[crate::segment::format::FRAME_HEADER_LEN..]) {
+            Ok(_) => {
+                self.round_trip_checked.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(err) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "items of this type cannot be read back from disk ({err}); bincode does not support \
+                     serde's deserialize_any, used by untagged enums, flatten and serde_json::Value"
+                ),
+            )),
         }
     }
 

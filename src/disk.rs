@@ -24,10 +24,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Durability, Settings, SyncPolicy};
-use crate::progress::{self, Progress};
-use crate::recover::{recover, Recovered};
 use crate::dir::{ChannelDir, CORRUPT_SUFFIX};
 use crate::err::OpenError;
+use crate::progress::{self, Progress};
+use crate::recover::{recover, Recovered};
 use crate::segment::format::HEADER_LEN;
 use crate::segment::{segment_path, SegmentCursor, SegmentMeta, SegmentWriter};
 
@@ -205,8 +205,9 @@ impl DiskQueue {
             }
         }
         let id = self.next_id;
+        let next = id.checked_add(1).ok_or_else(|| io::Error::other("segment ids are exhausted"))?;
         let new = SegmentWriter::create(self.dir.path(), id)?;
-        self.next_id += 1;
+        self.next_id = next;
         if self.sync_always {
             if let Err(err) = progress::sync_dir(self.dir.path()) {
                 remove_file_logged(&self.path_of(id));
@@ -280,7 +281,7 @@ impl DiskQueue {
             if let Some(front) = self.sealed.front().copied() {
                 match cursor.as_mut() {
                     Some(open) if current == Some(front.id) => {
-                        open.set_limit(front.bytes, true);
+                        open.set_limit(front.bytes, true, true);
                         if !open.at_limit() {
                             return Ok(freed);
                         }
@@ -310,18 +311,20 @@ impl DiskQueue {
                 self.reading = None;
                 return Ok(freed);
             };
-            match cursor.as_mut() {
-                Some(open) if current == Some(writer.id()) => {
-                    writer.flush()?;
-                    open.set_limit(writer.flushed(), false);
-                }
-                _ => {
-                    writer.flush()?;
-                    *cursor = Some(SegmentCursor::open_active(writer.path(), writer.id(), writer.flushed())?);
-                    self.reading = Some(writer.id());
-                }
+            // A failed flush (a full disk) must not keep the cursor from
+            // what did reach the file; it matters only once that is read.
+            let flushed = writer.flush();
+            let limit = writer.flushed();
+            if current != Some(writer.id()) {
+                *cursor = Some(SegmentCursor::open_active(writer.path(), writer.id(), limit)?);
+                self.reading = Some(writer.id());
             }
-            return Ok(freed);
+            let Some(open) = cursor.as_mut() else { return Ok(freed) };
+            open.set_limit(limit, false, flushed.is_ok());
+            return match flushed {
+                Err(err) if open.at_limit() => Err(err),
+                _ => Ok(freed),
+            };
         }
     }
 
@@ -334,7 +337,7 @@ impl DiskQueue {
             Ok(meta) => {
                 self.sealed.push_back(meta);
                 if let Some(open) = cursor.as_mut().filter(|open| open.id() == meta.id) {
-                    open.set_limit(meta.bytes, true);
+                    open.set_limit(meta.bytes, true, true);
                 }
                 Ok(())
             }
@@ -438,7 +441,11 @@ impl DiskQueue {
     /// other, flushes and syncs the active segment, and records where the
     /// cursor stopped reading. Returns how many of `frames` were not
     /// written, with the error, if any.
-    pub(crate) fn shutdown(&mut self, cursor: Option<&SegmentCursor>, frames: &[Vec<u8>]) -> Result<(), (usize, io::Error)> {
+    pub(crate) fn shutdown(
+        &mut self,
+        cursor: Option<&SegmentCursor>,
+        frames: &[Vec<u8>],
+    ) -> Result<(), (usize, io::Error)> {
         if let Some(writer) = self.active.as_mut() {
             writer.sync().map_err(|err| (frames.len(), err))?;
         }

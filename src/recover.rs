@@ -55,7 +55,8 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
     let (ids, highest) = dir.scan()?;
     let progress = progress::read(dir.path());
-    let mut recovered = Recovered { next_id: highest.map_or(FIRST_DURABLE_ID, |id| id + 1), ..Recovered::default() };
+    let mut recovered =
+        Recovered { next_id: highest.map_or(FIRST_DURABLE_ID, |id| id.saturating_add(1)), ..Recovered::default() };
     for (index, &id) in ids.iter().enumerate() {
         let path = segment_path(dir.path(), id);
         let io_error = |err: io::Error| OpenError::io(&path, err);

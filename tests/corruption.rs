@@ -136,6 +136,30 @@ fn damage_in_the_segment_being_written_is_found_after_sealing_it() {
 }
 
 #[test]
+fn a_bad_length_in_the_segment_being_written_does_not_hang_try_recv() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("c", dir.path()).memory_capacity(0).open::<u32>().unwrap();
+    for i in 0..3 {
+        tx.send(i).unwrap();
+    }
+    tx.flush().unwrap();
+    let active = segments(&dir.path().join("c"), ".seg");
+    // The second record's length field (each record here is 8 + 1 bytes).
+    edit(&active[0], |bytes| bytes[HEADER + 9..HEADER + 13].copy_from_slice(&1_000u32.to_le_bytes()));
+    let receiver = std::thread::spawn(move || {
+        let got: Vec<u32> = (0..3).filter_map(|_| rx.try_recv().ok()).collect();
+        (got, rx.stats().corrupt)
+    });
+    let start = std::time::Instant::now();
+    while !receiver.is_finished() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "try_recv hangs");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(receiver.join().unwrap(), (vec![0, 2], 1));
+    drop(tx);
+}
+
+#[test]
 fn random_damage_never_panics_and_every_item_is_delivered_or_counted() {
     let dir = tempfile::tempdir().unwrap();
     for round in 0..30u32 {

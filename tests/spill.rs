@@ -197,3 +197,23 @@ fn an_item_serde_refuses_is_handed_back_with_an_error() {
     let stats = tx.stats();
     assert_eq!((stats.sent, stats.on_disk), (0, 0));
 }
+
+#[test]
+fn a_type_that_cannot_be_read_back_fails_its_first_spill_instead_of_vanishing() {
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(untagged)]
+    enum Loose {
+        Number(u32),
+        Text(String),
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("untagged", dir.path()).memory_capacity(2).open::<Loose>().unwrap();
+    tx.send(Loose::Number(1)).unwrap();
+    tx.send(Loose::Text("two".into())).unwrap();
+    let err = tx.send(Loose::Number(3)).unwrap_err();
+    assert_eq!(err.io_error().map(|e| e.kind()), Some(std::io::ErrorKind::InvalidData));
+    assert!(err.to_string().contains("deserialize_any"), "{err}");
+    assert_eq!(err.into_inner(), Loose::Number(3));
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![Loose::Number(1), Loose::Text("two".into())]);
+    assert_eq!(rx.stats().corrupt, 0);
+}

@@ -62,6 +62,10 @@ pub(crate) struct SegmentCursor {
     /// Whether `limit` is the segment's final length, so that a frame cut
     /// off by it is torn rather than still being written.
     sealed: bool,
+    /// Whether every record appended so far lies below `limit` (the writer
+    /// had nothing buffered), so that a frame cut off by it is damage even
+    /// in the active segment.
+    complete: bool,
     /// Offset after the record returned by the last `peek`, if any.
     pending_next: Option<u64>,
     /// Records committed so far.
@@ -94,7 +98,17 @@ impl SegmentCursor {
     }
 
     fn new(id: u64, source: Source, limit: u64, sealed: bool) -> SegmentCursor {
-        SegmentCursor { id, source, pos: 0, limit, sealed, pending_next: None, records_read: 0, damaged: false }
+        SegmentCursor {
+            id,
+            source,
+            pos: 0,
+            limit,
+            sealed,
+            complete: sealed,
+            pending_next: None,
+            records_read: 0,
+            damaged: false,
+        }
     }
 
     /// The segment this cursor reads.
@@ -123,9 +137,11 @@ impl SegmentCursor {
     }
 
     /// Moves the limit: the writer flushed more, or sealed the segment.
-    pub(crate) fn set_limit(&mut self, limit: u64, sealed: bool) {
+    /// `complete` says that every record appended so far lies below it.
+    pub(crate) fn set_limit(&mut self, limit: u64, sealed: bool, complete: bool) {
         self.limit = limit;
         self.sealed = sealed;
+        self.complete = sealed || complete;
     }
 
     /// Returns up to `limit - pos` bytes from file offset `pos`, at least
@@ -204,7 +220,8 @@ impl SegmentCursor {
     fn report_damage(&mut self, pos: u64, what: &str, checksum_failed: bool) -> io::Result<Peek<'_>> {
         let reason = format!("{what} (offset {pos} of segment {})", self.id);
         if !self.sealed {
-            return Ok(if checksum_failed { Peek::DamagedActive { reason } } else { Peek::Exhausted });
+            let damage = checksum_failed || self.complete;
+            return Ok(if damage { Peek::DamagedActive { reason } } else { Peek::Exhausted });
         }
         let rest = usize::try_from(self.limit - pos).unwrap_or(usize::MAX);
         let bytes = self.bytes_at(pos, rest)?;
@@ -279,11 +296,11 @@ mod tests {
         let mut cursor = SegmentCursor::open_active(writer.path(), 1, writer.flushed()).unwrap();
         assert_eq!(cursor.peek().unwrap(), Peek::Exhausted);
         writer.flush().unwrap();
-        cursor.set_limit(writer.flushed(), false);
+        cursor.set_limit(writer.flushed(), false, true);
         writer.append(&frame(b"two")).unwrap();
         assert_eq!(read_all(&mut cursor), vec![b"one".to_vec()]);
         writer.flush().unwrap();
-        cursor.set_limit(writer.flushed(), false);
+        cursor.set_limit(writer.flushed(), false, true);
         assert_eq!(read_all(&mut cursor), vec![b"two".to_vec()]);
         assert_eq!(cursor.records_read(), 2);
         assert!(cursor.at_limit());
