@@ -190,6 +190,20 @@ impl<T> Receiver<T> {
         self.shared.put_back(&mut self.side.borrow_mut(), items);
     }
 
+    /// Keeps the segments this receiver has read until
+    /// [`release_delivered`](Self::release_delivered), so that a crash
+    /// before delivery reads them again; or goes back to deleting them as
+    /// soon as they are read.
+    pub(crate) fn hold_segments(&self, hold: bool) {
+        self.shared.set_hold(hold);
+    }
+
+    /// Everything received so far has been delivered: deletes the segments
+    /// kept since `hold_segments(true)`.
+    pub(crate) fn release_delivered(&self) {
+        self.shared.release_retired();
+    }
+
     /// A handle that reads the channel's stats from another thread without
     /// keeping the channel connected.
     pub(crate) fn monitor(&self) -> Monitor<T> {

@@ -379,12 +379,6 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
     }
 
-    fn wake_senders(&self, state: &State<T>) {
-        if state.senders_waiting > 0 {
-            self.space.notify_all();
-        }
-    }
-
     /// The spill path: decides, under the lock, what happens to an item
     /// whose encoded frame is `frame`, and returns the lock still held.
     fn spill(&self, frame: &[u8], wait: Wait) -> (Spill, MutexGuard<'_, State<T>>) {
@@ -627,6 +621,12 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
 }
 
 impl<T> Shared<T> {
+    fn wake_senders(&self, state: &State<T>) {
+        if state.senders_waiting > 0 {
+            self.space.notify_all();
+        }
+    }
+
     /// Subtracts what the receiver took from its batch since the last fold.
     fn fold_taken(&self, state: &mut State<T>) {
         state.in_memory -= self.taken.swap(0, Ordering::Acquire);
@@ -668,6 +668,20 @@ impl<T> Shared<T> {
         if state.senders == 0 {
             state.receiver_waiting = false;
             self.ready.notify_all();
+        }
+    }
+
+    /// Keeps segments the receiver has read until [`release_retired`](Self::release_retired)
+    /// (a drainer's peek-and-commit), or goes back to deleting them at once.
+    pub(crate) fn set_hold(&self, hold: bool) {
+        self.state.lock().disk.set_hold(hold);
+    }
+
+    /// Deletes the segments kept by `set_hold`: their items were delivered.
+    pub(crate) fn release_retired(&self) {
+        let mut state = self.state.lock();
+        if state.disk.release_retired() {
+            self.wake_senders(&state);
         }
     }
 

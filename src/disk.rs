@@ -61,6 +61,12 @@ pub(crate) struct DiskQueue {
     /// Where reading resumes in the oldest segment after a restart, until
     /// the cursor gets there.
     resume_at: Option<Progress>,
+    /// Whether read segments are kept until [`release_retired`](Self::release_retired)
+    /// instead of deleted at once: a drainer's items are not delivered when
+    /// the cursor leaves their segment, only when the sink accepts them.
+    hold: bool,
+    /// Segments read to the end but kept while `hold` is set, oldest first.
+    retired: Vec<SegmentMeta>,
     /// The segment being appended to, if any.
     active: Option<SegmentWriter>,
     /// Sealed segments still owned, oldest first.
@@ -104,6 +110,8 @@ impl DiskQueue {
             durable,
             sync_always: settings.sync == SyncPolicy::Always,
             resume_at: recovered.resume_at,
+            hold: false,
+            retired: Vec::new(),
             active: None,
             sealed: recovered.segments,
             reading: None,
@@ -124,9 +132,28 @@ impl DiskQueue {
         self.bytes
     }
 
-    /// Segment files, the active one included.
+    /// Segment files, the active one and retired ones included.
     pub(crate) fn segments(&self) -> usize {
-        self.sealed.len() + usize::from(self.active.is_some())
+        self.sealed.len() + self.retired.len() + usize::from(self.active.is_some())
+    }
+
+    /// Keeps read segments (see `hold`) or, when `hold` is false, goes back
+    /// to deleting them as soon as they are read. Segments already retired
+    /// stay until released.
+    pub(crate) fn set_hold(&mut self, hold: bool) {
+        self.hold = hold;
+    }
+
+    /// Deletes the segments retired while `hold` was set: everything read
+    /// from them has been delivered. Returns whether anything was freed.
+    pub(crate) fn release_retired(&mut self) -> bool {
+        let freed = !self.retired.is_empty();
+        for meta in std::mem::take(&mut self.retired) {
+            self.bytes -= meta.bytes;
+            tracing::debug!(segment = meta.id, "delivered segment deleted");
+            remove_file_logged(&self.path_of(meta.id));
+        }
+        freed
     }
 
     /// Records skipped as damaged since open.
@@ -352,14 +379,17 @@ impl DiskQueue {
     /// deleted if clean, set aside if damaged.
     fn release_front(&mut self, damaged: bool) {
         let Some(meta) = self.sealed.pop_front() else { return };
-        self.bytes -= meta.bytes;
         if self.reading == Some(meta.id) {
             self.reading = None;
         }
         let path = self.path_of(meta.id);
         if damaged {
+            self.bytes -= meta.bytes;
             set_aside(&path);
+        } else if self.hold {
+            self.retired.push(meta);
         } else {
+            self.bytes -= meta.bytes;
             tracing::debug!(segment = meta.id, "segment consumed and deleted");
             remove_file_logged(&path);
         }
@@ -381,7 +411,11 @@ impl DiskQueue {
         if self.items > 0 {
             return false;
         }
-        self.release_all(cursor);
+        if self.hold {
+            self.retire_all(cursor);
+        } else {
+            self.release_all(cursor);
+        }
         true
     }
 
@@ -418,6 +452,7 @@ impl DiskQueue {
     /// Deletes every segment (setting aside the one the cursor marked
     /// damaged) and closes the cursor.
     pub(crate) fn release_all(&mut self, cursor: &mut Option<SegmentCursor>) {
+        self.release_retired();
         let damaged = cursor.take().filter(|open| open.damaged()).map(|open| open.id());
         self.reading = None;
         let ids: Vec<u64> =
@@ -436,6 +471,23 @@ impl DiskQueue {
 }
 
 impl DiskQueue {
+    /// Everything on disk has been read while `hold` is set: every segment
+    /// is retired (the active one sealed first) and the cursor closed.
+    fn retire_all(&mut self, cursor: &mut Option<SegmentCursor>) {
+        if let Err(err) = self.seal_active(cursor) {
+            // Unsealed, it cannot be retired; deleting it could lose the
+            // batch in flight, so it is left for recovery.
+            tracing::warn!(error = %err, "could not seal the active segment to retire it");
+            self.active = None;
+        }
+        let damaged = cursor.take().filter(|open| open.damaged()).map(|open| open.id());
+        self.reading = None;
+        while let Some(meta) = self.sealed.front() {
+            let damaged = Some(meta.id) == damaged;
+            self.release_front(damaged);
+        }
+    }
+
     /// A clean shutdown of a durable channel: writes `frames` (the items
     /// still in memory, oldest first) into segments placed before every
     /// other, flushes and syncs the active segment, and records where the

@@ -407,3 +407,34 @@ fn a_json_lines_sink_on_a_failing_writer_fails_transiently() {
     assert!(err.is_transient());
     assert!(err.to_string().contains("disk on fire"));
 }
+
+#[test]
+fn undelivered_items_survive_a_clean_restart_in_the_durable_modes() {
+    for mode in [sump::Durability::Persistent, sump::Durability::WriteAhead] {
+        let dir = tempfile::tempdir().unwrap();
+        let open =
+            || Builder::new("durable", dir.path()).durability(mode).memory_capacity(16).segment_bytes(512).open();
+        let (tx, rx) = open().unwrap();
+        let sink = Recorder::default();
+        let inner = sink.clone();
+        let handle = fast(rx, move |batch: &[u64]| -> Result<(), SinkError> {
+            // Accepts the first 100 items, then the downstream goes away.
+            if inner.accepted().len() >= 100 {
+                return Err(SinkError::transient("downstream gone"));
+            }
+            inner.take(batch);
+            Ok(())
+        })
+        .batch_size(20)
+        .spawn();
+        for i in 0..500 {
+            tx.send(i).unwrap();
+        }
+        sink.wait_for(100);
+        let rx = handle.shutdown(Duration::from_millis(50)).unwrap();
+        drop((tx, rx));
+        let (tx, rx) = open().unwrap();
+        drop(tx);
+        assert_eq!(rx.iter().collect::<Vec<_>>(), (100..500).collect::<Vec<_>>(), "{mode:?}");
+    }
+}

@@ -62,6 +62,7 @@ where
     /// Runs until shutdown, disconnection, or a reason to stop; returns the
     /// receiver with every undelivered item still in it.
     pub(crate) fn run(mut self) -> Receiver<T> {
+        self.receiver.hold_segments(true);
         while !self.stopping() {
             let Some(batch) = self.collect() else { break };
             if batch.is_empty() {
@@ -73,6 +74,7 @@ where
             self.control.state.lock().in_flight = 0;
             self.receiver.put_back(Vec::from(pending));
             match halt {
+                None if self.carry.is_none() => self.receiver.release_delivered(),
                 None => {}
                 Some(Halt::Deadline) => break,
                 Some(Halt::Stopped(reason)) => {
@@ -85,6 +87,10 @@ where
         if let Some(item) = self.carry.take() {
             self.receiver.put_back(vec![item]);
         }
+        // Segments still held stay until the channel is drained or shut
+        // down cleanly: they hold the items put back, should the process
+        // crash before then.
+        self.receiver.hold_segments(false);
         self.receiver
     }
 
