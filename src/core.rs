@@ -505,12 +505,15 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             // cannot flush them to a full disk, say): retry shortly.
             let mut stuck = false;
             if state.disk.items() > 0 {
+                let before = side.cursor.as_ref().map(|c| (c.id(), c.pos(), c.limit()));
                 match state.disk.position(&mut side.cursor) {
                     Ok(freed) => {
                         if freed {
                             self.after_disk_change(&mut state);
                         }
-                        if side.cursor.as_ref().is_some_and(|c| !c.at_limit()) || state.disk.items() == 0 {
+                        let after = side.cursor.as_ref().map(|c| (c.id(), c.pos(), c.limit()));
+                        let moved = after != before || freed;
+                        if (moved && side.cursor.as_ref().is_some_and(|c| !c.at_limit())) || state.disk.items() == 0 {
                             continue;
                         }
                         stuck = true;

@@ -67,6 +67,10 @@ pub(crate) struct DiskQueue {
     hold: bool,
     /// Segments read to the end but kept while `hold` is set, oldest first.
     retired: Vec<SegmentMeta>,
+    /// The segment the progress file on disk names. The file is removed
+    /// when that segment is deleted, so that it can never apply to a later
+    /// segment that reuses the id.
+    progress_on_disk: Option<u64>,
     /// The segment being appended to, if any.
     active: Option<SegmentWriter>,
     /// Sealed segments still owned, oldest first.
@@ -112,6 +116,7 @@ impl DiskQueue {
             resume_at: recovered.resume_at,
             hold: false,
             retired: Vec::new(),
+            progress_on_disk: recovered.progress_on_disk,
             active: None,
             sealed: recovered.segments,
             reading: None,
@@ -151,9 +156,20 @@ impl DiskQueue {
         for meta in std::mem::take(&mut self.retired) {
             self.bytes -= meta.bytes;
             tracing::debug!(segment = meta.id, "delivered segment deleted");
-            remove_file_logged(&self.path_of(meta.id));
+            self.delete_segment(meta.id);
         }
         freed
+    }
+
+    /// Deletes a segment file, and the progress file if it names it.
+    fn delete_segment(&mut self, id: u64) {
+        remove_file_logged(&self.path_of(id));
+        if self.progress_on_disk == Some(id) {
+            self.progress_on_disk = None;
+            if let Err(err) = progress::write(self.dir.path(), None, false) {
+                tracing::warn!(error = %err, "could not remove the progress file");
+            }
+        }
     }
 
     /// Records skipped as damaged since open.
@@ -348,10 +364,18 @@ impl DiskQueue {
             }
             let Some(open) = cursor.as_mut() else { return Ok(freed) };
             open.set_limit(limit, false, flushed.is_ok());
-            return match flushed {
-                Err(err) if open.at_limit() => Err(err),
-                _ => Ok(freed),
-            };
+            if let Err(err) = flushed {
+                if !writer.unflushed().is_empty() {
+                    // The disk is full: read the records the writer holds,
+                    // so the backlog can drain and its space come back.
+                    tracing::warn!(error = %err, "cannot flush the active segment; reading its buffer");
+                    open.feed_unflushed(limit, writer.unflushed())?;
+                }
+                if open.at_limit() {
+                    return Err(err);
+                }
+            }
+            return Ok(freed);
         }
     }
 
@@ -391,7 +415,7 @@ impl DiskQueue {
         } else {
             self.bytes -= meta.bytes;
             tracing::debug!(segment = meta.id, "segment consumed and deleted");
-            remove_file_logged(&path);
+            self.delete_segment(meta.id);
         }
     }
 
@@ -458,11 +482,10 @@ impl DiskQueue {
         let ids: Vec<u64> =
             self.sealed.drain(..).map(|meta| meta.id).chain(self.active.take().map(|w| w.id())).collect();
         for id in ids {
-            let path = self.path_of(id);
             if Some(id) == damaged {
-                set_aside(&path);
+                set_aside(&self.path_of(id));
             } else {
-                remove_file_logged(&path);
+                self.delete_segment(id);
             }
         }
         self.items = 0;
@@ -498,12 +521,17 @@ impl DiskQueue {
         cursor: Option<&SegmentCursor>,
         frames: &[Vec<u8>],
     ) -> Result<(), (usize, io::Error)> {
+        // What was read from retired segments and not delivered is among
+        // `frames`, put back by the drainer.
+        self.release_retired();
         if let Some(writer) = self.active.as_mut() {
             writer.sync().map_err(|err| (frames.len(), err))?;
         }
         self.write_front(frames)?;
         let reading = cursor.map(|open| Progress { segment: open.id(), offset: open.pos() });
-        progress::write(self.dir.path(), reading.or(self.resume_at), true).map_err(|err| (0, err))?;
+        let progress = reading.or(self.resume_at);
+        progress::write(self.dir.path(), progress, true).map_err(|err| (0, err))?;
+        self.progress_on_disk = progress.map(|p| p.segment);
         progress::sync_dir(self.dir.path()).map_err(|err| (0, err))
     }
 
@@ -539,12 +567,9 @@ impl DiskQueue {
         let mut written = 0;
         for (offset, chunk) in chunks.iter().enumerate() {
             let id = first_id + offset as u64;
-            let result = SegmentWriter::create(self.dir.path(), id).and_then(|mut writer| {
-                chunk.iter().try_for_each(|frame| writer.append(frame))?;
-                writer.sync()?;
-                writer.seal().map_err(|(_, err)| err)
-            });
-            match result {
+            let mut writer = SegmentWriter::create(self.dir.path(), id).map_err(|err| (frames.len() - written, err))?;
+            let result = chunk.iter().try_for_each(|frame| writer.append(frame)).and_then(|()| writer.sync());
+            match result.and_then(|()| writer.seal().map_err(|(_, err)| err)) {
                 Ok(meta) => {
                     written += chunk.len();
                     self.items += meta.records;

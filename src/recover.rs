@@ -2,8 +2,11 @@
 //! backlog, in `Persistent` and `WriteAhead` modes.
 //!
 //! Rules, applied to each segment file in id order:
-//! - segments before the one the progress file names were read
-//!   completely: they are deleted;
+//! - the progress file names the segment the receiver was reading at the
+//!   last clean shutdown and where in it; reading resumes there. Segments
+//!   with lower ids are not "read": the receiver deletes a segment as soon
+//!   as it has read it, so any still present are the in-memory items a
+//!   clean shutdown wrote in front of the backlog;
 //! - a segment whose header is short, has the wrong magic number, fails
 //!   its CRC or has an unknown version is set aside as `*.seg.corrupt`,
 //!   never deleted and never read;
@@ -43,8 +46,10 @@ pub(crate) const FIRST_DURABLE_ID: u64 = 1 << 32;
 pub(crate) struct Recovered {
     /// Segments with unread records, oldest first.
     pub(crate) segments: VecDeque<SegmentMeta>,
-    /// Where to resume reading inside the first of them, if not at its start.
+    /// Where to resume reading inside one of them, if not at its start.
     pub(crate) resume_at: Option<Progress>,
+    /// The segment the progress file names, while that file exists.
+    pub(crate) progress_on_disk: Option<u64>,
     /// Damaged stretches found.
     pub(crate) corrupt: u64,
     /// Id for the next segment to create.
@@ -60,10 +65,6 @@ pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
     for (index, &id) in ids.iter().enumerate() {
         let path = segment_path(dir.path(), id);
         let io_error = |err: io::Error| OpenError::io(&path, err);
-        if progress.is_some_and(|p| id < p.segment) {
-            remove_readable(&path).map_err(io_error)?;
-            continue;
-        }
         let start = progress.filter(|p| p.segment == id).map_or(HEADER_LEN as u64, |p| p.offset);
         let last = index + 1 == ids.len();
         match recover_segment(&path, id, start, last).map_err(io_error)? {

@@ -144,6 +144,29 @@ impl SegmentCursor {
         self.complete = sealed || complete;
     }
 
+    /// Lets the cursor of the active segment read records the writer could
+    /// not flush (a full disk): from here on it reads up to the file's
+    /// `flushed` bytes from the file and then `unflushed`, a copy of the
+    /// writer's buffer. The bytes are all appended records, so the new
+    /// limit covers every record.
+    pub(crate) fn feed_unflushed(&mut self, flushed: u64, unflushed: &[u8]) -> io::Result<()> {
+        let Source::Tail { file, buffer, base } = &mut self.source else { return Ok(()) };
+        buffer.clear();
+        if self.pos < flushed {
+            let from_file = usize::try_from(flushed - self.pos).unwrap_or(usize::MAX);
+            buffer.resize(from_file, 0);
+            read_exact_at(file, buffer, self.pos)?;
+            buffer.extend_from_slice(unflushed);
+        } else {
+            let skip = usize::try_from(self.pos - flushed).unwrap_or(usize::MAX).min(unflushed.len());
+            buffer.extend_from_slice(&unflushed[skip..]);
+        }
+        *base = self.pos;
+        self.limit = flushed + unflushed.len() as u64;
+        self.complete = true;
+        Ok(())
+    }
+
     /// Returns up to `limit - pos` bytes from file offset `pos`, at least
     /// `want` of them when the limit allows.
     fn bytes_at(&mut self, pos: u64, want: usize) -> io::Result<&[u8]> {

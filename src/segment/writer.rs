@@ -69,6 +69,11 @@ impl SegmentWriter {
         self.flushed
     }
 
+    /// Records appended but not yet in the file.
+    pub(crate) fn unflushed(&self) -> &[u8] {
+        &self.buffer
+    }
+
     /// Records appended so far.
     pub(crate) fn records(&self) -> u64 {
         self.records
