@@ -114,6 +114,7 @@ mod dir;
 mod disk;
 mod drain;
 mod err;
+pub mod inspect;
 mod progress;
 mod recover;
 mod segment;
