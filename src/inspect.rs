@@ -66,7 +66,7 @@ pub fn segment_files(dir: impl AsRef<Path>, name: &str) -> io::Result<Vec<Segmen
         };
         files.push(SegmentFile { id, path: entry.path(), bytes: metadata.len(), state });
     }
-    files.sort_by(|a, b| (a.id, a.state == SegmentState::SetAside).cmp(&(b.id, b.state == SegmentState::SetAside)));
+    files.sort_by_key(|file| (file.id, file.state == SegmentState::SetAside));
     Ok(files)
 }
 
