@@ -25,6 +25,10 @@ pub const DEFAULT_MAX_DISK_BYTES: u64 = 1 << 30;
 /// none beyond what [`DEFAULT_MAX_DISK_BYTES`] implies.
 pub const DEFAULT_MAX_SEGMENTS: usize = usize::MAX;
 
+/// How often the free space of the channel's filesystem is read when
+/// [`Builder::min_free_bytes`] is set.
+pub const FREE_SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
 /// What a send does when memory and disk are both at their limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum WhenFull {
@@ -102,6 +106,8 @@ pub(crate) struct Settings {
     pub(crate) max_disk_bytes: u64,
     /// Bound on segment files, the active one included.
     pub(crate) max_segments: usize,
+    /// Free space the filesystem must keep; 0 for no check.
+    pub(crate) min_free_bytes: u64,
     /// Policy at the limits.
     pub(crate) when_full: WhenFull,
     /// Durability mode.
@@ -152,6 +158,7 @@ impl Builder {
                 segment_bytes: DEFAULT_SEGMENT_BYTES,
                 max_disk_bytes: DEFAULT_MAX_DISK_BYTES,
                 max_segments: DEFAULT_MAX_SEGMENTS,
+                min_free_bytes: 0,
                 when_full: WhenFull::default(),
                 durability: Durability::default(),
                 sync: SyncPolicy::default(),
@@ -187,6 +194,16 @@ impl Builder {
     /// [`DEFAULT_MAX_SEGMENTS`]). At the bound, [`WhenFull`] decides.
     pub fn max_segments(mut self, segments: usize) -> Builder {
         self.settings.max_segments = segments;
+        self
+    }
+
+    /// Treats the disk as full while the filesystem holding the channel has
+    /// less than `bytes` bytes free (after the record to be written), so a
+    /// channel backs off before it fills the disk for everyone else.
+    /// Disabled by default (0). The free space is read with `statvfs` at
+    /// most every [`FREE_SPACE_CHECK_INTERVAL`] and after every MiB written.
+    pub fn min_free_bytes(mut self, bytes: u64) -> Builder {
+        self.settings.min_free_bytes = bytes;
         self
     }
 

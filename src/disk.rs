@@ -53,6 +53,8 @@ pub(crate) struct DiskQueue {
     max_disk_bytes: u64,
     /// Bound on segment files, the active one included.
     max_segments: usize,
+    /// Free space the filesystem must keep, checked now and then.
+    free_space: FreeSpace,
     /// Whether segments survive the channel (`Persistent`, `WriteAhead`)
     /// rather than being scratch space (`Overflow`).
     durable: bool,
@@ -111,6 +113,7 @@ impl DiskQueue {
             segment_bytes: settings.segment_bytes,
             max_disk_bytes: settings.max_disk_bytes,
             max_segments: settings.max_segments,
+            free_space: FreeSpace { min_free: settings.min_free_bytes, checked_at: None, free: u64::MAX, written: 0 },
             durable,
             sync_always: settings.sync == SyncPolicy::Always,
             resume_at: recovered.resume_at,
@@ -164,6 +167,7 @@ impl DiskQueue {
     /// Deletes a segment file, and the progress file if it names it.
     fn delete_segment(&mut self, id: u64) {
         remove_file_logged(&self.path_of(id));
+        self.free_space.checked_at = None;
         if self.progress_on_disk == Some(id) {
             self.progress_on_disk = None;
             if let Err(err) = progress::write(self.dir.path(), None, false) {
@@ -182,7 +186,7 @@ impl DiskQueue {
     }
 
     /// Whether a frame of `frame_len` bytes can be appended now.
-    pub(crate) fn fit(&self, frame_len: usize) -> Fit {
+    pub(crate) fn fit(&mut self, frame_len: usize) -> Fit {
         let frame = frame_len as u64;
         let alone = HEADER_LEN as u64 + frame;
         if alone > self.segment_bytes || alone > self.max_disk_bytes {
@@ -193,10 +197,12 @@ impl DiskQueue {
             _ => (alone, 1),
         };
         if self.bytes + more_bytes > self.max_disk_bytes || self.segments() + more_segments > self.max_segments {
-            Fit::Full
-        } else {
-            Fit::Fits
+            return Fit::Full;
         }
+        if !self.free_space.allows(self.dir.path(), more_bytes) {
+            return Fit::Full;
+        }
+        Fit::Fits
     }
 
     /// The error a send gets for a frame that [`fit`](Self::fit) called
@@ -234,6 +240,7 @@ impl DiskQueue {
         }
         self.items += 1;
         self.bytes += frame.len() as u64;
+        self.free_space.written += frame.len() as u64;
         Ok(())
     }
 
@@ -592,6 +599,42 @@ impl Drop for DiskQueue {
             // Overflow mode: segments are scratch space, gone with the channel.
             self.release_all(&mut None);
         }
+    }
+}
+
+/// The `min_free_bytes` check: the filesystem's free space, read now and
+/// then rather than on every append.
+#[derive(Debug)]
+struct FreeSpace {
+    /// Bytes that must stay free; 0 disables the check.
+    min_free: u64,
+    /// When `free` was read.
+    checked_at: Option<std::time::Instant>,
+    /// Free bytes at the last reading, less what was written since.
+    free: u64,
+    /// Bytes appended since the last reading.
+    written: u64,
+}
+
+impl FreeSpace {
+    /// Bytes written between two readings at most.
+    const RECHECK_AFTER_BYTES: u64 = 1 << 20;
+
+    /// Whether `more` bytes can be written and leave `min_free` free.
+    fn allows(&mut self, dir: &std::path::Path, more: u64) -> bool {
+        if self.min_free == 0 {
+            return true;
+        }
+        let stale = self.checked_at.is_none_or(|at| at.elapsed() >= crate::config::FREE_SPACE_CHECK_INTERVAL);
+        if stale || self.written >= Self::RECHECK_AFTER_BYTES {
+            match fs4::available_space(dir) {
+                Ok(free) => self.free = free,
+                Err(err) => tracing::warn!(error = %err, "cannot read the free space of the channel's filesystem"),
+            }
+            self.checked_at = Some(std::time::Instant::now());
+            self.written = 0;
+        }
+        self.free.saturating_sub(self.written) >= more.saturating_add(self.min_free)
     }
 }
 

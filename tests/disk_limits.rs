@@ -217,3 +217,14 @@ fn settings_that_cannot_hold_one_record_are_refused() {
         assert!(matches!(err, sump::OpenError::InvalidConfig { .. }), "{err}");
     }
 }
+
+#[test]
+fn a_filesystem_below_min_free_bytes_counts_as_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) =
+        Builder::new("reserve", dir.path()).memory_capacity(1).min_free_bytes(u64::MAX).open::<u64>().unwrap();
+    tx.try_send(1).unwrap(); // memory
+    assert!(tx.try_send(2).unwrap_err().is_full(), "no filesystem has u64::MAX bytes free");
+    assert_eq!(tx.stats().on_disk, 0);
+    assert_eq!(rx.recv().unwrap(), 1);
+}

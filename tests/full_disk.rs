@@ -118,3 +118,30 @@ fn a_write_ahead_channel_filled_to_the_brim_reopens_with_valid_segments() {
     drop(tx);
     assert_eq!(rx.iter().collect::<Vec<_>>(), (0..accepted).map(item).collect::<Vec<_>>());
 }
+
+#[test]
+fn min_free_bytes_makes_the_channel_full_before_the_filesystem_is() {
+    let Some(fs) = Tmpfs::mount("1m") else { return };
+    let (tx, rx) = Builder::new("polite", &fs.path)
+        .memory_capacity(0)
+        .segment_bytes(64 * 1024)
+        .min_free_bytes(512 * 1024)
+        .open::<String>()
+        .unwrap();
+    let mut accepted = 0;
+    loop {
+        match tx.try_send(item(accepted)) {
+            Ok(()) => accepted += 1,
+            Err(sump::TrySendError::Full(_)) => break,
+            Err(other) => panic!("expected Full before the disk fills, got {other:?}"),
+        }
+    }
+    tx.flush().unwrap();
+    let free = fs4::available_space(&fs.path).unwrap();
+    assert!(free >= 400 * 1024, "the channel stopped with {free} bytes free");
+    assert!(accepted > 100, "it used the space above the reserve: {accepted} items");
+    for i in 0..accepted {
+        assert_eq!(rx.recv().unwrap(), item(i));
+    }
+    tx.try_send(item(0)).expect("space is back once the backlog is read");
+}
