@@ -271,6 +271,10 @@ where
     Ok((Sender::from_shared(Arc::clone(&shared)), Receiver::from_shared(shared, side)))
 }
 
+/// How many times a group-commit leader yields to let more senders append
+/// before it syncs, as long as each yield brought new appends.
+const GROUP_COMMIT_GATHER_ROUNDS: usize = 64;
+
 /// The shortest interval a `SyncPolicy::Interval` thread syncs at.
 const MIN_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -392,7 +396,11 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             }
             match state.disk.fit(frame.len()) {
                 Fit::Fits => {
-                    let outcome = match state.disk.append(frame, self.write_ahead) {
+                    // Write-ahead without `Always` writes each record through
+                    // to the OS here; with `Always`, the group commit writes
+                    // and syncs everyone's records at once before `send`
+                    // returns.
+                    let outcome = match state.disk.append(frame, self.write_ahead && !self.sync_always) {
                         Ok(()) => {
                             if state.spilled == 0 || !self.spilling.load(Ordering::Relaxed) {
                                 tracing::debug!(in_memory = state.in_memory, "spill to disk started");
@@ -464,14 +472,21 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 continue;
             }
             state.syncing = true;
+            // Let senders about to append join this sync: yield while
+            // appends keep arriving (a lone sender yields once).
+            for _ in 0..GROUP_COMMIT_GATHER_ROUNDS {
+                let seen = state.appended;
+                MutexGuard::unlocked(&mut state, std::thread::yield_now);
+                if state.appended == seen {
+                    break;
+                }
+            }
             let target = state.appended;
             let file = state.disk.flush_for_sync();
-            drop(state);
-            let result = file.and_then(|file| file.map_or(Ok(()), |file| file.sync_data()));
-            state = self.state.lock();
+            let synced = MutexGuard::unlocked(&mut state, || file.and_then(|f| f.map_or(Ok(()), |f| f.sync_data())));
             state.syncing = false;
             self.synced.notify_all();
-            match result {
+            match synced {
                 Ok(()) => state.synced = state.synced.max(target),
                 Err(err) => {
                     tracing::error!(error = %err, "group commit failed to sync the active segment");

@@ -1,0 +1,60 @@
+//! W4: write-ahead with fsync on every send. The cost of durability, and
+//! what group commit recovers of it when many senders share each sync.
+//!
+//! - `always/1` and `always/32`: `WriteAhead` + `SyncPolicy::Always`, 1 and
+//!   32 producers, 2,000 items of 64 bytes each. Group commit should give
+//!   32 producers at least 10x the items per second of 1.
+//! - `never/32` and `overflow/32`: the same with no fsync, and with disk as
+//!   scratch only, for scale.
+//!
+//! Run with `cargo bench --bench durable`.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sump::{Builder, Durability, SyncPolicy};
+
+const PER_PRODUCER: u64 = 2_000;
+
+fn run(producers: u64, durability: Durability, sync: SyncPolicy) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("w4", dir.path())
+        .durability(durability)
+        .sync(sync)
+        .memory_capacity(1_000)
+        .open::<[u64; 8]>()
+        .unwrap();
+    let start = Instant::now();
+    let handles: Vec<_> = (0..producers)
+        .map(|p| {
+            let tx = tx.clone();
+            thread::spawn(move || (0..PER_PRODUCER).for_each(|i| tx.send([p * PER_PRODUCER + i; 8]).unwrap()))
+        })
+        .collect();
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    let elapsed = start.elapsed();
+    drop(tx);
+    assert_eq!(rx.iter().count() as u64, producers * PER_PRODUCER);
+    elapsed
+}
+
+fn w4_durable(c: &mut Criterion) {
+    let mut group = c.benchmark_group("w4_durable");
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    for (name, producers, durability, sync) in [
+        ("always", 1, Durability::WriteAhead, SyncPolicy::Always),
+        ("always", 32, Durability::WriteAhead, SyncPolicy::Always),
+        ("never", 32, Durability::WriteAhead, SyncPolicy::Never),
+        ("overflow", 32, Durability::Overflow, SyncPolicy::Never),
+    ] {
+        group.throughput(Throughput::Elements(producers * PER_PRODUCER));
+        group.bench_with_input(BenchmarkId::new(name, producers), &producers, |b, &producers| {
+            b.iter_custom(|iterations| (0..iterations).map(|_| run(producers, durability, sync)).sum())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, w4_durable);
+criterion_main!(benches);
