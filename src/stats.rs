@@ -3,10 +3,14 @@
 /// A snapshot of a channel, from [`Sender::stats`](crate::Sender::stats) or
 /// [`Receiver::stats`](crate::Receiver::stats).
 ///
-/// Counters count since the channel was opened. When nothing is in flight,
-/// `sent == received + in_memory + on_disk + dropped_oldest + corrupt`,
-/// where `dropped_oldest` are the items [`WhenFull::DropOldest`](crate::WhenFull::DropOldest)
-/// deleted (part of `dropped`).
+/// Counters count since the channel was opened (items recovered from disk
+/// by `open` are in `on_disk` but not in `sent`). When nothing is in
+/// flight, under [`WhenFull::Block`](crate::WhenFull::Block) and
+/// [`WhenFull::DropNewest`](crate::WhenFull::DropNewest)
+/// `sent == received + in_memory + on_disk + corrupt` (`DropNewest` drops
+/// items before they count as sent); under
+/// [`WhenFull::DropOldest`](crate::WhenFull::DropOldest), which drops items
+/// already sent, `sent == received + in_memory + on_disk + corrupt + dropped`.
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
