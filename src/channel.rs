@@ -337,6 +337,15 @@ impl<T: Serialize + DeserializeOwned> Receiver<T> {
     }
 }
 
+impl<T> Receiver<T> {
+    /// Drops the receiver as a crash would: no clean shutdown, nothing
+    /// persisted, no progress recorded. For tests.
+    #[cfg(test)]
+    pub(crate) fn crash(mut self) {
+        self.closed = true;
+    }
+}
+
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         if self.closed {

@@ -114,6 +114,9 @@ pub(crate) struct Settings {
     pub(crate) durability: Durability,
     /// Sync policy.
     pub(crate) sync: SyncPolicy,
+    /// How segment files are written and synced: the OS, or a test's
+    /// fault-injecting stand-in.
+    pub(crate) io: crate::fs::Io,
 }
 
 /// Opens a channel with every setting spelled out.
@@ -162,6 +165,7 @@ impl Builder {
                 when_full: WhenFull::default(),
                 durability: Durability::default(),
                 sync: SyncPolicy::default(),
+                io: crate::fs::direct(),
             },
         }
     }
@@ -225,6 +229,13 @@ impl Builder {
     /// [`SyncPolicy::Never`]).
     pub fn sync(mut self, policy: SyncPolicy) -> Builder {
         self.settings.sync = policy;
+        self
+    }
+
+    /// Writes and syncs segment files through `io` (tests inject faults).
+    #[cfg(test)]
+    pub(crate) fn io(mut self, io: crate::fs::Io) -> Builder {
+        self.settings.io = io;
         self
     }
 

@@ -289,7 +289,7 @@ fn start_interval_sync<T: Send + 'static>(
         std::thread::sleep(every);
         let Some(shared) = channel.upgrade() else { return };
         let file = shared.state.lock().disk.flush_for_sync();
-        if let Err(err) = file.and_then(|file| file.map_or(Ok(()), |file| file.sync_data())) {
+        if let Err(err) = file.and_then(|file| file.map_or(Ok(()), |file| file.sync())) {
             tracing::error!(error = %err, "interval sync of the active segment failed");
         }
     })?;
@@ -483,7 +483,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             }
             let target = state.appended;
             let file = state.disk.flush_for_sync();
-            let synced = MutexGuard::unlocked(&mut state, || file.and_then(|f| f.map_or(Ok(()), |f| f.sync_data())));
+            let synced = MutexGuard::unlocked(&mut state, || file.and_then(|f| f.map_or(Ok(()), |f| f.sync())));
             state.syncing = false;
             self.synced.notify_all();
             match synced {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use crate::config::{Durability, Settings, SyncPolicy};
 use crate::dir::{ChannelDir, CORRUPT_SUFFIX};
 use crate::err::OpenError;
+use crate::fs::{Io, SyncHandle};
 use crate::progress::{self, Progress};
 use crate::recover::{recover, Recovered};
 use crate::segment::format::HEADER_LEN;
@@ -55,6 +56,8 @@ pub(crate) struct DiskQueue {
     max_segments: usize,
     /// Free space the filesystem must keep, checked now and then.
     free_space: FreeSpace,
+    /// How segment files are written and synced.
+    io: Io,
     /// Whether segments survive the channel (`Persistent`, `WriteAhead`)
     /// rather than being scratch space (`Overflow`).
     durable: bool,
@@ -113,6 +116,7 @@ impl DiskQueue {
             segment_bytes: settings.segment_bytes,
             max_disk_bytes: settings.max_disk_bytes,
             max_segments: settings.max_segments,
+            io: Arc::clone(&settings.io),
             free_space: FreeSpace { min_free: settings.min_free_bytes, checked_at: None, free: u64::MAX, written: 0 },
             durable,
             sync_always: settings.sync == SyncPolicy::Always,
@@ -256,7 +260,7 @@ impl DiskQueue {
         }
         let id = self.next_id;
         let next = id.checked_add(1).ok_or_else(|| io::Error::other("segment ids are exhausted"))?;
-        let new = SegmentWriter::create(self.dir.path(), id)?;
+        let new = SegmentWriter::create(self.dir.path(), id, Arc::clone(&self.io))?;
         self.next_id = next;
         if self.sync_always {
             if let Err(err) = progress::sync_dir(self.dir.path()) {
@@ -307,7 +311,7 @@ impl DiskQueue {
     /// Writes buffered bytes to the OS and returns the active segment's
     /// file, to be synced outside the lock; `None` when there is no active
     /// segment (sealed ones were synced when sealed).
-    pub(crate) fn flush_for_sync(&mut self) -> io::Result<Option<Arc<std::fs::File>>> {
+    pub(crate) fn flush_for_sync(&mut self) -> io::Result<Option<SyncHandle>> {
         self.active.as_mut().map(SegmentWriter::flush_for_sync).transpose()
     }
 
@@ -574,7 +578,8 @@ impl DiskQueue {
         let mut written = 0;
         for (offset, chunk) in chunks.iter().enumerate() {
             let id = first_id + offset as u64;
-            let mut writer = SegmentWriter::create(self.dir.path(), id).map_err(|err| (frames.len() - written, err))?;
+            let mut writer = SegmentWriter::create(self.dir.path(), id, Arc::clone(&self.io))
+                .map_err(|err| (frames.len() - written, err))?;
             let result = chunk.iter().try_for_each(|frame| writer.append(frame)).and_then(|()| writer.sync());
             match result.and_then(|()| writer.seal().map_err(|(_, err)| err)) {
                 Ok(meta) => {

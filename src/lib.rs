@@ -114,6 +114,9 @@ mod dir;
 mod disk;
 mod drain;
 mod err;
+#[cfg(test)]
+mod fault_tests;
+mod fs;
 pub mod inspect;
 mod progress;
 mod recover;

@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn active_cursor_sees_only_flushed_records_and_follows_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 1).unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 1, crate::fs::direct()).unwrap();
         writer.append(&frame(b"one")).unwrap();
         let mut cursor = SegmentCursor::open_active(writer.path(), 1, writer.flushed()).unwrap();
         assert_eq!(cursor.peek().unwrap(), Peek::Exhausted);
@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn sealed_cursor_reads_through_the_map_and_reports_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 2).unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 2, crate::fs::direct()).unwrap();
         for payload in [&b"a"[..], b"bb", b"ccc"] {
             writer.append(&frame(payload)).unwrap();
         }
@@ -350,7 +350,7 @@ mod tests {
     #[test]
     fn a_bad_header_or_a_flipped_byte_is_reported_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 3).unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 3, crate::fs::direct()).unwrap();
         writer.append(&frame(b"payload")).unwrap();
         let meta = writer.seal().map_err(|(_, e)| e).unwrap();
         let path = segment_path(dir.path(), 3);

@@ -7,12 +7,13 @@
 //! write never leaves the writer unsure of where the next byte goes.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{encode_header, HEADER_LEN};
 use super::{segment_path, SegmentMeta};
+use crate::fs::{Io, SyncHandle, WriteIo};
 
 /// Size of the write buffer in bytes. Frames at least this large bypass it.
 pub(crate) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
@@ -27,6 +28,8 @@ pub(crate) struct SegmentWriter {
     /// The file, opened for appending. Written only by `flush`; shared
     /// only to be synced outside the channel lock.
     file: Arc<File>,
+    /// Every write and sync goes through here.
+    io: Io,
     /// Frames appended but not yet written to the file.
     buffer: Vec<u8>,
     /// Bytes the file holds, header included.
@@ -38,15 +41,16 @@ pub(crate) struct SegmentWriter {
 impl SegmentWriter {
     /// Creates segment `id` in `dir` and writes its header. Fails if the
     /// file exists: a writer never appends to a file it did not start.
-    pub(crate) fn create(dir: &Path, id: u64) -> io::Result<SegmentWriter> {
+    pub(crate) fn create(dir: &Path, id: u64, io: Io) -> io::Result<SegmentWriter> {
         let path = segment_path(dir, id);
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        if let Err(err) = file.write_all(&encode_header()) {
+        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        if let Err(err) = write_all(&*io, &path, &file, &encode_header()) {
             drop(file);
             let _ = std::fs::remove_file(&path);
             return Err(err);
         }
-        Ok(SegmentWriter { id, path, file: Arc::new(file), buffer: Vec::new(), flushed: HEADER_LEN as u64, records: 0 })
+        let file = Arc::new(file);
+        Ok(SegmentWriter { id, path, file, io, buffer: Vec::new(), flushed: HEADER_LEN as u64, records: 0 })
     }
 
     /// The segment's id.
@@ -108,7 +112,7 @@ impl SegmentWriter {
     /// Writes a large frame straight to the file. A failure half-way cuts
     /// the file back to where the frame started.
     fn write_direct(&mut self, frame: &[u8]) -> io::Result<()> {
-        match (&*self.file).write_all(frame) {
+        match write_all(&*self.io, &self.path, &self.file, frame) {
             Ok(()) => {
                 self.flushed += frame.len() as u64;
                 Ok(())
@@ -132,7 +136,7 @@ impl SegmentWriter {
     /// accounted for and the rest stay buffered for the next attempt.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         while !self.buffer.is_empty() {
-            match (&*self.file).write(&self.buffer) {
+            match self.io.write(&self.path, &self.file, &self.buffer) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write made no progress")),
                 Ok(written) => {
                     self.flushed += written as u64;
@@ -148,14 +152,14 @@ impl SegmentWriter {
     /// Flushes and then asks the OS to put the file on stable storage.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         self.flush()?;
-        self.file.sync_data()
+        self.io.sync(&self.path, &self.file)
     }
 
     /// Flushes, and returns the file so that it can be synced without
     /// holding up appends.
-    pub(crate) fn flush_for_sync(&mut self) -> io::Result<Arc<File>> {
+    pub(crate) fn flush_for_sync(&mut self) -> io::Result<SyncHandle> {
         self.flush()?;
-        Ok(Arc::clone(&self.file))
+        Ok(SyncHandle { io: Arc::clone(&self.io), path: self.path.clone(), file: Arc::clone(&self.file) })
     }
 
     /// Flushes and closes the segment for good, making the file read-only.
@@ -179,14 +183,28 @@ impl SegmentWriter {
     }
 }
 
+/// Writes all of `buf`, as `Write::write_all` does, through `io`.
+fn write_all(io: &dyn WriteIo, path: &Path, file: &File, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match io.write(path, file, buf) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write made no progress")),
+            Ok(written) => buf = &buf[written..],
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::direct;
 
     #[test]
     fn small_frames_are_buffered_until_flushed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 3).unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 3, direct()).unwrap();
         writer.append(&[1; 100]).unwrap();
         writer.append(&[2; 100]).unwrap();
         assert_eq!(writer.flushed(), HEADER_LEN as u64);
@@ -200,7 +218,7 @@ mod tests {
     #[test]
     fn sealing_flushes_and_makes_the_file_read_only() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 0).unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 0, direct()).unwrap();
         writer.append(&[7; WRITE_BUFFER_BYTES + 1]).unwrap();
         writer.append(&[8; 10]).unwrap();
         let path = writer.path().to_owned();
@@ -215,7 +233,7 @@ mod tests {
     fn creating_over_an_existing_file_fails() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(segment_path(dir.path(), 5), b"not ours").unwrap();
-        assert!(SegmentWriter::create(dir.path(), 5).is_err());
+        assert!(SegmentWriter::create(dir.path(), 5, direct()).is_err());
         assert_eq!(std::fs::read(segment_path(dir.path(), 5)).unwrap(), b"not ours");
     }
 }

@@ -1,0 +1,140 @@
+//! Fault injection: the channel on a filesystem that runs out of space in
+//! the middle of a write, fails syncs, and loses unsynced writes in a
+//! simulated power loss.
+
+use std::sync::Arc;
+
+use crate::fs::faults::FaultyIo;
+use crate::{Builder, Durability, Receiver, Sender, SyncPolicy};
+
+fn open(
+    dir: &std::path::Path,
+    io: &Arc<FaultyIo>,
+    mode: Durability,
+    sync: SyncPolicy,
+) -> (Sender<String>, Receiver<String>) {
+    Builder::new("faults", dir)
+        .durability(mode)
+        .sync(sync)
+        .memory_capacity(0)
+        .segment_bytes(4_096)
+        .io(Arc::clone(io) as crate::fs::Io)
+        .open()
+        .unwrap()
+}
+
+fn item(i: usize) -> String {
+    format!("{i:05}-{}", "y".repeat(90))
+}
+
+#[test]
+fn a_write_cut_short_by_a_full_disk_is_rolled_back_and_nothing_accepted_is_lost() {
+    for mode in [Durability::Overflow, Durability::WriteAhead] {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(FaultyIo::default());
+        let (tx, rx) = open(dir.path(), &io, mode, SyncPolicy::Never);
+        // 10,050 bytes: the disk fills in the middle of a record.
+        io.limit_space(Some(10_050));
+        let mut accepted = 0;
+        let refused = loop {
+            match tx.send(item(accepted)) {
+                Ok(()) => accepted += 1,
+                Err(err) => break err,
+            }
+            assert!(accepted < 1_000, "{mode:?}: the disk never filled");
+        };
+        assert_eq!(refused.io_error().and_then(|e| e.raw_os_error()), Some(28), "{mode:?}");
+        assert_eq!(refused.into_inner(), item(accepted));
+        for i in 0..accepted {
+            assert_eq!(rx.try_recv().unwrap(), item(i), "{mode:?}");
+        }
+        assert_eq!(rx.stats().corrupt, 0, "{mode:?}: no torn record is ever read");
+        io.limit_space(None);
+        tx.send(item(7)).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), item(7), "{mode:?}: the channel works once space returns");
+    }
+}
+
+#[test]
+fn a_write_ahead_channel_filled_mid_record_reopens_with_every_accepted_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(FaultyIo::default());
+    let (tx, rx) = open(dir.path(), &io, Durability::WriteAhead, SyncPolicy::Never);
+    io.limit_space(Some(5_000));
+    let mut accepted = 0;
+    while tx.send(item(accepted)).is_ok() {
+        accepted += 1;
+    }
+    drop(tx);
+    rx.crash();
+    io.limit_space(None);
+    let (tx, rx) = open(dir.path(), &io, Durability::WriteAhead, SyncPolicy::Never);
+    drop(tx);
+    assert_eq!(rx.stats().corrupt, 0);
+    assert_eq!(rx.iter().collect::<Vec<_>>(), (0..accepted).map(item).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failed_sync_fails_the_send_and_the_channel_recovers_when_syncs_work_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(FaultyIo::default());
+    let (tx, rx) = open(dir.path(), &io, Durability::WriteAhead, SyncPolicy::Always);
+    tx.send(item(0)).unwrap();
+    io.fail_syncs(true);
+    let err = tx.send(item(1)).unwrap_err();
+    assert_eq!(err.io_error().and_then(|e| e.raw_os_error()), Some(5));
+    assert_eq!(err.into_inner(), item(1), "the item comes back (its record may still be delivered)");
+    io.fail_syncs(false);
+    tx.send(item(2)).unwrap();
+    drop(tx);
+    let got: Vec<String> = rx.iter().collect();
+    assert_eq!(got.first(), Some(&item(0)));
+    assert_eq!(got.last(), Some(&item(2)));
+}
+
+#[test]
+fn after_a_power_loss_every_item_whose_send_returned_under_always_is_recovered() {
+    for producers in [1usize, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(FaultyIo::default());
+        let (tx, rx) = open(dir.path(), &io, Durability::WriteAhead, SyncPolicy::Always);
+        let threads: Vec<_> = (0..producers)
+            .map(|p| {
+                let tx = tx.clone();
+                std::thread::spawn(move || (0..50).for_each(|i| tx.send(item(p * 1_000 + i)).unwrap()))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        drop(tx);
+        rx.crash();
+        io.lose_unsynced_writes();
+        let (tx, rx) = open(dir.path(), &io, Durability::WriteAhead, SyncPolicy::Always);
+        drop(tx);
+        let mut got: Vec<String> = rx.iter().collect();
+        assert_eq!(rx.stats().corrupt, 0);
+        got.sort();
+        let mut expected: Vec<String> =
+            (0..producers).flat_map(|p| (0..50).map(move |i| item(p * 1_000 + i))).collect();
+        expected.sort();
+        assert_eq!(got, expected, "{producers} producers");
+    }
+}
+
+#[test]
+fn without_syncs_a_power_loss_loses_unsynced_items_but_never_corrupts() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(FaultyIo::default());
+    let (tx, rx) = open(dir.path(), &io, Durability::WriteAhead, SyncPolicy::Never);
+    for i in 0..100 {
+        tx.send(item(i)).unwrap();
+    }
+    drop(tx);
+    rx.crash();
+    io.lose_unsynced_writes();
+    let (tx, rx) = open(dir.path(), &io, Durability::WriteAhead, SyncPolicy::Never);
+    drop(tx);
+    let got: Vec<String> = rx.iter().collect();
+    assert_eq!(rx.stats().corrupt, 0);
+    assert!(got.len() < 100, "with SyncPolicy::Never nothing was synced, so a power loss loses items");
+    assert_eq!(got, (0..got.len()).map(item).collect::<Vec<_>>(), "what survives is a prefix, in order");
+}
