@@ -138,3 +138,21 @@ fn without_syncs_a_power_loss_loses_unsynced_items_but_never_corrupts() {
     assert!(got.len() < 100, "with SyncPolicy::Never nothing was synced, so a power loss loses items");
     assert_eq!(got, (0..got.len()).map(item).collect::<Vec<_>>(), "what survives is a prefix, in order");
 }
+
+#[test]
+fn an_interval_sync_makes_items_survive_a_power_loss_once_it_has_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(FaultyIo::default());
+    let every = std::time::Duration::from_millis(5);
+    let (tx, rx) = open(dir.path(), &io, Durability::WriteAhead, SyncPolicy::Interval(every));
+    for i in 0..20 {
+        tx.send(item(i)).unwrap();
+    }
+    std::thread::sleep(every * 20); // the background thread syncs meanwhile
+    drop(tx);
+    rx.crash();
+    io.lose_unsynced_writes();
+    let (tx, rx) = open(dir.path(), &io, Durability::WriteAhead, SyncPolicy::Never);
+    drop(tx);
+    assert_eq!(rx.iter().collect::<Vec<_>>(), (0..20).map(item).collect::<Vec<_>>());
+}
