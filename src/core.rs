@@ -44,7 +44,9 @@ use crate::disk::{DiskQueue, Fit};
 use crate::err::{CloseError, OpenError};
 use crate::segment::{Peek, SegmentCursor};
 use crate::stats::Stats;
-use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{
+    yield_now, Arc, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, Mutex, MutexGuard, Ordering,
+};
 
 /// How long an operation may wait.
 #[derive(Debug, Clone, Copy)]
@@ -127,8 +129,9 @@ struct Backoff {
 impl Backoff {
     /// Rounds that busy-wait (`2^round` spin hints each).
     const SPIN_ROUNDS: u32 = 6;
-    /// Rounds in all, the later ones yielding the thread.
-    const ROUNDS: u32 = 10;
+    /// Rounds in all, the later ones yielding the thread. None under loom:
+    /// spinning only multiplies the interleavings to explore.
+    const ROUNDS: u32 = if cfg!(loom) { 0 } else { 10 };
 
     fn may_spin(&self) -> bool {
         self.round < Self::ROUNDS
@@ -140,7 +143,7 @@ impl Backoff {
                 std::hint::spin_loop();
             }
         } else {
-            std::thread::yield_now();
+            yield_now();
         }
         self.round += 1;
     }
@@ -263,6 +266,7 @@ where
         durable: settings.durability != Durability::Overflow,
         encode: |item| codec::with_frame(item, <[u8]>::to_vec),
     });
+    #[cfg(not(loom))]
     if let SyncPolicy::Interval(every) = settings.sync {
         start_interval_sync(Arc::downgrade(&shared), every.max(MIN_SYNC_INTERVAL))
             .map_err(|err| OpenError::io(dir.join(name), err))?;
@@ -273,11 +277,13 @@ where
 
 /// How many times a group-commit leader yields to let more senders append
 /// before it syncs, as long as each yield brought new appends.
-const GROUP_COMMIT_GATHER_ROUNDS: usize = 64;
+const GROUP_COMMIT_GATHER_ROUNDS: usize = if cfg!(loom) { 1 } else { 64 };
 
+#[cfg(not(loom))]
 /// The shortest interval a `SyncPolicy::Interval` thread syncs at.
 const MIN_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
+#[cfg(not(loom))]
 /// Starts the thread that syncs a channel's active segment every `every`,
 /// for `SyncPolicy::Interval`. It holds only a weak reference and ends
 /// once the channel is gone.
@@ -476,7 +482,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             // appends keep arriving (a lone sender yields once).
             for _ in 0..GROUP_COMMIT_GATHER_ROUNDS {
                 let seen = state.appended;
-                MutexGuard::unlocked(&mut state, std::thread::yield_now);
+                MutexGuard::unlocked(&mut state, yield_now);
                 if state.appended == seen {
                     break;
                 }

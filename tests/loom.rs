@@ -1,0 +1,118 @@
+//! loom models of the channel's handoffs: every interleaving of two or
+//! three threads on a channel with tiny limits. Run with
+//! `RUSTFLAGS="--cfg loom" cargo test --release --test loom` (`.ci/run`
+//! does). Each model is small on purpose: two threads, a few items.
+#![cfg(loom)]
+
+use loom::thread;
+use sump::{Builder, Durability, SyncPolicy, TryRecvError, WhenFull};
+
+fn open(dir: &std::path::Path, capacity: usize) -> (sump::Sender<u32>, sump::Receiver<u32>) {
+    // A segment holds exactly one record of a small u32: every spill rotates.
+    Builder::new("loom", dir).memory_capacity(capacity).segment_bytes(16 + 9).open().unwrap()
+}
+
+#[test]
+fn a_send_racing_a_recv_at_the_memory_to_disk_switch_keeps_order() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = open(dir.path(), 1);
+        let sender = thread::spawn(move || {
+            tx.send(1).unwrap(); // memory
+            tx.send(2).unwrap(); // memory or disk, depending on the receiver
+        });
+        let first = rx.recv().unwrap();
+        let second = rx.recv().unwrap();
+        assert_eq!((first, second), (1, 2));
+        sender.join().unwrap();
+        assert_eq!(rx.recv(), Err(sump::RecvError));
+    });
+}
+
+#[test]
+fn the_channel_goes_back_to_memory_once_the_disk_backlog_is_drained() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = open(dir.path(), 1);
+        tx.send(1).unwrap(); // memory
+        tx.send(2).unwrap(); // disk
+        let late = tx.clone();
+        let sender = thread::spawn(move || late.send(3).unwrap()); // disk, or memory after the drain
+        let got: Vec<u32> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        sender.join().unwrap();
+        assert_eq!(got, vec![1, 2, 3]);
+        assert_eq!(rx.stats().on_disk, 0);
+        drop(tx);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    });
+}
+
+#[test]
+fn disconnection_wakes_a_waiting_receiver_after_the_last_item() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = open(dir.path(), 0);
+        let sender = thread::spawn(move || {
+            tx.send(7).unwrap(); // through disk
+            drop(tx);
+        });
+        assert_eq!(rx.recv(), Ok(7));
+        assert_eq!(rx.recv(), Err(sump::RecvError));
+        sender.join().unwrap();
+    });
+}
+
+#[test]
+fn a_sender_blocked_on_a_full_channel_gets_its_item_back_when_the_receiver_leaves() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = Builder::new("loom", dir.path())
+            .memory_capacity(0)
+            .segment_bytes(16 + 9)
+            .max_segments(1)
+            .when_full(WhenFull::Block)
+            .open::<u32>()
+            .unwrap();
+        tx.send(1).unwrap(); // fills the only segment
+        let sender = thread::spawn(move || tx.send(2).map_err(|e| (e.is_disconnected(), e.into_inner())));
+        drop(rx);
+        assert_eq!(sender.join().unwrap(), Err((true, 2)));
+    });
+}
+
+#[test]
+fn concurrent_senders_appending_and_rotating_lose_nothing() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = open(dir.path(), 0);
+        let other = tx.clone();
+        let sender = thread::spawn(move || other.send(10).unwrap());
+        tx.send(20).unwrap();
+        sender.join().unwrap();
+        drop(tx);
+        let mut got: Vec<u32> = rx.iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![10, 20]);
+        assert_eq!(rx.stats().segments, 0);
+    });
+}
+
+#[test]
+fn group_commit_covers_every_sender_that_returned() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = Builder::new("loom", dir.path())
+            .durability(Durability::WriteAhead)
+            .sync(SyncPolicy::Always)
+            .open::<u32>()
+            .unwrap();
+        let other = tx.clone();
+        let sender = thread::spawn(move || other.send(1).unwrap());
+        tx.send(2).unwrap();
+        sender.join().unwrap();
+        drop(tx);
+        let mut got: Vec<u32> = rx.iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2]);
+    });
+}
