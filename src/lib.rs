@@ -118,6 +118,8 @@ mod err;
 mod fault_tests;
 mod fs;
 pub mod inspect;
+#[cfg(test)]
+mod model_tests;
 mod progress;
 mod recover;
 mod segment;

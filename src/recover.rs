@@ -60,8 +60,11 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
     let (ids, highest) = dir.scan()?;
     let progress = progress::read(dir.path());
-    let mut recovered =
-        Recovered { next_id: highest.map_or(FIRST_DURABLE_ID, |id| id.saturating_add(1)), ..Recovered::default() };
+    let mut recovered = Recovered {
+        next_id: highest.map_or(FIRST_DURABLE_ID, |id| id.saturating_add(1)),
+        progress_on_disk: progress.map(|p| p.segment),
+        ..Recovered::default()
+    };
     for (index, &id) in ids.iter().enumerate() {
         let path = segment_path(dir.path(), id);
         let io_error = |err: io::Error| OpenError::io(&path, err);
