@@ -15,6 +15,16 @@ where
     sump::Builder::new("mpsc", dir.path()).memory_capacity(4).open().unwrap()
 }
 
+/// A channel already at its limits: one item in memory, one segment of
+/// 32 bytes holding one more.
+fn full(dir: &tempfile::TempDir) -> (sump::Sender<u8>, sump::Receiver<u8>) {
+    let (tx, rx) =
+        sump::Builder::new("full", dir.path()).memory_capacity(1).segment_bytes(32).max_disk_bytes(32).open().unwrap();
+    tx.send(1).unwrap();
+    tx.send(2).unwrap();
+    (tx, rx)
+}
+
 #[test]
 fn send_then_recv_returns_the_item() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,14 +106,7 @@ fn send_fails_and_gives_the_item_back_after_the_receiver_drops() {
 #[test]
 fn a_sender_blocked_on_a_full_channel_wakes_when_the_receiver_drops() {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, rx) = sump::Builder::new("full", dir.path())
-        .memory_capacity(1)
-        .segment_bytes(32)
-        .max_disk_bytes(32)
-        .open::<u8>()
-        .unwrap();
-    tx.send(1).unwrap();
-    tx.send(2).unwrap();
+    let (tx, rx) = full(&dir);
     let blocked = thread::spawn(move || tx.send(3).map_err(|e| (e.is_disconnected(), e.into_inner())));
     thread::sleep(Duration::from_millis(50));
     assert!(!blocked.is_finished(), "send must block while memory and disk are full");
@@ -137,14 +140,7 @@ fn recv_timeout_with_a_huge_timeout_waits_like_recv() {
 #[test]
 fn send_timeout_times_out_on_a_full_channel_and_gives_the_item_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, _rx) = sump::Builder::new("full", dir.path())
-        .memory_capacity(1)
-        .segment_bytes(32)
-        .max_disk_bytes(32)
-        .open::<u8>()
-        .unwrap();
-    tx.send(1).unwrap();
-    tx.send(2).unwrap();
+    let (tx, _rx) = full(&dir);
     let start = Instant::now();
     match tx.send_timeout(3, Duration::from_millis(30)) {
         Err(err @ SendTimeoutError::Timeout(_)) => {
@@ -166,14 +162,7 @@ fn send_timeout_times_out_on_a_full_channel_and_gives_the_item_back() {
 #[test]
 fn a_blocked_send_completes_once_the_receiver_frees_space() {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, rx) = sump::Builder::new("full", dir.path())
-        .memory_capacity(1)
-        .segment_bytes(32)
-        .max_disk_bytes(32)
-        .open::<u8>()
-        .unwrap();
-    tx.send(1).unwrap();
-    tx.send(2).unwrap();
+    let (tx, rx) = full(&dir);
     let sender = thread::spawn(move || tx.send(3));
     thread::sleep(Duration::from_millis(30));
     assert_eq!(rx.recv(), Ok(1));

@@ -19,6 +19,14 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
+/// Sealed segments are read-only; tests that damage one make it writable.
+fn make_writable(path: &Path) {
+    let mut permissions = std::fs::metadata(path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(path, permissions).unwrap();
+}
+
 #[test]
 fn a_clean_restart_keeps_items_from_memory_and_disk_in_order() {
     for mode in [Durability::Persistent, Durability::WriteAhead] {
@@ -149,10 +157,7 @@ fn a_torn_tail_is_cut_off_and_is_not_corruption() {
     drop((tx, rx));
     let last = segment_files(dir.path()).pop().unwrap();
     let clean_len = std::fs::metadata(&last).unwrap().len();
-    let mut permissions = std::fs::metadata(&last).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    permissions.set_readonly(false);
-    std::fs::set_permissions(&last, permissions).unwrap();
+    make_writable(&last);
     // Half a record, as a crash in the middle of a write leaves it.
     let mut file = std::fs::OpenOptions::new().append(true).open(&last).unwrap();
     std::io::Write::write_all(&mut file, &[9, 0, 0, 0, 0xde, 0xad]).unwrap();
@@ -175,10 +180,7 @@ fn a_damaged_record_found_at_open_is_counted_and_skipped() {
     let first = segment_files(dir.path()).remove(0);
     let mut bytes = std::fs::read(&first).unwrap();
     bytes[16 + 2 * 11 + 9] ^= 0x55; // the third record's payload
-    let mut permissions = std::fs::metadata(&first).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    permissions.set_readonly(false);
-    std::fs::set_permissions(&first, permissions).unwrap();
+    make_writable(&first);
     std::fs::write(&first, bytes).unwrap();
     let (tx, rx) = open(dir.path(), Durability::WriteAhead, 0);
     assert_eq!(rx.stats().corrupt, 1, "found and counted at open");
@@ -199,13 +201,8 @@ fn a_segment_with_a_bad_header_is_set_aside_at_open_and_the_rest_recovered() {
     drop((tx, rx));
     let segments = segment_files(dir.path());
     assert!(segments.len() >= 3);
-    std::fs::write(&segments[1], b"not a segment at all").unwrap_or_else(|_| {
-        let mut permissions = std::fs::metadata(&segments[1]).unwrap().permissions();
-        #[allow(clippy::permissions_set_readonly_false)]
-        permissions.set_readonly(false);
-        std::fs::set_permissions(&segments[1], permissions).unwrap();
-        std::fs::write(&segments[1], b"not a segment at all").unwrap();
-    });
+    make_writable(&segments[1]);
+    std::fs::write(&segments[1], b"not a segment at all").unwrap();
     let (tx, rx) = open(dir.path(), Durability::WriteAhead, 0);
     drop(tx);
     let got: Vec<u64> = rx.iter().collect();
