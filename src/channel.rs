@@ -201,7 +201,7 @@ impl<T> Receiver<T> {
     /// Everything received so far has been delivered: deletes the segments
     /// kept since `hold_segments(true)`.
     pub(crate) fn release_delivered(&self) {
-        self.shared.release_retired();
+        self.shared.release_retired(&self.side.borrow());
     }
 
     /// A handle that reads the channel's stats from another thread without

@@ -225,6 +225,10 @@ pub(crate) struct Shared<T> {
 pub(crate) struct ReceiverSide<T> {
     /// Items swapped out of memory in one batch, oldest first.
     local: VecDeque<T>,
+    /// How many items at the front of `local` a drainer put back. Segments
+    /// held for the drainer are not released while any remain: they may be
+    /// the only durable copy of those items.
+    put_back: usize,
     /// Read position on disk.
     cursor: Option<SegmentCursor>,
 }
@@ -271,7 +275,7 @@ where
         start_interval_sync(Arc::downgrade(&shared), every.max(MIN_SYNC_INTERVAL))
             .map_err(|err| OpenError::io(dir.join(name), err))?;
     }
-    let side = ReceiverSide { local: VecDeque::new(), cursor: None };
+    let side = ReceiverSide { local: VecDeque::new(), put_back: 0, cursor: None };
     Ok((Sender::from_shared(Arc::clone(&shared)), Receiver::from_shared(shared, side)))
 }
 
@@ -507,6 +511,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         let mut backoff = Backoff::default();
         loop {
             if let Some(item) = side.local.pop_front() {
+                side.put_back = side.put_back.saturating_sub(1);
                 self.taken.fetch_add(1, Ordering::Release);
                 self.count_received();
                 return Ok(item);
@@ -702,7 +707,12 @@ impl<T> Shared<T> {
     }
 
     /// Deletes the segments kept by `set_hold`: their items were delivered.
-    pub(crate) fn release_retired(&self) {
+    /// Not while items put back are still waiting: they came from those
+    /// segments.
+    pub(crate) fn release_retired(&self, side: &ReceiverSide<T>) {
+        if side.put_back > 0 {
+            return;
+        }
         let mut state = self.state.lock();
         if state.disk.release_retired() {
             self.wake_senders(&state);
@@ -724,6 +734,7 @@ impl<T> Shared<T> {
         let received = self.received.load(Ordering::Relaxed);
         self.received.store(received - count as u64, Ordering::Relaxed);
         drop(state);
+        side.put_back += count;
         for item in items.into_iter().rev() {
             side.local.push_front(item);
         }

@@ -63,9 +63,6 @@ pub(crate) struct DiskQueue {
     durable: bool,
     /// Whether every append is followed by an fsync.
     sync_always: bool,
-    /// Where reading resumes in the oldest segment after a restart, until
-    /// the cursor gets there.
-    resume_at: Option<Progress>,
     /// Whether read segments are kept until [`release_retired`](Self::release_retired)
     /// instead of deleted at once: a drainer's items are not delivered when
     /// the cursor leaves their segment, only when the sink accepts them.
@@ -120,7 +117,6 @@ impl DiskQueue {
             free_space: FreeSpace { min_free: settings.min_free_bytes, checked_at: None, free: u64::MAX, written: 0 },
             durable,
             sync_always: settings.sync == SyncPolicy::Always,
-            resume_at: recovered.resume_at,
             hold: false,
             retired: Vec::new(),
             progress_on_disk: recovered.progress_on_disk,
@@ -349,11 +345,7 @@ impl DiskQueue {
                         freed = true;
                     }
                     _ => {
-                        let mut open = SegmentCursor::open_sealed(&self.path_of(front.id), front.id, front.bytes)?;
-                        if let Some(resume) = self.resume_at.take_if(|resume| resume.segment == front.id) {
-                            open.skip_to(resume.offset);
-                        }
-                        *cursor = Some(open);
+                        *cursor = Some(SegmentCursor::open_sealed(&self.path_of(front.id), front.id, front.bytes)?);
                         self.reading = Some(front.id);
                         return Ok(freed);
                     }
@@ -540,7 +532,7 @@ impl DiskQueue {
         }
         self.write_front(frames)?;
         let reading = cursor.map(|open| Progress { segment: open.id(), offset: open.pos() });
-        let progress = reading.or(self.resume_at);
+        let progress = reading;
         progress::write(self.dir.path(), progress, true).map_err(|err| (0, err))?;
         self.progress_on_disk = progress.map(|p| p.segment);
         progress::sync_dir(self.dir.path()).map_err(|err| (0, err))

@@ -3,7 +3,10 @@
 //!
 //! Rules, applied to each segment file in id order:
 //! - the progress file names the segment the receiver was reading at the
-//!   last clean shutdown and where in it; reading resumes there. Segments
+//!   last clean shutdown and where in it. That segment is rewritten without
+//!   the records before that point, and the progress file is removed, so no
+//!   read position outlives recovery (a pending one could be lost by the
+//!   next shutdown, or apply to a later segment reusing the id). Segments
 //!   with lower ids are not "read": the receiver deletes a segment as soon
 //!   as it has read it, so any still present are the in-memory items a
 //!   clean shutdown wrote in front of the backlog;
@@ -32,8 +35,8 @@ use std::path::Path;
 
 use crate::dir::ChannelDir;
 use crate::err::OpenError;
-use crate::progress::{self, Progress};
-use crate::segment::format::{decode_header, HEADER_LEN};
+use crate::progress;
+use crate::segment::format::{decode_header, encode_header, HEADER_LEN};
 use crate::segment::{segment_path, Peek, SegmentCursor, SegmentMeta};
 
 /// Id of the first segment of a new durable channel. Segments written at a
@@ -46,8 +49,6 @@ pub(crate) const FIRST_DURABLE_ID: u64 = 1 << 32;
 pub(crate) struct Recovered {
     /// Segments with unread records, oldest first.
     pub(crate) segments: VecDeque<SegmentMeta>,
-    /// Where to resume reading inside one of them, if not at its start.
-    pub(crate) resume_at: Option<Progress>,
     /// The segment the progress file names, while that file exists.
     pub(crate) progress_on_disk: Option<u64>,
     /// Damaged stretches found.
@@ -81,15 +82,49 @@ pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
                     remove_readable(&path).map_err(io_error)?;
                     continue;
                 }
-                if start > HEADER_LEN as u64 {
-                    recovered.resume_at = Some(Progress { segment: id, offset: start });
-                }
+                let meta = if start > HEADER_LEN as u64 {
+                    drop_read_records(dir.path(), &path, meta, start).map_err(io_error)?
+                } else {
+                    meta
+                };
                 tracing::info!(segment = id, records = meta.records, corrupt, "segment recovered");
                 recovered.segments.push_back(meta);
             }
         }
     }
+    if progress.is_some() {
+        // Applied (or its segment is gone): it must never apply again, to
+        // a later segment that reuses the id.
+        progress::write(dir.path(), None, true).map_err(|err| OpenError::io(dir.path(), err))?;
+        recovered.progress_on_disk = None;
+    }
     Ok(recovered)
+}
+
+/// Rewrites segment `path` without the records before `start`, which the
+/// receiver read before the last clean shutdown, so that no read position
+/// has to outlive recovery. The progress file is removed before the
+/// rewritten segment replaces the old one: a crash in between can only
+/// deliver the read records again, never skip unread ones.
+fn drop_read_records(dir: &Path, path: &Path, meta: SegmentMeta, start: u64) -> io::Result<SegmentMeta> {
+    use std::io::Write;
+    let bytes = std::fs::read(path)?;
+    let end = usize::try_from(meta.bytes).unwrap_or(usize::MAX).min(bytes.len());
+    let start = usize::try_from(start).unwrap_or(usize::MAX).min(end);
+    let temp = path.with_extension("seg.rewrite");
+    {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&encode_header())?;
+        file.write_all(&bytes[start..end])?;
+        file.sync_data()?;
+    }
+    progress::write(dir, None, true)?;
+    std::fs::rename(&temp, path)?;
+    let mut permissions = std::fs::metadata(path)?.permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(path, permissions)?;
+    progress::sync_dir(dir)?;
+    Ok(SegmentMeta { bytes: (HEADER_LEN + end - start) as u64, ..meta })
 }
 
 /// What a scan of one segment found.

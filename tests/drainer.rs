@@ -438,3 +438,44 @@ fn undelivered_items_survive_a_clean_restart_in_the_durable_modes() {
         assert_eq!(rx.iter().collect::<Vec<_>>(), (100..500).collect::<Vec<_>>(), "{mode:?}");
     }
 }
+
+/// Found in review: items a drainer put back were written at shutdown in
+/// front of a segment read part-way, and a shutdown inside those items
+/// lost the read position in that segment, so its read records came again.
+#[test]
+fn reads_before_a_clean_shutdown_never_come_again_across_several_restarts() {
+    for mode in [sump::Durability::Persistent, sump::Durability::WriteAhead] {
+        for segment_bytes in [64, 1 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let open = || {
+                Builder::new("cycles", dir.path())
+                    .durability(mode)
+                    .memory_capacity(0)
+                    .segment_bytes(segment_bytes)
+                    .open::<u64>()
+                    .unwrap()
+            };
+            let (tx, rx) = open();
+            for i in 1..=6 {
+                tx.send(i).unwrap();
+            }
+            let handle = fast(rx, |_: &[u64]| -> Result<(), SinkError> { Err(SinkError::transient("down")) })
+                .batch_size(3)
+                .linger(Duration::from_millis(50))
+                .spawn();
+            thread::sleep(Duration::from_millis(200));
+            let rx = handle.shutdown(Duration::from_millis(50)).unwrap();
+            drop(tx);
+            rx.close().unwrap();
+
+            let (tx, rx) = open();
+            assert_eq!(rx.recv_timeout(WAIT).unwrap(), 1);
+            drop(tx);
+            rx.close().unwrap();
+
+            let (tx, rx) = open();
+            drop(tx);
+            assert_eq!(rx.iter().collect::<Vec<_>>(), vec![2, 3, 4, 5, 6], "{mode:?}, {segment_bytes}-byte segments");
+        }
+    }
+}
