@@ -156,3 +156,54 @@ fn an_interval_sync_makes_items_survive_a_power_loss_once_it_has_run() {
     drop(tx);
     assert_eq!(rx.iter().collect::<Vec<_>>(), (0..20).map(item).collect::<Vec<_>>());
 }
+
+/// Found in review: a second drainer delivering part of the items the first
+/// one put back released the segments they came from, so a crash before the
+/// rest were delivered lost them.
+#[test]
+fn segments_holding_put_back_items_outlive_a_partial_delivery_and_a_crash() {
+    use crate::{Drainer, SinkError};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Builder::new("putback", dir.path())
+            .durability(Durability::WriteAhead)
+            .memory_capacity(0)
+            .segment_bytes(48)
+            .open::<u64>()
+            .unwrap()
+    };
+    let (tx, rx) = open();
+    for i in 1..=6 {
+        tx.send(i).unwrap();
+    }
+    let failing = Drainer::new(rx, |_: &[u64]| -> Result<(), SinkError> { Err(SinkError::transient("down")) })
+        .batch_size(4) // three records fill a segment: the batch leaves the first one
+        .backoff(Duration::from_millis(1), Duration::from_millis(2))
+        .spawn();
+    std::thread::sleep(Duration::from_millis(100));
+    let rx = failing.shutdown(Duration::from_millis(20)).unwrap(); // 1..=4 put back
+    let delivered = Arc::new(crate::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&delivered);
+    let partial = Drainer::new(rx, move |batch: &[u64]| -> Result<(), SinkError> {
+        let mut seen = seen.lock();
+        if !seen.is_empty() {
+            return Err(SinkError::transient("down again"));
+        }
+        seen.extend_from_slice(batch);
+        Ok(())
+    })
+    .batch_size(1)
+    .backoff(Duration::from_millis(1), Duration::from_millis(2))
+    .spawn();
+    std::thread::sleep(Duration::from_millis(100));
+    let rx = partial.shutdown(Duration::from_millis(20)).unwrap();
+    assert_eq!(*delivered.lock(), vec![1]);
+    drop(tx);
+    rx.crash();
+    let (tx, rx) = open();
+    drop(tx);
+    let after: Vec<u64> = rx.iter().collect();
+    assert!(after.ends_with(&[2, 3, 4, 5, 6]), "items not delivered were lost: {after:?}");
+}
