@@ -69,10 +69,6 @@ pub(crate) struct DiskQueue {
     hold: bool,
     /// Segments read to the end but kept while `hold` is set, oldest first.
     retired: Vec<SegmentMeta>,
-    /// The segment the progress file on disk names. The file is removed
-    /// when that segment is deleted, so that it can never apply to a later
-    /// segment that reuses the id.
-    progress_on_disk: Option<u64>,
     /// The segment being appended to, if any.
     active: Option<SegmentWriter>,
     /// Sealed segments still owned, oldest first.
@@ -119,7 +115,6 @@ impl DiskQueue {
             sync_always: settings.sync == SyncPolicy::Always,
             hold: false,
             retired: Vec::new(),
-            progress_on_disk: recovered.progress_on_disk,
             active: None,
             sealed: recovered.segments,
             reading: None,
@@ -164,16 +159,11 @@ impl DiskQueue {
         freed
     }
 
-    /// Deletes a segment file, and the progress file if it names it.
+    /// Deletes a segment file. (No progress file can name it: recovery
+    /// removes the progress file, and only a clean shutdown writes one.)
     fn delete_segment(&mut self, id: u64) {
         remove_file_logged(&self.path_of(id));
         self.free_space.checked_at = None;
-        if self.progress_on_disk == Some(id) {
-            self.progress_on_disk = None;
-            if let Err(err) = progress::write(self.dir.path(), None, false) {
-                tracing::warn!(error = %err, "could not remove the progress file");
-            }
-        }
     }
 
     /// Records skipped as damaged since open.
@@ -532,9 +522,7 @@ impl DiskQueue {
         }
         self.write_front(frames)?;
         let reading = cursor.map(|open| Progress { segment: open.id(), offset: open.pos() });
-        let progress = reading;
-        progress::write(self.dir.path(), progress, true).map_err(|err| (0, err))?;
-        self.progress_on_disk = progress.map(|p| p.segment);
+        progress::write(self.dir.path(), reading, true).map_err(|err| (0, err))?;
         progress::sync_dir(self.dir.path()).map_err(|err| (0, err))
     }
 

@@ -49,8 +49,6 @@ pub(crate) const FIRST_DURABLE_ID: u64 = 1 << 32;
 pub(crate) struct Recovered {
     /// Segments with unread records, oldest first.
     pub(crate) segments: VecDeque<SegmentMeta>,
-    /// The segment the progress file names, while that file exists.
-    pub(crate) progress_on_disk: Option<u64>,
     /// Damaged stretches found.
     pub(crate) corrupt: u64,
     /// Id for the next segment to create.
@@ -61,11 +59,8 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
     let (ids, highest) = dir.scan()?;
     let progress = progress::read(dir.path());
-    let mut recovered = Recovered {
-        next_id: highest.map_or(FIRST_DURABLE_ID, |id| id.saturating_add(1)),
-        progress_on_disk: progress.map(|p| p.segment),
-        ..Recovered::default()
-    };
+    let mut recovered =
+        Recovered { next_id: highest.map_or(FIRST_DURABLE_ID, |id| id.saturating_add(1)), ..Recovered::default() };
     for (index, &id) in ids.iter().enumerate() {
         let path = segment_path(dir.path(), id);
         let io_error = |err: io::Error| OpenError::io(&path, err);
@@ -96,7 +91,6 @@ pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
         // Applied (or its segment is gone): it must never apply again, to
         // a later segment that reuses the id.
         progress::write(dir.path(), None, true).map_err(|err| OpenError::io(dir.path(), err))?;
-        recovered.progress_on_disk = None;
     }
     Ok(recovered)
 }
