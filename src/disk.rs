@@ -446,7 +446,7 @@ impl DiskQueue {
 
     /// The cursor cannot read its segment past where it is: the records it
     /// has not read are lost, the segment is set aside, and the cursor is
-    /// closed. Returns whether anything was freed.
+    /// closed.
     pub(crate) fn abandon(&mut self, cursor: &mut Option<SegmentCursor>, reason: &str) {
         let Some(open) = cursor.take() else { return };
         self.reading = None;

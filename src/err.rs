@@ -280,11 +280,6 @@ pub enum OpenError {
         /// What is wrong, with the values involved.
         reason: String,
     },
-    /// The setting needs a feature this build was compiled without.
-    Unsupported {
-        /// The setting, as it is written in code.
-        setting: &'static str,
-    },
     /// Another open channel, in this process or another, holds the lock.
     Locked {
         /// The lock file.
@@ -310,7 +305,6 @@ impl fmt::Display for OpenError {
         match self {
             OpenError::InvalidName { name, reason } => write!(f, "invalid channel name {name:?}: {reason}"),
             OpenError::InvalidConfig { reason } => write!(f, "invalid channel settings: {reason}"),
-            OpenError::Unsupported { setting } => write!(f, "{setting} is not supported by this version of sump"),
             OpenError::Locked { path } => write!(
                 f,
                 "channel is already open (lock held on {}): close the other handle or process first",
