@@ -104,6 +104,40 @@ impl<T: Serialize + DeserializeOwned> Sender<T> {
         })
     }
 
+    /// Sends every item of `items`, in order, as [`send`](Self::send)
+    /// would one by one, but taking the channel lock once for all the
+    /// items that go to memory.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let (tx, rx) = sump::channel::<u32>("batch", dir.path())?;
+    /// tx.send_batch(0..100)?;
+    /// assert!(rx.try_iter().eq(0..100));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), for the first item that could not be
+    /// sent. The error holds that item and every item after it, in order;
+    /// the items before it are in the channel.
+    ///
+    /// # Blocking
+    ///
+    /// As [`send`](Self::send).
+    pub fn send_batch(&self, items: impl IntoIterator<Item = T>) -> Result<(), SendError<Vec<T>>> {
+        let mut items = items.into_iter().collect::<Vec<T>>().into_iter();
+        self.shared.send_batch(&mut items, Wait::Forever).map_err(|failure| {
+            let unsent = |item: T, rest: std::vec::IntoIter<T>| std::iter::once(item).chain(rest).collect::<Vec<T>>();
+            match failure {
+                SendFailure::Io(item, err) => SendError::io(unsent(item, items), err),
+                SendFailure::Full(item) | SendFailure::Timeout(item) | SendFailure::Disconnected(item) => {
+                    SendError::disconnected(unsent(item, items))
+                }
+            }
+        })
+    }
+
     /// Sends an item without ever blocking.
     ///
     /// ```
@@ -339,8 +373,9 @@ impl<T: Serialize + DeserializeOwned> Receiver<T> {
 
 impl<T> Receiver<T> {
     /// Drops the receiver as a crash would: no clean shutdown, nothing
-    /// persisted, no progress recorded. For tests.
-    #[cfg(test)]
+    /// persisted, no progress recorded, so a durable channel's next open
+    /// reads again what this receiver read. Tests use it to crash; a
+    /// reshard uses it to back out of a step that failed.
     pub(crate) fn crash(mut self) {
         self.closed = true;
     }

@@ -250,7 +250,8 @@ impl Builder {
     ///   NUL, or `.` and `..`;
     /// - [`OpenError::InvalidConfig`] when a segment cannot hold one empty
     ///   record, or `max_disk_bytes` cannot hold one segment header and
-    ///   record, or `max_segments` is zero;
+    ///   record, or `max_segments` is zero, or `dir/name/` holds a sharded
+    ///   channel (open it with [`Builder::sharded`]);
     /// - [`OpenError::Locked`] while the channel is open elsewhere;
     /// - [`OpenError::Io`] when the directory or its files cannot be used.
     pub fn open<T>(self) -> Result<(Sender<T>, Receiver<T>), OpenError>
@@ -258,10 +259,29 @@ impl Builder {
         T: Serialize + DeserializeOwned + Send + 'static,
     {
         self.check()?;
+        crate::dir::validate_name(&self.name)?;
+        if crate::shard::is_sharded(&self.dir.join(&self.name)) {
+            return Err(OpenError::InvalidConfig {
+                reason: format!(
+                    "{} holds a sharded channel; open it with Builder::sharded",
+                    self.dir.join(&self.name).display()
+                ),
+            });
+        }
         crate::core::open(&self.dir, &self.name, self.settings)
     }
 
-    fn check(&self) -> Result<(), OpenError> {
+    /// The name, the directory and the settings.
+    pub(crate) fn into_parts(self) -> (String, PathBuf, Settings) {
+        (self.name, self.dir, self.settings)
+    }
+
+    /// A builder from parts taken by [`into_parts`](Self::into_parts).
+    pub(crate) fn from_parts(name: String, dir: PathBuf, settings: Settings) -> Builder {
+        Builder { name, dir, settings }
+    }
+
+    pub(crate) fn check(&self) -> Result<(), OpenError> {
         let settings = &self.settings;
         let smallest = (HEADER_LEN + FRAME_HEADER_LEN) as u64;
         let invalid = |reason: String| Err(OpenError::InvalidConfig { reason });

@@ -344,6 +344,29 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
     }
 
+    /// Sends `items` in order, taking the lock once for every item that
+    /// fits in memory and sending the rest one by one. Stops at the first
+    /// failure; the items after it stay in `items`.
+    pub(crate) fn send_batch(&self, items: &mut std::vec::IntoIter<T>, wait: Wait) -> Result<(), SendFailure<T>> {
+        if !self.spilling.load(Ordering::Relaxed) {
+            let mut state = self.state.lock();
+            if !state.receiver_alive {
+                return match items.next() {
+                    Some(item) => Err(SendFailure::Disconnected(item)),
+                    None => Ok(()),
+                };
+            }
+            while items.len() > 0 && self.memory_has_room(&mut state) {
+                let Some(item) = items.next() else { break };
+                self.push_memory(&mut state, item);
+            }
+        }
+        for item in items.by_ref() {
+            self.send(item, wait)?;
+        }
+        Ok(())
+    }
+
     /// Decodes the first frame this channel spills, so that a type that
     /// serializes but cannot be read back fails its first spilling send
     /// instead of being lost on the way out.

@@ -37,6 +37,11 @@ impl<T> SendError<T> {
         SendError { item, cause: Cause::Io(err) }
     }
 
+    /// Separates the item from the cause.
+    pub(crate) fn split(self) -> (T, SendError<()>) {
+        (self.item, SendError { item: (), cause: self.cause })
+    }
+
     /// Gives back the item that could not be sent.
     ///
     /// ```
@@ -62,6 +67,13 @@ impl<T> SendError<T> {
             Cause::Io(err) => Some(err),
             Cause::Disconnected => None,
         }
+    }
+}
+
+impl SendError<()> {
+    /// The same cause, carrying `item`.
+    pub(crate) fn with_item<T>(self, item: T) -> SendError<T> {
+        SendError { item, cause: self.cause }
     }
 }
 

@@ -123,6 +123,7 @@ mod model_tests;
 mod progress;
 mod recover;
 mod segment;
+mod shard;
 mod stats;
 mod sync;
 
@@ -140,5 +141,8 @@ pub use crate::drain::{
 pub use crate::drain::{RedisSink, DEFAULT_REDIS_FIELD, DEFAULT_REDIS_TIMEOUT};
 pub use crate::err::{
     CloseError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+pub use crate::shard::{
+    Dispatch, ShardedBuilder, ShardedDrainHandle, ShardedDrainer, ShardedReceiver, ShardedSender, MAX_SHARDS,
 };
 pub use crate::stats::Stats;

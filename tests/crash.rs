@@ -9,6 +9,10 @@
 //!
 //! - A drainer killed mid-stream: nothing its sink had not accepted is
 //!   lost; segments it read stay until their items are delivered.
+//! - A sharded channel killed while `open` moves its backlog to a new
+//!   shard count: the next open finishes the move; nothing is lost and
+//!   each key's items keep their order (a move that was cut short may
+//!   deliver some twice).
 //!
 //! 20 trials each by default; set `SUMP_CRASH_TRIALS` for more.
 
@@ -60,6 +64,14 @@ fn delay(n: u64) -> Duration {
 fn child() -> bool {
     let Ok(role) = std::env::var("SUMP_CRASH_ROLE") else { return false };
     let dir = std::env::var("SUMP_CRASH_DIR").unwrap();
+    if role == "reshard" {
+        println!("item:0"); // started
+        let opened = open_sharded(Path::new(&dir), 2);
+        println!("item:1"); // the reshard is done
+        thread::sleep(Duration::from_secs(60));
+        drop(opened);
+        return true;
+    }
     let (tx, rx) = open(Path::new(&dir));
     match role.as_str() {
         "send" => {
@@ -217,4 +229,51 @@ fn a_drainer_killed_mid_stream_loses_nothing_its_sink_had_not_accepted() {
         assert!(first <= next, "trial {trial}: items {first}..{next} accepted by nobody were lost");
         assert_eq!(got, (first..ITEMS).collect::<Vec<_>>(), "trial {trial}");
     }
+}
+
+fn open_sharded(dir: &Path, shards: usize) -> (sump::ShardedSender<(u32, u64)>, sump::ShardedReceiver<(u32, u64)>) {
+    Builder::new("sharded", dir)
+        .durability(Durability::Persistent)
+        .memory_capacity(0)
+        .segment_bytes(SEGMENT_BYTES)
+        .sharded::<(u32, u64)>(shards)
+        .key(|&(key, _): &(u32, u64)| key)
+        .open()
+        .unwrap()
+}
+
+#[test]
+fn a_reshard_killed_midway_is_finished_by_the_next_open_without_loss() {
+    if child() {
+        return;
+    }
+    const ITEMS: u64 = 40_000;
+    let mut finished = 0;
+    for trial in 0..trials() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = open_sharded(dir.path(), 4);
+        tx.send_batch((0..ITEMS).map(|seq| ((seq % 23) as u32, seq))).unwrap();
+        drop((tx, rx));
+        let marks = run_and_kill(
+            "a_reshard_killed_midway_is_finished_by_the_next_open_without_loss",
+            "reshard",
+            dir.path(),
+            delay(trial) * 5,
+        );
+        finished += usize::from(marks.contains(&1));
+        let (tx, rx) = open_sharded(dir.path(), 3);
+        drop(tx);
+        let mut seen = std::collections::BTreeSet::new();
+        for shard in rx.into_shards() {
+            let mut last = std::collections::BTreeMap::new();
+            for (key, seq) in shard.iter() {
+                if seen.insert(seq) {
+                    let before = last.insert(key, seq);
+                    assert!(before < Some(seq), "trial {trial}: key {key}: {seq} came after {before:?}");
+                }
+            }
+        }
+        assert_eq!(seen.len() as u64, ITEMS, "trial {trial}: items lost");
+    }
+    eprintln!("{finished} of {} reshards finished before the kill", trials());
 }

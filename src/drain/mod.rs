@@ -314,12 +314,20 @@ impl<T> DrainHandle<T> {
     /// # Blocking
     ///
     /// Until the drainer has stopped: about `deadline`, at most.
-    pub fn shutdown(mut self, deadline: Duration) -> Result<Receiver<T>, DrainError> {
-        {
-            let mut state = self.control.state.lock();
-            state.deadline = Some(Instant::now().checked_add(deadline).unwrap_or_else(Instant::now));
-            self.control.wake.notify_all();
-        }
+    pub fn shutdown(self, deadline: Duration) -> Result<Receiver<T>, DrainError> {
+        self.stop_by(Instant::now().checked_add(deadline).unwrap_or_else(Instant::now));
+        self.join()
+    }
+
+    /// Tells the drainer to stop, finishing its batch in flight by `at`.
+    pub(crate) fn stop_by(&self, at: Instant) {
+        let mut state = self.control.state.lock();
+        state.deadline = Some(at);
+        self.control.wake.notify_all();
+    }
+
+    /// Waits for the drainer thread to end and takes its receiver.
+    pub(crate) fn join(mut self) -> Result<Receiver<T>, DrainError> {
         let thread = self.thread.take().ok_or(DrainError { _private: () })?;
         thread.join().map_err(|_| DrainError { _private: () })
     }

@@ -1,0 +1,194 @@
+//! The shard layout file, `dir/name/sump.shards`: how many shards a
+//! sharded channel has, how it dispatches, and whether a reshard is under
+//! way.
+//!
+//! # Format
+//!
+//! 24 bytes, little-endian:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `SUMPSHRD` |
+//! | 8 | 2 | format version, 1 |
+//! | 10 | 1 | dispatch: 0 key, 1 round-robin, 2 broadcast, 255 unknown |
+//! | 11 | 1 | state: 0 stable, 1 collecting, 2 distributing |
+//! | 12 | 4 | shard count the shard directories are laid out for |
+//! | 16 | 4 | shard count a reshard is moving to (0 when stable) |
+//! | 20 | 4 | CRC32C of bytes 0..20 |
+//!
+//! The file is replaced whole: written to a temporary name, synced, and
+//! renamed over the old one, so a crash leaves either version.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::shard::Dispatch;
+
+/// Name of the layout file inside a sharded channel's directory.
+pub(crate) const LAYOUT_FILE: &str = "sump.shards";
+
+/// Name of the temporary file the layout is written to before the rename.
+const LAYOUT_TEMP: &str = "sump.shards.tmp";
+
+/// First bytes of the layout file.
+const MAGIC: &[u8; 8] = b"SUMPSHRD";
+
+/// Version of the layout file format.
+const VERSION: u16 = 1;
+
+/// Length of the layout file.
+const LEN: usize = 24;
+
+/// Where a sharded channel stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// The items are in shards `0..count`, dispatched as recorded.
+    Stable,
+    /// A reshard is moving every shard's items, shard after shard, into
+    /// the staging channel.
+    Collecting,
+    /// A reshard is moving the staging channel's items into shards
+    /// `0..target`.
+    Distributing,
+}
+
+/// The recorded layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// How items were dispatched; `None` when not known (the layout file
+    /// was missing but shard directories were present).
+    pub(crate) dispatch: Option<Dispatch>,
+    /// Where the channel stands.
+    pub(crate) phase: Phase,
+    /// Shard directories `shard-000..count` hold items.
+    pub(crate) count: usize,
+    /// The shard count a reshard moves to; 0 when stable.
+    pub(crate) target: usize,
+}
+
+/// The path of the layout file of the sharded channel in `root`.
+pub(crate) fn path(root: &Path) -> PathBuf {
+    root.join(LAYOUT_FILE)
+}
+
+impl Layout {
+    /// Encodes the layout as the file's bytes.
+    fn encode(&self) -> [u8; LEN] {
+        let mut bytes = [0u8; LEN];
+        bytes[..8].copy_from_slice(MAGIC);
+        bytes[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        bytes[10] = match self.dispatch {
+            Some(Dispatch::Key) => 0,
+            Some(Dispatch::RoundRobin) => 1,
+            Some(Dispatch::Broadcast) => 2,
+            None => 255,
+        };
+        bytes[11] = match self.phase {
+            Phase::Stable => 0,
+            Phase::Collecting => 1,
+            Phase::Distributing => 2,
+        };
+        // Counts are at most `MAX_SHARDS`, so they fit in 32 bits.
+        bytes[12..16].copy_from_slice(&(self.count as u32).to_le_bytes());
+        bytes[16..20].copy_from_slice(&(self.target as u32).to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[..20]);
+        bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes the file's bytes, or says what is wrong with them.
+    fn decode(bytes: &[u8]) -> Result<Layout, String> {
+        let field = |range: std::ops::Range<usize>| bytes.get(range).unwrap_or_default();
+        let word = |at: usize| {
+            let mut word = [0u8; 4];
+            word.copy_from_slice(field(at..at + 4));
+            u32::from_le_bytes(word)
+        };
+        if bytes.len() != LEN {
+            return Err(format!("it is {} bytes long, not {LEN}", bytes.len()));
+        }
+        if field(0..8) != MAGIC {
+            return Err("it does not start with the layout magic number".to_string());
+        }
+        if crc32c::crc32c(field(0..20)) != word(20) {
+            return Err("its checksum does not match".to_string());
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != VERSION {
+            return Err(format!("it has format version {version}; this version of sump reads {VERSION}"));
+        }
+        let dispatch = match bytes[10] {
+            0 => Some(Dispatch::Key),
+            1 => Some(Dispatch::RoundRobin),
+            2 => Some(Dispatch::Broadcast),
+            255 => None,
+            other => return Err(format!("it names an unknown dispatch mode {other}")),
+        };
+        let phase = match bytes[11] {
+            0 => Phase::Stable,
+            1 => Phase::Collecting,
+            2 => Phase::Distributing,
+            other => return Err(format!("it names an unknown reshard state {other}")),
+        };
+        Ok(Layout { dispatch, phase, count: word(12) as usize, target: word(16) as usize })
+    }
+}
+
+/// Reads the layout of the sharded channel in `root`; `None` when there is
+/// no layout file.
+pub(crate) fn read(root: &Path) -> io::Result<Option<Layout>> {
+    let path = path(root);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    Layout::decode(&bytes).map(Some).map_err(|reason| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the shard layout file {} is damaged: {reason}; if no reshard was under way, deleting it makes \
+                 `open` count the shard directories instead",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// Replaces the layout of the sharded channel in `root`, durably.
+pub(crate) fn write(root: &Path, layout: &Layout) -> io::Result<()> {
+    let temp = root.join(LAYOUT_TEMP);
+    let mut file = File::create(&temp)?;
+    file.write_all(&layout.encode())?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temp, path(root))?;
+    File::open(root)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_round_trip_and_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read(dir.path()).unwrap(), None);
+        let layout = Layout { dispatch: Some(Dispatch::RoundRobin), phase: Phase::Distributing, count: 3, target: 7 };
+        write(dir.path(), &layout).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(layout));
+
+        let mut bytes = fs::read(path(dir.path())).unwrap();
+        assert_eq!(&bytes[..8], MAGIC);
+        assert_eq!(bytes[10..12], [1, 2]);
+        assert_eq!(bytes[12..20], [3, 0, 0, 0, 7, 0, 0, 0]);
+        bytes[12] = 4;
+        fs::write(path(dir.path()), &bytes).unwrap();
+        let err = read(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("checksum"), "{err}");
+        fs::write(path(dir.path()), &bytes[..10]).unwrap();
+        assert!(read(dir.path()).unwrap_err().to_string().contains("10 bytes long"));
+    }
+}

@@ -1,0 +1,411 @@
+//! Resharding: bringing the shards on disk to the count and dispatch mode
+//! a sharded channel is opened with, before any handle exists.
+//!
+//! # What moves
+//!
+//! | recorded → requested | what `open` does |
+//! |---|---|
+//! | same count, same mode | nothing |
+//! | key → key, other count | every item moves to the shard its key picks now |
+//! | round-robin or unknown → key | the same, so per-key order holds from now on |
+//! | key or round-robin → round-robin, more shards | nothing; new shards start empty |
+//! | key or round-robin → round-robin, fewer shards | every item moves, round-robin |
+//! | broadcast → broadcast, more shards | nothing; new shards start empty |
+//! | broadcast → broadcast, fewer shards | removed shards must be empty, else `open` refuses |
+//! | to or from broadcast | every shard must be empty, else `open` refuses |
+//!
+//! In [`Durability::Overflow`] nothing survives a restart anyway: shards no
+//! longer wanted are deleted and the new layout is recorded.
+//!
+//! # How items move
+//!
+//! In two steps, through a staging channel `dir/name/reshard/`, so that a
+//! key's items, which all live in one shard, keep their order:
+//!
+//! 1. **Collecting**: shard after shard, every item is appended to the
+//!    staging channel. A shard's read segments are held until the staging
+//!    channel has its items on disk, and only then is the shard closed
+//!    cleanly, which records them as read.
+//! 2. **Distributing**: the staging channel is read and each item appended
+//!    to the shard it goes to now; the staging channel is closed cleanly
+//!    only once every shard has its items on disk.
+//!
+//! The layout file records each step before it starts. A crash in the
+//! middle leaves the step to be done again by the next `open`: items read
+//! since the step began are read again, so some may be delivered twice,
+//! but none is lost, stranded or put out of its key's order. A step that
+//! fails (a full disk, an I/O error) backs out the same way and `open`
+//! returns the error.
+
+use std::io;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::channel::{Receiver, Sender};
+use crate::config::{Durability, Settings, SyncPolicy, WhenFull};
+use crate::err::OpenError;
+use crate::shard::layout::{self, Layout, Phase};
+use crate::shard::{shard_name, Dispatch, Route, Target};
+
+/// Name of the staging channel inside a sharded channel's directory.
+pub(crate) const STAGING: &str = "reshard";
+
+/// What `open` was asked for.
+pub(crate) struct Plan<'a> {
+    /// `dir/name`, locked.
+    pub(crate) root: &'a Path,
+    /// Settings of each shard.
+    pub(crate) settings: &'a Settings,
+    /// The shard count asked for.
+    pub(crate) shards: usize,
+}
+
+/// Brings the shards in `plan.root` to `plan.shards` shards dispatched by
+/// `route`, moving items as the module docs say.
+pub(crate) fn settle<T>(plan: &Plan<'_>, route: &Route<T>) -> Result<(), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let root = plan.root;
+    let io_error = |err: io::Error| OpenError::io(layout::path(root), err);
+    let dispatch = route.dispatch();
+    let stable = |count| Layout { dispatch: Some(dispatch), phase: Phase::Stable, count, target: 0 };
+    let present = highest_shard_dir(root).map_err(|err| OpenError::io(root, err))?;
+    let mut current = match layout::read(root).map_err(io_error)? {
+        Some(recorded) => recorded,
+        None if present == 0 => return layout::write(root, &stable(plan.shards)).map_err(io_error),
+        None => Layout { dispatch: None, phase: Phase::Stable, count: present, target: 0 },
+    };
+    if plan.settings.durability == Durability::Overflow {
+        let last = present.max(current.count).max(current.target);
+        for shard in plan.shards..last {
+            remove_shard::<T>(root, shard, plan.settings, false)?;
+        }
+        discard_staging::<T>(root, plan.settings)?;
+        return layout::write(root, &stable(plan.shards)).map_err(io_error);
+    }
+    loop {
+        match current.phase {
+            Phase::Stable => {
+                if current.count == plan.shards && current.dispatch == Some(dispatch) {
+                    return Ok(());
+                }
+                let broadcast = dispatch == Dispatch::Broadcast || current.dispatch == Some(Dispatch::Broadcast);
+                let growing_round_robin = dispatch == Dispatch::RoundRobin
+                    && matches!(current.dispatch, Some(Dispatch::Key | Dispatch::RoundRobin))
+                    && plan.shards >= current.count;
+                if broadcast {
+                    let kept = if current.dispatch == Some(dispatch) { plan.shards } else { 0 };
+                    for shard in kept..current.count {
+                        check_empty::<T>(root, shard, plan.settings, &current, dispatch)?;
+                    }
+                }
+                if broadcast || growing_round_robin {
+                    for shard in plan.shards..current.count {
+                        remove_shard::<T>(root, shard, plan.settings, true)?;
+                    }
+                    current = stable(plan.shards);
+                } else {
+                    current = Layout { phase: Phase::Collecting, target: plan.shards, ..current };
+                    tracing::info!(from = current.count, to = plan.shards, "resharding: collecting items");
+                }
+                layout::write(root, &current).map_err(io_error)?;
+            }
+            Phase::Collecting | Phase::Distributing if dispatch == Dispatch::Broadcast => {
+                return Err(OpenError::InvalidConfig {
+                    reason: format!(
+                        "a reshard of {} to {} shards is under way; open with key or round-robin dispatch to \
+                         finish it first",
+                        root.display(),
+                        current.target
+                    ),
+                });
+            }
+            Phase::Collecting => {
+                collect::<T>(root, plan.settings, current.count.max(present))?;
+                current = Layout { phase: Phase::Distributing, target: plan.shards, dispatch: Some(dispatch), ..current };
+                tracing::info!(to = plan.shards, "resharding: distributing items");
+                layout::write(root, &current).map_err(io_error)?;
+            }
+            Phase::Distributing => {
+                distribute::<T>(root, plan.settings, current.target, route)?;
+                for shard in current.target..current.count.max(present) {
+                    remove_shard::<T>(root, shard, plan.settings, true)?;
+                }
+                discard_staging::<T>(root, plan.settings)?;
+                // A reshard begun by an open with another mode ends with
+                // items routed by this one: their layout is not known.
+                let moved = if current.dispatch == Some(dispatch) { Some(dispatch) } else { None };
+                current = Layout { dispatch: moved, phase: Phase::Stable, count: current.target, target: 0 };
+                tracing::info!(shards = current.count, "resharding done");
+                layout::write(root, &current).map_err(io_error)?;
+            }
+        }
+    }
+}
+
+/// Settings for the channels a reshard opens: durable, every item through
+/// disk, no limits that would block a move (nobody drains meanwhile).
+fn moving(settings: &Settings) -> Settings {
+    Settings {
+        memory_capacity: 0,
+        max_disk_bytes: u64::MAX,
+        max_segments: usize::MAX,
+        when_full: WhenFull::Block,
+        durability: Durability::Persistent,
+        sync: SyncPolicy::Never,
+        ..settings.clone()
+    }
+}
+
+/// Opens one channel of a sharded channel for a reshard.
+fn open_moving<T>(root: &Path, name: &str, settings: &Settings) -> Result<(Sender<T>, Receiver<T>), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    crate::core::open(root, name, moving(settings))
+}
+
+/// Appends `item` to a channel being filled by a reshard; on failure the
+/// item comes back with the error.
+fn append<T>(to: &Sender<T>, item: T, name: &str, root: &Path) -> Result<(), (Option<T>, OpenError)>
+where
+    T: Serialize + DeserializeOwned,
+{
+    to.try_send(item).map_err(|err| {
+        let (item, reason) = match err {
+            crate::TrySendError::Io(item, err) => (item, err),
+            crate::TrySendError::Full(item) => (
+                item,
+                io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "the filesystem is below the channel's min_free_bytes; free space to reshard",
+                ),
+            ),
+            crate::TrySendError::Disconnected(item) => (item, io::Error::other("the channel being filled closed")),
+        };
+        (Some(item), OpenError::io(root.join(name), reason))
+    })
+}
+
+/// Ends a step that could not finish: when `filled`, the channels being
+/// filled, can make what they were given durable, the source keeps only
+/// what was not moved (the item in hand goes back to its front) and is
+/// closed cleanly; otherwise the source is dropped as in a crash, so the
+/// next `open` moves all it had again.
+fn back_out<T>(source: Receiver<T>, item: Option<T>, filled: impl FnOnce() -> Result<(), OpenError>)
+where
+    T: Serialize + DeserializeOwned,
+{
+    if filled().is_err() {
+        source.crash();
+        return;
+    }
+    if let Some(item) = item {
+        source.put_back(vec![item]);
+    }
+    source.release_delivered();
+    if let Err(err) = source.close() {
+        tracing::error!(error = %err, "a reshard step that failed could not close its source cleanly");
+    }
+}
+
+/// Makes what `to` was given durable: flushed to the OS, and to stable
+/// storage unless the shards' sync policy is `Never`.
+fn settle_writes<T>(to: &Sender<T>, name: &str, root: &Path, settings: &Settings) -> Result<(), OpenError> {
+    let dir = root.join(name);
+    let sync = || -> io::Result<()> {
+        to.flush()?;
+        if settings.sync != SyncPolicy::Never {
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if crate::segment::parse_segment_name(&path.file_name().unwrap_or_default().to_string_lossy())
+                    .is_some()
+                {
+                    std::fs::File::open(&path)?.sync_all()?;
+                }
+            }
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    sync().map_err(|err| OpenError::io(&dir, err))
+}
+
+/// Step 1: moves the items of shards `0..count`, shard after shard, into
+/// the staging channel.
+fn collect<T>(root: &Path, settings: &Settings, count: usize) -> Result<(), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let (stage, stage_rx) = open_moving::<T>(root, STAGING, settings)?;
+    for shard in 0..count {
+        let name = shard_name(shard);
+        if !root.join(&name).is_dir() {
+            continue;
+        }
+        let (tx, rx) = open_moving::<T>(root, &name, settings)?;
+        drop(tx);
+        rx.hold_segments(true);
+        let moved = rx
+            .iter()
+            .try_for_each(|item| append(&stage, item, STAGING, root))
+            .and_then(|()| settle_writes(&stage, STAGING, root, settings).map_err(|err| (None, err)));
+        if let Err((item, err)) = moved {
+            back_out(rx, item, || settle_writes(&stage, STAGING, root, settings));
+            return Err(err);
+        }
+        rx.release_delivered();
+        rx.close().map_err(|err| OpenError::io(root.join(&name), io::Error::other(err)))?;
+    }
+    drop(stage);
+    stage_rx.close().map_err(|err| OpenError::io(root.join(STAGING), io::Error::other(err)))
+}
+
+/// Step 2: moves the staging channel's items into shards `0..target`, each
+/// to the shard `route` picks.
+fn distribute<T>(root: &Path, settings: &Settings, target: usize, route: &Route<T>) -> Result<(), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let (stage, stage_rx) = open_moving::<T>(root, STAGING, settings)?;
+    drop(stage);
+    stage_rx.hold_segments(true);
+    let mut shards = Vec::with_capacity(target);
+    for shard in 0..target {
+        shards.push(open_moving::<T>(root, &shard_name(shard), settings)?);
+    }
+    let settle_all =
+        || (0..target).try_for_each(|shard| settle_writes(&shards[shard].0, &shard_name(shard), root, settings));
+    let moved = stage_rx.iter().try_for_each(|item| match route.target(&item, target) {
+        Target::One(shard) => append(&shards[shard].0, item, &shard_name(shard), root),
+        Target::All(_) => Err((
+            Some(item),
+            OpenError::InvalidConfig { reason: "a broadcast channel's items are never moved between shards".to_string() },
+        )),
+    });
+    if let Err((item, err)) = moved.and_then(|()| settle_all().map_err(|err| (None, err))) {
+        back_out(stage_rx, item, settle_all);
+        return Err(err);
+    }
+    for (shard, (tx, rx)) in shards.into_iter().enumerate() {
+        drop(tx);
+        rx.close().map_err(|err| OpenError::io(root.join(shard_name(shard)), io::Error::other(err)))?;
+    }
+    stage_rx.release_delivered();
+    stage_rx.close().map_err(|err| OpenError::io(root.join(STAGING), io::Error::other(err)))
+}
+
+/// Refuses a change of a broadcast channel that would lose the items of
+/// `shard`.
+fn check_empty<T>(
+    root: &Path,
+    shard: usize,
+    settings: &Settings,
+    current: &Layout,
+    dispatch: Dispatch,
+) -> Result<(), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let name = shard_name(shard);
+    if !root.join(&name).is_dir() {
+        return Ok(());
+    }
+    let (tx, rx) = open_moving::<T>(root, &name, settings)?;
+    let stats = rx.stats();
+    drop(tx);
+    rx.close().map_err(|err| OpenError::io(root.join(&name), io::Error::other(err)))?;
+    let waiting = stats.on_disk + stats.in_memory as u64;
+    if waiting == 0 {
+        return Ok(());
+    }
+    let recorded = match current.dispatch {
+        Some(mode) => format!("{mode:?}"),
+        None => "an unknown mode".to_string(),
+    };
+    Err(OpenError::InvalidConfig {
+        reason: format!(
+            "{} still holds {waiting} items; a channel last open with {} shards dispatched by {recorded} cannot \
+             become {dispatch:?} with these shards without losing them: drain it first, or open it as before",
+            root.join(&name).display(),
+            current.count,
+        ),
+    })
+}
+
+/// Deletes shard `shard`'s files and directory, after checking it holds
+/// nothing when `must_be_empty`. Files the crate did not create stay, and
+/// so does the directory then.
+fn remove_shard<T>(root: &Path, shard: usize, settings: &Settings, must_be_empty: bool) -> Result<(), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let name = shard_name(shard);
+    if !root.join(&name).is_dir() {
+        return Ok(());
+    }
+    if must_be_empty {
+        let (tx, rx) = open_moving::<T>(root, &name, settings)?;
+        let stats = rx.stats();
+        drop(tx);
+        rx.close().map_err(|err| OpenError::io(root.join(&name), io::Error::other(err)))?;
+        if stats.on_disk + stats.in_memory as u64 > 0 {
+            return Err(OpenError::io(
+                root.join(&name),
+                io::Error::other(format!(
+                    "the shard still holds {} items after the reshard moved them; it is left in place",
+                    stats.on_disk + stats.in_memory as u64
+                )),
+            ));
+        }
+    }
+    discard::<T>(root, &name, settings)
+}
+
+/// Deletes the staging channel's files and directory.
+fn discard_staging<T>(root: &Path, settings: &Settings) -> Result<(), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    if root.join(STAGING).is_dir() {
+        discard::<T>(root, STAGING, settings)?;
+    }
+    Ok(())
+}
+
+/// Opens the channel `name` as scratch space, which deletes its segments,
+/// closes it, and removes its lock file and directory when nothing else is
+/// left in it.
+fn discard<T>(root: &Path, name: &str, settings: &Settings) -> Result<(), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let scratch = Settings { durability: Durability::Overflow, ..moving(settings) };
+    drop(crate::core::open::<T>(root, name, scratch)?);
+    let dir = root.join(name);
+    let removed = std::fs::remove_file(dir.join(crate::dir::LOCK_FILE)).and_then(|()| std::fs::remove_dir(&dir));
+    if let Err(err) = removed {
+        tracing::warn!(dir = %dir.display(), error = %err, "left a shard directory that holds other files");
+    }
+    Ok(())
+}
+
+/// One more than the highest `shard-NNN` directory in `root`; 0 when there
+/// is none.
+fn highest_shard_dir(root: &Path) -> io::Result<usize> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Some(index) = name.strip_prefix("shard-").and_then(|digits| digits.parse::<usize>().ok()) else {
+            continue;
+        };
+        if shard_name(index) == name && entry.file_type()?.is_dir() {
+            count = count.max(index + 1);
+        }
+    }
+    Ok(count)
+}
