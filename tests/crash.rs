@@ -249,6 +249,7 @@ fn a_reshard_killed_midway_is_finished_by_the_next_open_without_loss() {
     }
     const ITEMS: u64 = 40_000;
     let mut finished = 0;
+    let mut phases = [0; 3];
     for trial in 0..trials() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = open_sharded(dir.path(), 4);
@@ -261,6 +262,9 @@ fn a_reshard_killed_midway_is_finished_by_the_next_open_without_loss() {
             delay(trial) * 5,
         );
         finished += usize::from(marks.contains(&1));
+        // Byte 11 of the layout file is the reshard step the kill cut.
+        let layout = std::fs::read(dir.path().join("sharded/sump.shards")).unwrap();
+        phases[usize::from(layout[11].min(2))] += 1;
         let (tx, rx) = open_sharded(dir.path(), 3);
         drop(tx);
         let mut seen = std::collections::BTreeSet::new();
@@ -275,5 +279,8 @@ fn a_reshard_killed_midway_is_finished_by_the_next_open_without_loss() {
         }
         assert_eq!(seen.len() as u64, ITEMS, "trial {trial}: items lost");
     }
-    eprintln!("{finished} of {} reshards finished before the kill", trials());
+    eprintln!(
+        "{finished} of {} reshards finished before the kill; killed while stable, collecting, distributing: {phases:?}",
+        trials()
+    );
 }
