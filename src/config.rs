@@ -95,6 +95,37 @@ pub enum SyncPolicy {
     Always,
 }
 
+/// How segment data is compressed: per block of records, never per item.
+///
+/// The writer gathers records in its write buffer and compresses each
+/// buffer's worth (up to 256 KiB) as one block when it writes it out, so
+/// a backlog of small, similar items compresses well. A block the codec
+/// does not shrink is stored as is. The codec is recorded in each
+/// segment's header, so a channel reopened with another setting still
+/// reads its old segments, as long as this build includes their codec.
+///
+/// Each codec other than `None` needs the cargo feature of its name;
+/// [`Builder::open`] refuses one that was not compiled in.
+///
+/// When the receiver keeps up, blocks are small (the writer hands each
+/// record to the reader as soon as it asks) and compression gains little;
+/// it pays off when a backlog builds up, which is when disk space matters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// No compression. The default.
+    #[default]
+    None,
+    /// LZ4 block compression (`lz4_flex`, feature `lz4`): fast, modest
+    /// ratios.
+    Lz4,
+    /// Zstandard (`zstd`, feature `zstd`) at `level` (1 to 22; 3 is the
+    /// usual default, 0 means zstd's default): better ratios, more CPU.
+    Zstd {
+        /// The compression level.
+        level: i32,
+    },
+}
+
 /// The settings a channel runs with, checked by [`Builder::open`].
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -114,6 +145,8 @@ pub(crate) struct Settings {
     pub(crate) durability: Durability,
     /// Sync policy.
     pub(crate) sync: SyncPolicy,
+    /// Codec for segment data.
+    pub(crate) compression: Compression,
     /// How segment files are written and synced: the OS, or a test's
     /// fault-injecting stand-in.
     pub(crate) io: crate::fs::Io,
@@ -165,6 +198,7 @@ impl Builder {
                 when_full: WhenFull::default(),
                 durability: Durability::default(),
                 sync: SyncPolicy::default(),
+                compression: Compression::None,
                 io: crate::fs::direct(),
             },
         }
@@ -232,6 +266,13 @@ impl Builder {
         self
     }
 
+    /// Compresses segment data per block of records (default
+    /// [`Compression::None`]); see [`Compression`].
+    pub fn compression(mut self, compression: Compression) -> Builder {
+        self.settings.compression = compression;
+        self
+    }
+
     /// Writes and syncs segment files through `io` (tests inject faults).
     #[cfg(test)]
     pub(crate) fn io(mut self, io: crate::fs::Io) -> Builder {
@@ -250,8 +291,9 @@ impl Builder {
     ///   NUL, or `.` and `..`;
     /// - [`OpenError::InvalidConfig`] when a segment cannot hold one empty
     ///   record, or `max_disk_bytes` cannot hold one segment header and
-    ///   record, or `max_segments` is zero, or `dir/name/` holds a sharded
-    ///   channel (open it with [`Builder::sharded`]);
+    ///   record, or `max_segments` is zero, or the [`Compression`] codec
+    ///   was not compiled in, or `dir/name/` holds a sharded channel (open
+    ///   it with [`Builder::sharded`]);
     /// - [`OpenError::Locked`] while the channel is open elsewhere;
     /// - [`OpenError::Io`] when the directory or its files cannot be used.
     pub fn open<T>(self) -> Result<(Sender<T>, Receiver<T>), OpenError>
@@ -299,6 +341,13 @@ impl Builder {
         }
         if settings.max_segments == 0 {
             return invalid("max_segments is 0, but the active segment needs one".to_string());
+        }
+        if let Err(feature) = crate::segment::block::codec_readable(crate::segment::block::codec_id(settings.compression))
+        {
+            return invalid(format!(
+                "compression {:?} needs the `{feature}` feature of sump, which this build does not include",
+                settings.compression
+            ));
         }
         Ok(())
     }

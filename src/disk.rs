@@ -23,12 +23,13 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Durability, Settings, SyncPolicy};
+use crate::config::{Compression, Durability, Settings, SyncPolicy};
 use crate::dir::{ChannelDir, CORRUPT_SUFFIX};
 use crate::err::OpenError;
 use crate::fs::{Io, SyncHandle};
 use crate::progress::{self, Progress};
 use crate::recover::{recover, Recovered};
+use crate::segment::block::BLOCK_OVERHEAD;
 use crate::segment::format::HEADER_LEN;
 use crate::segment::{segment_path, SegmentCursor, SegmentMeta, SegmentWriter};
 
@@ -63,6 +64,8 @@ pub(crate) struct DiskQueue {
     durable: bool,
     /// Whether every append is followed by an fsync.
     sync_always: bool,
+    /// Codec of new segments.
+    compression: Compression,
     /// Whether read segments are kept until [`release_retired`](Self::release_retired)
     /// instead of deleted at once: a drainer's items are not delivered when
     /// the cursor leaves their segment, only when the sink accepts them.
@@ -77,7 +80,8 @@ pub(crate) struct DiskQueue {
     reading: Option<u64>,
     /// Records written and not yet consumed, dropped or lost.
     items: u64,
-    /// Bytes of all owned segment files.
+    /// Bytes of all owned segment files but the active one, which counts
+    /// as its writer's `len()`.
     bytes: u64,
     /// Records skipped as damaged since open.
     corrupt: u64,
@@ -113,6 +117,7 @@ impl DiskQueue {
             free_space: FreeSpace { min_free: settings.min_free_bytes, checked_at: None, free: u64::MAX, written: 0 },
             durable,
             sync_always: settings.sync == SyncPolicy::Always,
+            compression: settings.compression,
             hold: false,
             retired: Vec::new(),
             active: None,
@@ -130,9 +135,10 @@ impl DiskQueue {
         self.items
     }
 
-    /// Bytes of all segment files.
+    /// Bytes of all segment files, the active one's buffered bytes
+    /// included.
     pub(crate) fn bytes(&self) -> u64 {
-        self.bytes
+        self.bytes + self.active.as_ref().map_or(0, SegmentWriter::len)
     }
 
     /// Segment files, the active one and retired ones included.
@@ -178,15 +184,18 @@ impl DiskQueue {
     /// Whether a frame of `frame_len` bytes can be appended now.
     pub(crate) fn fit(&mut self, frame_len: usize) -> Fit {
         let frame = frame_len as u64;
-        let alone = HEADER_LEN as u64 + frame;
+        let overhead = if self.compression == Compression::None { 0 } else { BLOCK_OVERHEAD };
+        let alone = HEADER_LEN as u64 + frame + overhead;
         if alone > self.segment_bytes || alone > self.max_disk_bytes {
             return Fit::TooLarge;
         }
         let (more_bytes, more_segments) = match &self.active {
-            Some(writer) if writer.len() + frame <= self.segment_bytes => (frame, 0),
+            Some(writer) if writer.len() + writer.growth(frame_len) <= self.segment_bytes => {
+                (writer.growth(frame_len), 0)
+            }
             _ => (alone, 1),
         };
-        if self.bytes + more_bytes > self.max_disk_bytes || self.segments() + more_segments > self.max_segments {
+        if self.bytes() + more_bytes > self.max_disk_bytes || self.segments() + more_segments > self.max_segments {
             return Fit::Full;
         }
         if !self.free_space.allows(self.dir.path(), more_bytes) {
@@ -214,7 +223,7 @@ impl DiskQueue {
     /// [`fit`](Self::fit). On error nothing was appended.
     pub(crate) fn append(&mut self, frame: &[u8], through: bool) -> io::Result<()> {
         let rotate = match &self.active {
-            Some(writer) => writer.len() + frame.len() as u64 > self.segment_bytes,
+            Some(writer) => writer.len() + writer.growth(frame.len()) > self.segment_bytes,
             None => true,
         };
         if rotate {
@@ -229,7 +238,6 @@ impl DiskQueue {
             writer.append(frame)?;
         }
         self.items += 1;
-        self.bytes += frame.len() as u64;
         self.free_space.written += frame.len() as u64;
         Ok(())
     }
@@ -246,7 +254,7 @@ impl DiskQueue {
         }
         let id = self.next_id;
         let next = id.checked_add(1).ok_or_else(|| io::Error::other("segment ids are exhausted"))?;
-        let new = SegmentWriter::create(self.dir.path(), id, Arc::clone(&self.io))?;
+        let new = SegmentWriter::create(self.dir.path(), id, Arc::clone(&self.io), self.compression)?;
         self.next_id = next;
         if self.sync_always {
             if let Err(err) = progress::sync_dir(self.dir.path()) {
@@ -258,6 +266,7 @@ impl DiskQueue {
             match old.seal() {
                 Ok(meta) => {
                     tracing::debug!(segment = meta.id, bytes = meta.bytes, records = meta.records, "segment sealed");
+                    self.bytes += meta.bytes;
                     self.sealed.push_back(meta);
                 }
                 Err((old, err)) => {
@@ -268,7 +277,6 @@ impl DiskQueue {
             }
         }
         tracing::debug!(segment = id, "segment started");
-        self.bytes += HEADER_LEN as u64;
         self.active = Some(new);
         Ok(())
     }
@@ -277,18 +285,18 @@ impl DiskQueue {
     /// one if it is the only such segment) and returns how many records it
     /// held, or `None` if there is no such segment.
     pub(crate) fn drop_oldest(&mut self) -> Option<u64> {
-        let (id, records, bytes) = match self.sealed.iter().position(|meta| Some(meta.id) != self.reading) {
+        let (id, records) = match self.sealed.iter().position(|meta| Some(meta.id) != self.reading) {
             Some(index) => {
                 let meta = self.sealed.remove(index)?;
-                (meta.id, meta.records, meta.bytes)
+                self.bytes -= meta.bytes;
+                (meta.id, meta.records)
             }
             None => {
                 let writer = self.active.take_if(|w| Some(w.id()) != self.reading && w.records() > 0)?;
-                (writer.id(), writer.records(), writer.len())
+                (writer.id(), writer.records())
             }
         };
         self.items -= records;
-        self.bytes -= bytes;
         tracing::warn!(segment = id, records, "disk full: oldest segment dropped");
         remove_file_logged(&self.path_of(id));
         Some(records)
@@ -358,11 +366,12 @@ impl DiskQueue {
             let Some(open) = cursor.as_mut() else { return Ok(freed) };
             open.set_limit(limit, false, flushed.is_ok());
             if let Err(err) = flushed {
-                if !writer.unflushed().is_empty() {
+                let unflushed = writer.unflushed()?;
+                if !unflushed.is_empty() {
                     // The disk is full: read the records the writer holds,
                     // so the backlog can drain and its space come back.
                     tracing::warn!(error = %err, "cannot flush the active segment; reading its buffer");
-                    open.feed_unflushed(limit, writer.unflushed())?;
+                    open.feed_unflushed(limit, unflushed)?;
                 }
                 if open.at_limit() {
                     return Err(err);
@@ -379,6 +388,7 @@ impl DiskQueue {
         let Some(writer) = self.active.take() else { return Ok(()) };
         match writer.seal() {
             Ok(meta) => {
+                self.bytes += meta.bytes;
                 self.sealed.push_back(meta);
                 if let Some(open) = cursor.as_mut().filter(|open| open.id() == meta.id) {
                     open.set_limit(meta.bytes, true, true);
@@ -456,7 +466,6 @@ impl DiskQueue {
             self.release_front(true);
         } else if let Some(writer) = self.active.take_if(|writer| writer.id() == open.id()) {
             self.lose(writer.records().saturating_sub(open.records_read()), open.id(), reason);
-            self.bytes -= writer.len();
             let path = writer.path().to_owned();
             drop(writer);
             set_aside(&path);
@@ -494,7 +503,9 @@ impl DiskQueue {
             // Unsealed, it cannot be retired; deleting it could lose the
             // batch in flight, so it is left for recovery.
             tracing::warn!(error = %err, "could not seal the active segment to retire it");
-            self.active = None;
+            if let Some(writer) = self.active.take() {
+                self.bytes += writer.len();
+            }
         }
         let damaged = cursor.take().filter(|open| open.damaged()).map(|open| open.id());
         self.reading = None;
@@ -521,7 +532,12 @@ impl DiskQueue {
             writer.sync().map_err(|err| (frames.len(), err))?;
         }
         self.write_front(frames)?;
-        let reading = cursor.map(|open| Progress { segment: open.id(), offset: open.pos() });
+        let reading = cursor.map(|open| Progress {
+            segment: open.id(),
+            offset: open.pos(),
+            // A block never holds more records than a u16 counts.
+            skip: u16::try_from(open.read_in_block()).unwrap_or(u16::MAX),
+        });
         progress::write(self.dir.path(), reading, true).map_err(|err| (0, err))?;
         progress::sync_dir(self.dir.path()).map_err(|err| (0, err))
     }
@@ -558,7 +574,7 @@ impl DiskQueue {
         let mut written = 0;
         for (offset, chunk) in chunks.iter().enumerate() {
             let id = first_id + offset as u64;
-            let mut writer = SegmentWriter::create(self.dir.path(), id, Arc::clone(&self.io))
+            let mut writer = SegmentWriter::create(self.dir.path(), id, Arc::clone(&self.io), self.compression)
                 .map_err(|err| (frames.len() - written, err))?;
             let result = chunk.iter().try_for_each(|frame| writer.append(frame)).and_then(|()| writer.sync());
             match result.and_then(|()| writer.seal().map_err(|(_, err)| err)) {

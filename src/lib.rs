@@ -129,7 +129,7 @@ mod sync;
 
 pub use crate::channel::{IntoIter, Iter, Receiver, Sender, TryIter};
 pub use crate::config::{
-    channel, channel_with_explicit_capacity, Builder, Durability, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES,
+    channel, channel_with_explicit_capacity, Builder, Compression, Durability, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES,
     DEFAULT_MAX_SEGMENTS, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES, FREE_SPACE_CHECK_INTERVAL,
 };
 pub use crate::drain::{

@@ -36,6 +36,8 @@ use std::path::Path;
 use crate::dir::ChannelDir;
 use crate::err::OpenError;
 use crate::progress;
+use crate::config::Compression;
+use crate::segment::block::{codec_readable, Packer};
 use crate::segment::format::{decode_header, encode_header, HEADER_LEN};
 use crate::segment::{segment_path, Peek, SegmentCursor, SegmentMeta};
 
@@ -64,9 +66,9 @@ pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
     for (index, &id) in ids.iter().enumerate() {
         let path = segment_path(dir.path(), id);
         let io_error = |err: io::Error| OpenError::io(&path, err);
-        let start = progress.filter(|p| p.segment == id).map_or(HEADER_LEN as u64, |p| p.offset);
+        let (start, skip) = progress.filter(|p| p.segment == id).map_or((HEADER_LEN as u64, 0), |p| (p.offset, p.skip));
         let last = index + 1 == ids.len();
-        match recover_segment(&path, id, start, last).map_err(io_error)? {
+        match recover_segment(&path, id, start, skip, last).map_err(io_error)? {
             Scan::BadHeader(reason) => {
                 tracing::error!(path = %path.display(), %reason, "segment header is damaged; set aside");
                 crate::disk::set_aside(&path);
@@ -77,8 +79,8 @@ pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
                     remove_readable(&path).map_err(io_error)?;
                     continue;
                 }
-                let meta = if start > HEADER_LEN as u64 {
-                    drop_read_records(dir.path(), &path, meta, start).map_err(io_error)?
+                let meta = if start > HEADER_LEN as u64 || skip > 0 {
+                    drop_read_records(dir.path(), &path, meta, start, skip).map_err(io_error)?
                 } else {
                     meta
                 };
@@ -100,15 +102,38 @@ pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
 /// has to outlive recovery. The progress file is removed before the
 /// rewritten segment replaces the old one: a crash in between can only
 /// deliver the read records again, never skip unread ones.
-fn drop_read_records(dir: &Path, path: &Path, meta: SegmentMeta, start: u64) -> io::Result<SegmentMeta> {
+///
+/// In a compressed segment the read position may fall inside a block
+/// (`skip` of its records read): the block's unread records are written
+/// as a block of their own, stored without compression.
+fn drop_read_records(dir: &Path, path: &Path, meta: SegmentMeta, start: u64, skip: u16) -> io::Result<SegmentMeta> {
     use std::io::Write;
     let bytes = std::fs::read(path)?;
+    let codec = decode_header(&bytes).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
     let end = usize::try_from(meta.bytes).unwrap_or(usize::MAX).min(bytes.len());
-    let start = usize::try_from(start).unwrap_or(usize::MAX).min(end);
+    let mut start = usize::try_from(start).unwrap_or(usize::MAX).min(end);
+    let mut rest_of_block = Vec::new();
+    if skip > 0 {
+        let mut cursor = SegmentCursor::open_sealed(path, meta.id, meta.bytes)?;
+        cursor.skip_to(start as u64);
+        for _ in 0..skip {
+            if !matches!(cursor.peek()?, Peek::Record(_)) {
+                break;
+            }
+            cursor.commit();
+        }
+        if let Some((rest, records, block_end)) = cursor.block_rest() {
+            Packer::new(Compression::None).pack(rest, records, &mut rest_of_block)?;
+            start = usize::try_from(block_end).unwrap_or(usize::MAX).min(end);
+        } else {
+            start = usize::try_from(cursor.pos()).unwrap_or(usize::MAX).min(end);
+        }
+    }
     let temp = path.with_extension("seg.rewrite");
     {
         let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&encode_header())?;
+        file.write_all(&encode_header(codec))?;
+        file.write_all(&rest_of_block)?;
         file.write_all(&bytes[start..end])?;
         file.sync_data()?;
     }
@@ -118,7 +143,7 @@ fn drop_read_records(dir: &Path, path: &Path, meta: SegmentMeta, start: u64) -> 
     permissions.set_readonly(true);
     std::fs::set_permissions(path, permissions)?;
     progress::sync_dir(dir)?;
-    Ok(SegmentMeta { bytes: (HEADER_LEN + end - start) as u64, ..meta })
+    Ok(SegmentMeta { bytes: (HEADER_LEN + rest_of_block.len() + end - start) as u64, ..meta })
 }
 
 /// What a scan of one segment found.
@@ -130,7 +155,7 @@ enum Scan {
     Segment { meta: SegmentMeta, corrupt: u64 },
 }
 
-fn recover_segment(path: &Path, id: u64, start: u64, last: bool) -> io::Result<Scan> {
+fn recover_segment(path: &Path, id: u64, start: u64, skip: u16, last: bool) -> io::Result<Scan> {
     let len = std::fs::metadata(path)?.len();
     let mut header = [0u8; HEADER_LEN];
     let short = len < HEADER_LEN as u64 || {
@@ -140,11 +165,24 @@ fn recover_segment(path: &Path, id: u64, start: u64, last: bool) -> io::Result<S
     if short {
         return Ok(Scan::BadHeader("shorter than a segment header".to_string()));
     }
-    if let Err(err) = decode_header(&header) {
-        return Ok(Scan::BadHeader(err.to_string()));
+    let codec = match decode_header(&header) {
+        Ok(codec) => codec,
+        Err(err) => return Ok(Scan::BadHeader(err.to_string())),
+    };
+    if let Err(feature) = codec_readable(codec) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("segment is compressed with {feature}; open it with a build of sump that has the `{feature}` feature"),
+        ));
     }
     let mut cursor = SegmentCursor::open_sealed(path, id, len)?;
     cursor.skip_to(start.min(len));
+    for _ in 0..skip {
+        if !matches!(cursor.peek()?, Peek::Record(_)) {
+            break;
+        }
+        cursor.commit();
+    }
     let mut records = 0;
     let mut corrupt = 0;
     let mut end = len;

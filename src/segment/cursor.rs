@@ -10,6 +10,12 @@
 //! Reading is two steps: [`SegmentCursor::peek`] returns the next record's
 //! payload without moving, [`SegmentCursor::commit`] moves past it. The
 //! receiver commits only once the record is accounted for.
+//!
+//! In a compressed segment each frame is a block of records: the cursor
+//! unpacks a block when it reaches it and hands out its records one by
+//! one. Its offset stays at the block's start until the last record of
+//! the block is committed; [`SegmentCursor::read_in_block`] says how many
+//! of the block's records are already read.
 
 use std::fs::File;
 use std::io;
@@ -17,6 +23,7 @@ use std::path::Path;
 
 use memmap2::{Advice, Mmap};
 
+use super::block::{codec_readable, unpack};
 use super::format::{decode_header, find_frame, read_frame, Frame, FRAME_HEADER_LEN, HEADER_LEN};
 
 /// Bytes read at once from the active segment.
@@ -73,6 +80,35 @@ pub(crate) struct SegmentCursor {
     /// Whether a record in this segment failed to decode, so the segment
     /// is to be set aside rather than deleted.
     damaged: bool,
+    /// The segment's codec, from its header; 0 for plain records.
+    codec: u16,
+    /// The block at `pos`, unpacked (compressed segments only).
+    block: UnpackedBlock,
+}
+
+/// The records of the block under a cursor in a compressed segment.
+#[derive(Debug, Default)]
+struct UnpackedBlock {
+    /// File offset after the block; `None` when no block is unpacked.
+    end: Option<u64>,
+    /// The block's record frames.
+    frames: Vec<u8>,
+    /// Offset in `frames` of the next record.
+    next: usize,
+    /// Records in the block.
+    records: u32,
+    /// Records of the block committed.
+    read: u32,
+    /// Where the record the last `peek` returned ends in `frames`.
+    pending: Option<usize>,
+}
+
+/// Where the frame at the cursor is, or what is wrong with it.
+enum Located {
+    /// An intact frame of `len` bytes whose payload is at `payload` within it.
+    Frame { len: usize, payload: std::ops::Range<usize> },
+    /// Not an intact frame.
+    Damage { what: &'static str, checksum_failed: bool },
 }
 
 impl SegmentCursor {
@@ -108,6 +144,8 @@ impl SegmentCursor {
             pending_next: None,
             records_read: 0,
             damaged: false,
+            codec: 0,
+            block: UnpackedBlock::default(),
         }
     }
 
@@ -129,6 +167,24 @@ impl SegmentCursor {
     /// Notes that a record in this segment failed to decode.
     pub(crate) fn mark_damaged(&mut self) {
         self.damaged = true;
+    }
+
+    /// Records of the block at the cursor's offset already committed: 0
+    /// unless the cursor is inside a block of a compressed segment.
+    pub(crate) fn read_in_block(&self) -> u32 {
+        if self.block.end.is_some() {
+            self.block.read
+        } else {
+            0
+        }
+    }
+
+    /// The unread records of the block under the cursor, their count, and
+    /// the file offset after the block; `None` outside a block.
+    pub(crate) fn block_rest(&self) -> Option<(&[u8], u32, u64)> {
+        let end = self.block.end?;
+        let rest = self.block.frames.get(self.block.next..)?;
+        Some((rest, self.block.records.saturating_sub(self.block.read), end))
     }
 
     /// Whether every byte below the limit has been read.
@@ -200,41 +256,125 @@ impl SegmentCursor {
     /// Only when reading the active segment's file fails.
     pub(crate) fn peek(&mut self) -> io::Result<Peek<'_>> {
         self.pending_next = None;
+        self.block.pending = None;
         if self.pos == 0 {
             let sealed = self.sealed;
             let header = self.bytes_at(0, HEADER_LEN)?;
             if header.len() < HEADER_LEN && !sealed {
                 return Ok(Peek::Exhausted);
             }
-            if let Err(err) = decode_header(header) {
-                return Ok(Peek::Damaged { reason: err.to_string(), resume: None });
+            let codec = match decode_header(header) {
+                Ok(codec) => codec,
+                Err(err) => return Ok(Peek::Damaged { reason: err.to_string(), resume: None }),
+            };
+            if let Err(feature) = codec_readable(codec) {
+                let reason = format!("segment {} is compressed with {feature}, which this build cannot read", self.id);
+                return Ok(Peek::Damaged { reason, resume: None });
             }
+            self.codec = codec;
             self.pos = HEADER_LEN as u64;
+        }
+        if self.codec != 0 {
+            return self.peek_block();
         }
         if self.pos >= self.limit {
             return Ok(Peek::Exhausted);
         }
         let pos = self.pos;
+        match self.locate()? {
+            Located::Frame { len, payload } => {
+                self.pending_next = Some(pos + len as u64);
+                // Already read and checked: this second look copies nothing.
+                Ok(Peek::Record(&self.bytes_at(pos, len)?[payload]))
+            }
+            Located::Damage { what, checksum_failed } => self.report_damage(pos, what, checksum_failed),
+        }
+    }
+
+    /// Finds the frame at the cursor and checks it.
+    fn locate(&mut self) -> io::Result<Located> {
+        let pos = self.pos;
         let frame_len = {
             let bytes = self.bytes_at(pos, FRAME_HEADER_LEN)?;
             if bytes.len() < FRAME_HEADER_LEN {
-                return self.report_damage(pos, "record header cut off by the end of the segment", false);
+                let what = "record header cut off by the end of the segment";
+                return Ok(Located::Damage { what, checksum_failed: false });
             }
             let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
             FRAME_HEADER_LEN as u64 + u64::from(len)
         };
         if pos + frame_len > self.limit {
             // The length is not yet checked: it may be the damage itself.
-            return self.report_damage(pos, "record runs past the end of the segment", false);
+            let what = "record runs past the end of the segment";
+            return Ok(Located::Damage { what, checksum_failed: false });
         }
-        let frame_len = frame_len as usize;
-        let payload = match read_frame(self.bytes_at(pos, frame_len)?, 0, frame_len) {
-            Frame::Record { payload, next } => next - payload.len()..next,
-            Frame::Incomplete | Frame::Corrupt => return self.report_damage(pos, "record fails its CRC32C", true),
-        };
-        self.pending_next = Some(pos + frame_len as u64);
-        // Already read and checked: this second look copies nothing.
-        Ok(Peek::Record(&self.bytes_at(pos, frame_len)?[payload]))
+        let len = frame_len as usize;
+        Ok(match read_frame(self.bytes_at(pos, len)?, 0, len) {
+            Frame::Record { payload, next } => Located::Frame { len, payload: next - payload.len()..next },
+            Frame::Incomplete | Frame::Corrupt => {
+                Located::Damage { what: "record fails its CRC32C", checksum_failed: true }
+            }
+        })
+    }
+
+    /// [`peek`](Self::peek) in a compressed segment: the next record of the
+    /// block under the cursor, unpacking the next block when one is used up.
+    fn peek_block(&mut self) -> io::Result<Peek<'_>> {
+        loop {
+            if self.block.end.is_some() {
+                let block = &mut self.block;
+                if block.next < block.frames.len() {
+                    // `unpack` checked every record of the block.
+                    if let Frame::Record { payload, next } = read_frame(&block.frames, block.next, block.frames.len()) {
+                        let range = next - payload.len()..next;
+                        block.pending = Some(next);
+                        return Ok(Peek::Record(&self.block.frames[range]));
+                    }
+                }
+                self.leave_block();
+                continue;
+            }
+            if self.pos >= self.limit {
+                return Ok(Peek::Exhausted);
+            }
+            let pos = self.pos;
+            let (len, payload) = match self.locate()? {
+                Located::Frame { len, payload } => (len, payload),
+                Located::Damage { what, checksum_failed } => return self.report_damage(pos, what, checksum_failed),
+            };
+            let mut frames = std::mem::take(&mut self.block.frames);
+            let unpacked = unpack(&self.bytes_at(pos, len)?[payload], &mut frames);
+            self.block.frames = frames;
+            match unpacked {
+                Ok(records) => {
+                    self.block = UnpackedBlock {
+                        end: Some(pos + len as u64),
+                        frames: std::mem::take(&mut self.block.frames),
+                        next: 0,
+                        records,
+                        read: 0,
+                        pending: None,
+                    };
+                }
+                Err(reason) => {
+                    self.block.frames.clear();
+                    let what = format!("compressed block is damaged: {reason}");
+                    return self.report_damage(pos, &what, true);
+                }
+            }
+        }
+    }
+
+    /// Moves past the block under the cursor.
+    fn leave_block(&mut self) {
+        if let Some(end) = self.block.end.take() {
+            self.pos = end;
+        }
+        self.block.frames.clear();
+        self.block.next = 0;
+        self.block.read = 0;
+        self.block.records = 0;
+        self.block.pending = None;
     }
 
     /// Reports damage at `pos`. In the active segment a frame cut off by
@@ -256,6 +396,16 @@ impl SegmentCursor {
     /// stretch, or to where reading left off before a restart.
     pub(crate) fn skip_to(&mut self, pos: u64) {
         self.pending_next = None;
+        self.block.end = None;
+        self.leave_block();
+        if self.pos == 0 && pos > 0 {
+            // The header is still to be read, for the codec: read it now.
+            if let Ok(header) = self.bytes_at(0, HEADER_LEN) {
+                if let Ok(codec) = decode_header(header) {
+                    self.codec = codec;
+                }
+            }
+        }
         self.pos = pos.max(HEADER_LEN as u64);
     }
 
@@ -271,6 +421,15 @@ impl SegmentCursor {
 
     /// Moves past the record the last `peek` returned.
     pub(crate) fn commit(&mut self) {
+        if let Some(next) = self.block.pending.take() {
+            self.block.next = next;
+            self.block.read += 1;
+            self.records_read += 1;
+            if next >= self.block.frames.len() {
+                self.leave_block();
+            }
+            return;
+        }
         if let Some(next) = self.pending_next.take() {
             self.pos = next;
             self.records_read += 1;
@@ -314,7 +473,7 @@ mod tests {
     #[test]
     fn active_cursor_sees_only_flushed_records_and_follows_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 1, crate::fs::direct()).unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 1, crate::fs::direct(), crate::Compression::None).unwrap();
         writer.append(&frame(b"one")).unwrap();
         let mut cursor = SegmentCursor::open_active(writer.path(), 1, writer.flushed()).unwrap();
         assert_eq!(cursor.peek().unwrap(), Peek::Exhausted);
@@ -332,7 +491,7 @@ mod tests {
     #[test]
     fn sealed_cursor_reads_through_the_map_and_reports_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 2, crate::fs::direct()).unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 2, crate::fs::direct(), crate::Compression::None).unwrap();
         for payload in [&b"a"[..], b"bb", b"ccc"] {
             writer.append(&frame(payload)).unwrap();
         }
@@ -350,7 +509,7 @@ mod tests {
     #[test]
     fn a_bad_header_or_a_flipped_byte_is_reported_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 3, crate::fs::direct()).unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 3, crate::fs::direct(), crate::Compression::None).unwrap();
         writer.append(&frame(b"payload")).unwrap();
         let meta = writer.seal().map_err(|(_, e)| e).unwrap();
         let path = segment_path(dir.path(), 3);

@@ -10,7 +10,7 @@
 //!   offset  size  field
 //!   0       8     magic      b"SUMPSEG\0"
 //!   8       2     version    u16, currently 1
-//!   10      2     flags      u16, 0 (reserved for a compression codec)
+//!   10      2     flags      u16, the codec: 0 none, 1 LZ4, 2 Zstandard
 //!   12      4     crc32c     CRC32C of bytes 0..12
 //!
 //! RecordFrame (8 + len bytes, back to back after the header)
@@ -19,6 +19,9 @@
 //!   4       4     crc32c     CRC32C of the 4 `len` bytes followed by the payload
 //!   8       len   payload    the item, encoded with bincode 2 (serde, standard config)
 //! ```
+//!
+//! In a segment with a codec, each frame's payload is a block of records
+//! (see [`super::block`]) rather than one record.
 //!
 //! Invariants: a record never spans two segments; the CRC covers the length
 //! field, so a torn or flipped length is caught before it is trusted; a
@@ -37,12 +40,16 @@ pub(crate) const HEADER_LEN: usize = 16;
 /// Length of a record frame's fixed part (`len` and `crc32c`), in bytes.
 pub(crate) const FRAME_HEADER_LEN: usize = 8;
 
-/// Writes the 16-byte segment header for the current format version.
-pub(crate) fn encode_header() -> [u8; HEADER_LEN] {
+/// Highest codec number a header may carry.
+const MAX_CODEC: u16 = 2;
+
+/// Writes the 16-byte segment header for the current format version and
+/// codec `codec` (see [`super::block::codec_id`]).
+pub(crate) fn encode_header(codec: u16) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
     header[0..8].copy_from_slice(&MAGIC);
     header[8..10].copy_from_slice(&VERSION.to_le_bytes());
-    header[10..12].copy_from_slice(&0u16.to_le_bytes());
+    header[10..12].copy_from_slice(&codec.to_le_bytes());
     let crc = crc32c::crc32c(&header[0..12]);
     header[12..16].copy_from_slice(&crc.to_le_bytes());
     header
@@ -75,7 +82,8 @@ impl std::fmt::Display for HeaderError {
 }
 
 /// Checks a segment header: magic first, then checksum, then version.
-pub(crate) fn decode_header(bytes: &[u8]) -> Result<(), HeaderError> {
+/// Returns the segment's codec.
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<u16, HeaderError> {
     let header = bytes.get(..HEADER_LEN).ok_or(HeaderError::Short)?;
     if header[0..8] != MAGIC {
         return Err(HeaderError::BadMagic);
@@ -86,10 +94,10 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<(), HeaderError> {
     }
     let version = u16::from_le_bytes([header[8], header[9]]);
     let flags = u16::from_le_bytes([header[10], header[11]]);
-    if version != VERSION || flags != 0 {
+    if version != VERSION || flags > MAX_CODEC {
         return Err(HeaderError::Unsupported { version, flags });
     }
-    Ok(())
+    Ok(flags)
 }
 
 /// Turns an already-encoded payload, placed at `frame[FRAME_HEADER_LEN..]`,
@@ -169,7 +177,7 @@ mod tests {
     /// bitwise CRC32C (polynomial 0x82F63B78, check value 0xE3069283).
     #[test]
     fn segment_bytes_are_pinned() {
-        let mut segment = encode_header().to_vec();
+        let mut segment = encode_header(0).to_vec();
         segment.extend(frame_of(b"hi"));
         segment.extend(frame_of(b""));
         let expected: Vec<u8> = vec![
@@ -188,8 +196,9 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_each_kind_of_damage() {
-        let header = encode_header();
-        assert_eq!(decode_header(&header), Ok(()));
+        let header = encode_header(0);
+        assert_eq!(decode_header(&header), Ok(0));
+        assert_eq!(decode_header(&encode_header(2)), Ok(2));
         assert_eq!(decode_header(&header[..10]), Err(HeaderError::Short));
         let mut bad = header;
         bad[0] = b's';

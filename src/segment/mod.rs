@@ -19,6 +19,7 @@
 //!
 //! The byte layout is in [`format`].
 
+pub(crate) mod block;
 pub(crate) mod cursor;
 pub(crate) mod format;
 pub(crate) mod writer;

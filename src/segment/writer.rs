@@ -5,14 +5,22 @@
 //! file only through [`SegmentWriter::flush`], which keeps an exact count
 //! of what the file holds even when a write fails half-way, so a failed
 //! write never leaves the writer unsure of where the next byte goes.
+//!
+//! In a compressed segment the buffered frames are packed into one block
+//! (see [`super::block`]) when they are written out. A packed block waits
+//! in its own buffer until it is all in the file, so a write that fails
+//! half-way resumes with the same bytes, and a reader fed the unwritten
+//! bytes (on a full disk) sees exactly what the file will hold.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::block::{codec_id, Packer, BLOCK_OVERHEAD, MAX_BLOCK_RECORDS};
 use super::format::{encode_header, HEADER_LEN};
 use super::{segment_path, SegmentMeta};
+use crate::config::Compression;
 use crate::fs::{Io, SyncHandle, WriteIo};
 
 /// Size of the write buffer in bytes. Frames at least this large bypass it.
@@ -30,8 +38,15 @@ pub(crate) struct SegmentWriter {
     file: Arc<File>,
     /// Every write and sync goes through here.
     io: Io,
-    /// Frames appended but not yet written to the file.
+    /// Frames appended but not yet written to the file (in a compressed
+    /// segment: not yet packed).
     buffer: Vec<u8>,
+    /// Records in `buffer`.
+    buffered_records: u32,
+    /// The codec of a compressed segment; `None` for plain frames.
+    packer: Option<Packer>,
+    /// Packed blocks not yet all in the file (compressed segments only).
+    packed: Vec<u8>,
     /// Bytes the file holds, header included.
     flushed: u64,
     /// Records appended, buffered or not.
@@ -41,16 +56,28 @@ pub(crate) struct SegmentWriter {
 impl SegmentWriter {
     /// Creates segment `id` in `dir` and writes its header. Fails if the
     /// file exists: a writer never appends to a file it did not start.
-    pub(crate) fn create(dir: &Path, id: u64, io: Io) -> io::Result<SegmentWriter> {
+    pub(crate) fn create(dir: &Path, id: u64, io: Io, compression: Compression) -> io::Result<SegmentWriter> {
         let path = segment_path(dir, id);
         let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        if let Err(err) = write_all(&*io, &path, &file, &encode_header()) {
+        if let Err(err) = write_all(&*io, &path, &file, &encode_header(codec_id(compression))) {
             drop(file);
             let _ = std::fs::remove_file(&path);
             return Err(err);
         }
         let file = Arc::new(file);
-        Ok(SegmentWriter { id, path, file, io, buffer: Vec::new(), flushed: HEADER_LEN as u64, records: 0 })
+        let packer = (compression != Compression::None).then(|| Packer::new(compression));
+        Ok(SegmentWriter {
+            id,
+            path,
+            file,
+            io,
+            buffer: Vec::new(),
+            buffered_records: 0,
+            packer,
+            packed: Vec::new(),
+            flushed: HEADER_LEN as u64,
+            records: 0,
+        })
     }
 
     /// The segment's id.
@@ -63,9 +90,22 @@ impl SegmentWriter {
         &self.path
     }
 
-    /// Length of the segment in bytes once everything buffered is written.
+    /// Length of the segment in bytes once everything buffered is written;
+    /// in a compressed segment, at most that (the buffered frames are
+    /// counted as a block stored without compression).
     pub(crate) fn len(&self) -> u64 {
-        self.flushed + self.buffer.len() as u64
+        let overhead = if self.packer.is_some() && !self.buffer.is_empty() { BLOCK_OVERHEAD } else { 0 };
+        self.flushed + self.packed.len() as u64 + self.buffer.len() as u64 + overhead
+    }
+
+    /// How much [`len`](Self::len) grows, at most, when a frame of
+    /// `frame_len` bytes is appended.
+    pub(crate) fn growth(&self, frame_len: usize) -> u64 {
+        let frame = frame_len as u64;
+        match &self.packer {
+            Some(_) if self.buffer.is_empty() || frame_len >= WRITE_BUFFER_BYTES => frame + BLOCK_OVERHEAD,
+            _ => frame,
+        }
     }
 
     /// Bytes already in the file; a reader may read up to here.
@@ -73,9 +113,27 @@ impl SegmentWriter {
         self.flushed
     }
 
-    /// Records appended but not yet in the file.
-    pub(crate) fn unflushed(&self) -> &[u8] {
-        &self.buffer
+    /// Bytes appended but not yet in the file, exactly as the file will
+    /// hold them: in a compressed segment, the buffered frames are packed
+    /// first.
+    pub(crate) fn unflushed(&mut self) -> io::Result<&[u8]> {
+        if self.packer.is_none() {
+            return Ok(&self.buffer);
+        }
+        self.pack()?;
+        Ok(&self.packed)
+    }
+
+    /// Packs the buffered frames of a compressed segment into a block.
+    fn pack(&mut self) -> io::Result<()> {
+        let Some(packer) = self.packer.as_mut() else { return Ok(()) };
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        packer.pack(&self.buffer, self.buffered_records, &mut self.packed)?;
+        self.buffer.clear();
+        self.buffered_records = 0;
+        Ok(())
     }
 
     /// Records appended so far.
@@ -87,13 +145,14 @@ impl SegmentWriter {
     /// appended, and everything appended before is still buffered or in
     /// the file.
     pub(crate) fn append(&mut self, frame: &[u8]) -> io::Result<()> {
-        if self.buffer.len() + frame.len() > WRITE_BUFFER_BYTES {
+        if self.buffer.len() + frame.len() > WRITE_BUFFER_BYTES || self.buffered_records >= MAX_BLOCK_RECORDS {
             self.flush()?;
         }
         if frame.len() >= WRITE_BUFFER_BYTES {
             self.write_direct(frame)?;
         } else {
             self.buffer.extend_from_slice(frame);
+            self.buffered_records += 1;
         }
         self.records += 1;
         Ok(())
@@ -109,9 +168,20 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Writes a large frame straight to the file. A failure half-way cuts
-    /// the file back to where the frame started.
+    /// Writes a frame straight to the file (in a compressed segment, as a
+    /// block of its own). A failure half-way cuts the file back to where
+    /// the frame started. Called with nothing buffered.
     fn write_direct(&mut self, frame: &[u8]) -> io::Result<()> {
+        let block;
+        let frame = match self.packer.as_mut() {
+            Some(packer) => {
+                let mut packed = Vec::new();
+                packer.pack(frame, 1, &mut packed)?;
+                block = packed;
+                &block[..]
+            }
+            None => frame,
+        };
         match write_all(&*self.io, &self.path, &self.file, frame) {
             Ok(()) => {
                 self.flushed += frame.len() as u64;
@@ -135,17 +205,20 @@ impl SegmentWriter {
     /// storage). On a failure the bytes that did reach the file are
     /// accounted for and the rest stay buffered for the next attempt.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
-        while !self.buffer.is_empty() {
-            match self.io.write(&self.path, &self.file, &self.buffer) {
+        self.pack()?;
+        let pending = if self.packer.is_some() { &mut self.packed } else { &mut self.buffer };
+        while !pending.is_empty() {
+            match self.io.write(&self.path, &self.file, pending) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write made no progress")),
                 Ok(written) => {
                     self.flushed += written as u64;
-                    self.buffer.drain(..written);
+                    pending.drain(..written);
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(err),
             }
         }
+        self.buffered_records = 0;
         Ok(())
     }
 
@@ -204,7 +277,7 @@ mod tests {
     #[test]
     fn small_frames_are_buffered_until_flushed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 3, direct()).unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 3, direct(), Compression::None).unwrap();
         writer.append(&[1; 100]).unwrap();
         writer.append(&[2; 100]).unwrap();
         assert_eq!(writer.flushed(), HEADER_LEN as u64);
@@ -218,7 +291,7 @@ mod tests {
     #[test]
     fn sealing_flushes_and_makes_the_file_read_only() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 0, direct()).unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 0, direct(), Compression::None).unwrap();
         writer.append(&[7; WRITE_BUFFER_BYTES + 1]).unwrap();
         writer.append(&[8; 10]).unwrap();
         let path = writer.path().to_owned();
@@ -233,7 +306,7 @@ mod tests {
     fn creating_over_an_existing_file_fails() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(segment_path(dir.path(), 5), b"not ours").unwrap();
-        assert!(SegmentWriter::create(dir.path(), 5, direct()).is_err());
+        assert!(SegmentWriter::create(dir.path(), 5, direct(), Compression::None).is_err());
         assert_eq!(std::fs::read(segment_path(dir.path(), 5)).unwrap(), b"not ours");
     }
 }
