@@ -257,3 +257,50 @@ fn a_reshard_that_fills_the_disk_fails_open_and_a_later_open_finishes_it_without
         assert_eq!(seen.len(), 3_000, "space {space}: items lost");
     }
 }
+
+#[cfg(feature = "lz4")]
+#[test]
+fn a_full_disk_in_the_middle_of_a_compressed_block_loses_nothing_accepted() {
+    for mode in [Durability::Overflow, Durability::Persistent] {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(FaultyIo::default());
+        let open = || {
+            Builder::new("packed", dir.path())
+                .durability(mode)
+                .memory_capacity(0)
+                .segment_bytes(1 << 20)
+                .compression(crate::Compression::Lz4)
+                .io(Arc::clone(&io) as crate::fs::Io)
+                .open::<String>()
+                .unwrap()
+        };
+        let (tx, rx) = open();
+        io.limit_space(Some(20_000));
+        let mut accepted = 0;
+        let refused = loop {
+            match tx.send(item(accepted)) {
+                Ok(()) => accepted += 1,
+                Err(err) => break err,
+            }
+            assert!(accepted < 100_000, "{mode:?}: the disk never filled");
+        };
+        assert_eq!(refused.io_error().and_then(|e| e.raw_os_error()), Some(28), "{mode:?}");
+        // The receiver reads what the writer holds but cannot write.
+        for i in 0..accepted / 2 {
+            assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(), item(i), "{mode:?}");
+        }
+        io.limit_space(None);
+        tx.send(item(accepted)).unwrap();
+        drop(tx);
+        let rest: Vec<String> = match mode {
+            Durability::Overflow => rx.iter().collect(),
+            _ => {
+                drop(rx);
+                let (tx, rx) = open();
+                drop(tx);
+                rx.iter().collect()
+            }
+        };
+        assert_eq!(rest, (accepted / 2..=accepted).map(item).collect::<Vec<_>>(), "{mode:?}");
+    }
+}
