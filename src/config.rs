@@ -342,7 +342,8 @@ impl Builder {
         if settings.max_segments == 0 {
             return invalid("max_segments is 0, but the active segment needs one".to_string());
         }
-        if let Err(feature) = crate::segment::block::codec_readable(crate::segment::block::codec_id(settings.compression))
+        if let Err(feature) =
+            crate::segment::block::codec_readable(crate::segment::block::codec_id(settings.compression))
         {
             return invalid(format!(
                 "compression {:?} needs the `{feature}` feature of sump, which this build does not include",

@@ -208,13 +208,12 @@ fn segments_holding_put_back_items_outlive_a_partial_delivery_and_a_crash() {
     assert!(after.ends_with(&[2, 3, 4, 5, 6]), "items not delivered were lost: {after:?}");
 }
 
+/// Both halves of a sharded channel of `(key, seq)` items.
+type Sharded = (crate::ShardedSender<(u32, u32)>, crate::ShardedReceiver<(u32, u32)>);
+
 /// Opens the sharded channel of `fault_reshard_*` tests with `shards`
 /// shards; items are `(key, seq)`.
-fn open_sharded(
-    dir: &std::path::Path,
-    io: &Arc<FaultyIo>,
-    shards: usize,
-) -> Result<(crate::ShardedSender<(u32, u32)>, crate::ShardedReceiver<(u32, u32)>), crate::OpenError> {
+fn open_sharded(dir: &std::path::Path, io: &Arc<FaultyIo>, shards: usize) -> Result<Sharded, crate::OpenError> {
     Builder::new("sharded", dir)
         .durability(Durability::Persistent)
         .memory_capacity(0)

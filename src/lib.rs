@@ -97,12 +97,21 @@
 //! A channel named `name` in `dir` owns `dir/name/`: a lock file, which
 //! makes a second open of the same channel fail with [`OpenError::Locked`],
 //! and segment files named `{id:020}.seg`. In [`Durability::Overflow`] (the
-//! default, and the only mode this version implements) disk is scratch
-//! space: opening a channel discards old segments, and closing it deletes
-//! its own. Files the crate did not create are never touched. Each segment
+//! default) disk is scratch space: opening a channel discards old
+//! segments, and closing it deletes its own; [`Durability::Persistent`]
+//! and [`Durability::WriteAhead`] keep items across restarts. Files the crate did not create are never touched. Each segment
 //! starts with a magic number and a format version, and each record carries
 //! its length and a CRC32C; a damaged record is skipped, counted in
 //! [`Stats::corrupt`], and never delivered.
+
+//!
+//! # Sharding and compression
+//!
+//! [`Builder::sharded`] opens N channels behind one router that keeps
+//! each key's items in one shard, for parallel draining
+//! ([`ShardedReceiver::drain`]); see [`ShardedBuilder`].
+//! [`Builder::compression`] compresses segment data per block of records
+//! (features `lz4` and `zstd`); see [`Compression`].
 
 #![warn(missing_docs)]
 
@@ -129,8 +138,9 @@ mod sync;
 
 pub use crate::channel::{IntoIter, Iter, Receiver, Sender, TryIter};
 pub use crate::config::{
-    channel, channel_with_explicit_capacity, Builder, Compression, Durability, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES,
-    DEFAULT_MAX_SEGMENTS, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES, FREE_SPACE_CHECK_INTERVAL,
+    channel, channel_with_explicit_capacity, Builder, Compression, Durability, SyncPolicy, WhenFull,
+    DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES,
+    FREE_SPACE_CHECK_INTERVAL,
 };
 pub use crate::drain::{
     BoxError, BreakerState, ChannelSink, DrainError, DrainHandle, DrainStats, Drainer, JsonLinesSink, Sink, SinkError,

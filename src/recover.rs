@@ -33,10 +33,10 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 
+use crate::config::Compression;
 use crate::dir::ChannelDir;
 use crate::err::OpenError;
 use crate::progress;
-use crate::config::Compression;
 use crate::segment::block::{codec_readable, Packer};
 use crate::segment::format::{decode_header, encode_header, HEADER_LEN};
 use crate::segment::{segment_path, Peek, SegmentCursor, SegmentMeta};
@@ -172,7 +172,9 @@ fn recover_segment(path: &Path, id: u64, start: u64, skip: u16, last: bool) -> i
     if let Err(feature) = codec_readable(codec) {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("segment is compressed with {feature}; open it with a build of sump that has the `{feature}` feature"),
+            format!(
+                "segment is compressed with {feature}; open it with a build of sump that has the `{feature}` feature"
+            ),
         ));
     }
     let mut cursor = SegmentCursor::open_sealed(path, id, len)?;

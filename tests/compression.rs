@@ -56,6 +56,7 @@ fn every_codec_round_trips_a_backlog_and_the_codecs_shrink_it() {
         assert!(rx.iter().eq((0..20_000).map(event)), "{compression:?}");
         assert_eq!(rx.stats().corrupt, 0);
     }
+    eprintln!("segment bytes for 19,990 log lines: none {}, LZ4 {}, Zstandard {}", sizes[0], sizes[1], sizes[2]);
     assert!(sizes[1] * 4 < sizes[0], "LZ4 should shrink repetitive logs at least 4x: {sizes:?}");
     assert!(sizes[2] * 4 < sizes[0], "Zstandard should shrink repetitive logs at least 4x: {sizes:?}");
 }
@@ -135,7 +136,8 @@ fn a_damaged_compressed_block_is_skipped_and_counted_and_the_rest_is_read() {
         let lost = 1_000 - got.len();
         assert!((1..=200).contains(&lost), "{compression:?}: one block of about 100 lost, not {lost}");
         // What was read is in order, a gap where the block was.
-        let seqs: Vec<u64> = got.iter().map(|e| e.rsplit(':').next().unwrap().trim_end_matches('}').parse().unwrap()).collect();
+        let seqs: Vec<u64> =
+            got.iter().map(|e| e.rsplit(':').next().unwrap().trim_end_matches('}').parse().unwrap()).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{compression:?}");
         assert_eq!((seqs[0], *seqs.last().unwrap()), (0, 999), "{compression:?}: blocks on both sides are read");
     }

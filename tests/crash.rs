@@ -231,7 +231,10 @@ fn a_drainer_killed_mid_stream_loses_nothing_its_sink_had_not_accepted() {
     }
 }
 
-fn open_sharded(dir: &Path, shards: usize) -> (sump::ShardedSender<(u32, u64)>, sump::ShardedReceiver<(u32, u64)>) {
+/// Both halves of the sharded channel of the reshard test: `(key, seq)` items.
+type Sharded = (sump::ShardedSender<(u32, u64)>, sump::ShardedReceiver<(u32, u64)>);
+
+fn open_sharded(dir: &Path, shards: usize) -> Sharded {
     Builder::new("sharded", dir)
         .durability(Durability::Persistent)
         .memory_capacity(0)

@@ -216,8 +216,10 @@ fn resharding_up_and_down_moves_a_disk_backlog_without_loss_or_reordering() {
             assert_eq!(rx.shard_stats().iter().filter(|s| s.on_disk > 0).count(), shards.min(50));
             drop((tx, rx));
         }
-        let names: BTreeSet<String> =
-            std::fs::read_dir(dir.path().join("events")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let names: BTreeSet<String> = std::fs::read_dir(dir.path().join("events"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         let expected: BTreeSet<String> =
             ["shard-000", "shard-001", "shard-002", "sump.lock", "sump.shards"].map(String::from).into();
         assert_eq!(names, expected, "{mode:?}: removed shards and the staging channel are gone");
@@ -227,7 +229,6 @@ fn resharding_up_and_down_moves_a_disk_backlog_without_loss_or_reordering() {
         check_per_key_order(&drain_shards(rx), 3, 3_000);
     }
 }
-
 
 #[test]
 fn round_robin_shrinks_without_loss_and_grows_without_moving() {
@@ -260,11 +261,7 @@ fn round_robin_shrinks_without_loss_and_grows_without_moving() {
 fn a_broadcast_channel_refuses_a_change_that_would_lose_items() {
     let dir = tempfile::tempdir().unwrap();
     let open = |shards| {
-        Builder::new("fan", dir.path())
-            .durability(Durability::Persistent)
-            .sharded::<u32>(shards)
-            .broadcast()
-            .open()
+        Builder::new("fan", dir.path()).durability(Durability::Persistent).sharded::<u32>(shards).broadcast().open()
     };
     let (tx, rx) = open(3).unwrap();
     tx.send_batch(0..10).unwrap();
@@ -320,7 +317,8 @@ fn bad_settings_and_mixed_up_channels_are_refused_clearly() {
     let plain = Builder::new("twice", dir.path()).open::<u32>();
     assert!(matches!(plain, Err(OpenError::InvalidConfig { .. })), "a plain open of a sharded channel: {plain:?}");
 
-    let (tx, rx) = Builder::new("plain", dir.path()).memory_capacity(0).durability(Durability::Persistent).open::<u32>().unwrap();
+    let (tx, rx) =
+        Builder::new("plain", dir.path()).memory_capacity(0).durability(Durability::Persistent).open::<u32>().unwrap();
     tx.send(1).unwrap();
     drop((tx, rx));
     let err = sharded("plain", 2).unwrap_err();

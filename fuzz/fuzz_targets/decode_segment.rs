@@ -1,7 +1,8 @@
 //! Arbitrary bytes as one or more segment files of a durable channel:
 //! opening (recovery) and reading everything must never panic, hang or
 //! allocate beyond a small multiple of the segment size (libFuzzer's
-//! `-malloc_limit_mb` in `.ci/run` checks the last).
+//! `-malloc_limit_mb` in `.ci/run` checks the last). Segments may be
+//! plain or LZ4-compressed blocks.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,10 +11,14 @@ use sump::{Builder, Durability};
 /// Splits the input into segment files at each occurrence of this marker.
 const SPLIT: &[u8] = b"\xffNEXT\xff";
 
-/// The real segment header, so that inputs get past it often.
-const HEADER: [u8; 16] = [
-    b'S', b'U', b'M', b'P', b'S', b'E', b'G', 0, 1, 0, 0, 0, 0xd7, 0xd6, 0x65, 0x7a,
-];
+/// A real segment header for `codec` (0 plain, 1 LZ4), so that inputs
+/// get past it often.
+fn header(codec: u8) -> [u8; 16] {
+    let mut header = [b'S', b'U', b'M', b'P', b'S', b'E', b'G', 0, 1, 0, codec, 0, 0, 0, 0, 0];
+    let crc = crc32c::crc32c(&header[..12]);
+    header[12..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(dir) = tempfile::tempdir() else { return };
@@ -28,9 +33,10 @@ fuzz_target!(|data: &[u8]| {
             Some(at) => (&rest[..at], Some(&rest[at + SPLIT.len()..])),
             None => (rest, None),
         };
-        // Inputs starting with 0x00 get a valid header in front.
+        // Chunks starting with 0x00 get a valid plain header in front,
+        // with 0x01 a valid LZ4 one.
         let bytes: Vec<u8> = match chunk.split_first() {
-            Some((0, body)) => HEADER.iter().chain(body).copied().collect(),
+            Some((&codec @ (0 | 1), body)) => header(codec).iter().chain(body).copied().collect(),
             _ => chunk.to_vec(),
         };
         let _ = std::fs::write(channel.join(format!("{id:020}.seg")), bytes);

@@ -176,7 +176,9 @@ fn decompress(method: u8, data: &[u8], out: &mut [u8]) -> Result<usize, String> 
     let _ = (data, &out);
     match method {
         #[cfg(feature = "lz4")]
-        LZ4 => lz4_flex::block::decompress_into(data, out).map_err(|err| format!("LZ4 block does not decompress: {err}")),
+        LZ4 => {
+            lz4_flex::block::decompress_into(data, out).map_err(|err| format!("LZ4 block does not decompress: {err}"))
+        }
         #[cfg(feature = "zstd")]
         ZSTD => zstd::bulk::decompress_to_buffer(data, out)
             .map_err(|err| format!("Zstandard block does not decompress: {err}")),

@@ -26,6 +26,15 @@ use crate::fs::{Io, SyncHandle, WriteIo};
 /// Size of the write buffer in bytes. Frames at least this large bypass it.
 pub(crate) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
+/// What a compressed segment's writer keeps besides the plain writer's.
+#[derive(Debug)]
+struct Compressed {
+    /// The codec.
+    packer: Packer,
+    /// Packed blocks not yet all in the file.
+    packed: Vec<u8>,
+}
+
 /// The one segment that is being appended to.
 #[derive(Debug)]
 pub(crate) struct SegmentWriter {
@@ -43,10 +52,9 @@ pub(crate) struct SegmentWriter {
     buffer: Vec<u8>,
     /// Records in `buffer`.
     buffered_records: u32,
-    /// The codec of a compressed segment; `None` for plain frames.
-    packer: Option<Packer>,
-    /// Packed blocks not yet all in the file (compressed segments only).
-    packed: Vec<u8>,
+    /// A compressed segment's codec and packed bytes; `None` for plain
+    /// frames.
+    compressed: Option<Box<Compressed>>,
     /// Bytes the file holds, header included.
     flushed: u64,
     /// Records appended, buffered or not.
@@ -65,7 +73,8 @@ impl SegmentWriter {
             return Err(err);
         }
         let file = Arc::new(file);
-        let packer = (compression != Compression::None).then(|| Packer::new(compression));
+        let compressed = (compression != Compression::None)
+            .then(|| Box::new(Compressed { packer: Packer::new(compression), packed: Vec::new() }));
         Ok(SegmentWriter {
             id,
             path,
@@ -73,8 +82,7 @@ impl SegmentWriter {
             io,
             buffer: Vec::new(),
             buffered_records: 0,
-            packer,
-            packed: Vec::new(),
+            compressed,
             flushed: HEADER_LEN as u64,
             records: 0,
         })
@@ -94,15 +102,19 @@ impl SegmentWriter {
     /// in a compressed segment, at most that (the buffered frames are
     /// counted as a block stored without compression).
     pub(crate) fn len(&self) -> u64 {
-        let overhead = if self.packer.is_some() && !self.buffer.is_empty() { BLOCK_OVERHEAD } else { 0 };
-        self.flushed + self.packed.len() as u64 + self.buffer.len() as u64 + overhead
+        let (packed, overhead) = match &self.compressed {
+            Some(compressed) if self.buffer.is_empty() => (compressed.packed.len(), 0),
+            Some(compressed) => (compressed.packed.len(), BLOCK_OVERHEAD),
+            None => (0, 0),
+        };
+        self.flushed + packed as u64 + self.buffer.len() as u64 + overhead
     }
 
     /// How much [`len`](Self::len) grows, at most, when a frame of
     /// `frame_len` bytes is appended.
     pub(crate) fn growth(&self, frame_len: usize) -> u64 {
         let frame = frame_len as u64;
-        match &self.packer {
+        match &self.compressed {
             Some(_) if self.buffer.is_empty() || frame_len >= WRITE_BUFFER_BYTES => frame + BLOCK_OVERHEAD,
             _ => frame,
         }
@@ -117,20 +129,20 @@ impl SegmentWriter {
     /// hold them: in a compressed segment, the buffered frames are packed
     /// first.
     pub(crate) fn unflushed(&mut self) -> io::Result<&[u8]> {
-        if self.packer.is_none() {
-            return Ok(&self.buffer);
-        }
         self.pack()?;
-        Ok(&self.packed)
+        match &self.compressed {
+            Some(compressed) => Ok(&compressed.packed),
+            None => Ok(&self.buffer),
+        }
     }
 
     /// Packs the buffered frames of a compressed segment into a block.
     fn pack(&mut self) -> io::Result<()> {
-        let Some(packer) = self.packer.as_mut() else { return Ok(()) };
+        let Some(compressed) = self.compressed.as_mut() else { return Ok(()) };
         if self.buffer.is_empty() {
             return Ok(());
         }
-        packer.pack(&self.buffer, self.buffered_records, &mut self.packed)?;
+        compressed.packer.pack(&self.buffer, self.buffered_records, &mut compressed.packed)?;
         self.buffer.clear();
         self.buffered_records = 0;
         Ok(())
@@ -173,10 +185,10 @@ impl SegmentWriter {
     /// the frame started. Called with nothing buffered.
     fn write_direct(&mut self, frame: &[u8]) -> io::Result<()> {
         let block;
-        let frame = match self.packer.as_mut() {
-            Some(packer) => {
+        let frame = match self.compressed.as_mut() {
+            Some(compressed) => {
                 let mut packed = Vec::new();
-                packer.pack(frame, 1, &mut packed)?;
+                compressed.packer.pack(frame, 1, &mut packed)?;
                 block = packed;
                 &block[..]
             }
@@ -206,7 +218,10 @@ impl SegmentWriter {
     /// accounted for and the rest stay buffered for the next attempt.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.pack()?;
-        let pending = if self.packer.is_some() { &mut self.packed } else { &mut self.buffer };
+        let pending = match self.compressed.as_mut() {
+            Some(compressed) => &mut compressed.packed,
+            None => &mut self.buffer,
+        };
         while !pending.is_empty() {
             match self.io.write(&self.path, &self.file, pending) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write made no progress")),

@@ -72,7 +72,8 @@ where
     where
         F: FnMut(usize, Drainer<T, S>) -> Drainer<T, S>,
     {
-        self.drainers = self.drainers.into_iter().enumerate().map(|(shard, drainer)| settings(shard, drainer)).collect();
+        self.drainers =
+            self.drainers.into_iter().enumerate().map(|(shard, drainer)| settings(shard, drainer)).collect();
         self
     }
 

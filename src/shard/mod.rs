@@ -216,10 +216,25 @@ impl<T> ShardedBuilder<T> {
     /// or discards what each shard left as the durability mode says.
     ///
     /// When the channel was last open with another shard count, the items
-    /// on disk are moved into the new layout first; see
-    /// [`reshard`](crate::shard) in the README and the module docs. In
-    /// [`Durability::Overflow`](crate::Durability::Overflow) there is
-    /// nothing to move: old shards are discarded.
+    /// on disk are moved into the new layout first (see "Resharding"
+    /// below). In [`Durability::Overflow`](crate::Durability::Overflow)
+    /// there is nothing to move: old shards are discarded.
+    ///
+    /// # Resharding
+    ///
+    /// The shard count and dispatch mode are recorded in
+    /// `dir/name/sump.shards`. Opening with another count, or switching to
+    /// dispatch by key, moves every item on disk through a staging channel
+    /// (`dir/name/reshard/`) into the shard it belongs to now, keeping
+    /// each key's order. The move is recorded step by step: if it is cut
+    /// short (a crash, a full disk), `open` returns the error and the next
+    /// `open` finishes it; nothing is lost, and items moved when it was
+    /// cut short may be delivered twice. Growing a round-robin or
+    /// broadcast channel moves nothing (new shards start empty). A
+    /// broadcast channel cannot shrink while a shard to be removed holds
+    /// items, nor change to or from broadcast while any shard does: each
+    /// shard is a different consumer's copy, so moving them would lose or
+    /// duplicate deliveries; `open` refuses instead.
     ///
     /// # Errors
     ///
@@ -540,10 +555,7 @@ impl<T> Clone for ShardedSender<T> {
 
 impl<T> fmt::Debug for ShardedSender<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShardedSender")
-            .field("shards", &self.shards.len())
-            .field("dispatch", &self.dispatch())
-            .finish()
+        f.debug_struct("ShardedSender").field("shards", &self.shards.len()).field("dispatch", &self.dispatch()).finish()
     }
 }
 

@@ -125,7 +125,8 @@ where
             }
             Phase::Collecting => {
                 collect::<T>(root, plan.settings, current.count.max(present))?;
-                current = Layout { phase: Phase::Distributing, target: plan.shards, dispatch: Some(dispatch), ..current };
+                current =
+                    Layout { phase: Phase::Distributing, target: plan.shards, dispatch: Some(dispatch), ..current };
                 tracing::info!(to = plan.shards, "resharding: distributing items");
                 layout::write(root, &current).map_err(io_error)?;
             }
@@ -221,8 +222,7 @@ fn settle_writes<T>(to: &Sender<T>, name: &str, root: &Path, settings: &Settings
         if settings.sync != SyncPolicy::Never {
             for entry in std::fs::read_dir(&dir)? {
                 let path = entry?.path();
-                if crate::segment::parse_segment_name(&path.file_name().unwrap_or_default().to_string_lossy())
-                    .is_some()
+                if crate::segment::parse_segment_name(&path.file_name().unwrap_or_default().to_string_lossy()).is_some()
                 {
                     std::fs::File::open(&path)?.sync_all()?;
                 }
@@ -283,7 +283,9 @@ where
         Target::One(shard) => append(&shards[shard].0, item, &shard_name(shard), root),
         Target::All(_) => Err((
             Some(item),
-            OpenError::InvalidConfig { reason: "a broadcast channel's items are never moved between shards".to_string() },
+            OpenError::InvalidConfig {
+                reason: "a broadcast channel's items are never moved between shards".to_string(),
+            },
         )),
     });
     if let Err((item, err)) = moved.and_then(|()| settle_all().map_err(|err| (None, err))) {
