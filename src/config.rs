@@ -325,7 +325,8 @@ impl Builder {
 
     pub(crate) fn check(&self) -> Result<(), OpenError> {
         let settings = &self.settings;
-        let smallest = (HEADER_LEN + FRAME_HEADER_LEN) as u64;
+        let block = if settings.compression == Compression::None { 0 } else { crate::segment::block::BLOCK_OVERHEAD };
+        let smallest = (HEADER_LEN + FRAME_HEADER_LEN) as u64 + block;
         let invalid = |reason: String| Err(OpenError::InvalidConfig { reason });
         if settings.segment_bytes < smallest {
             return invalid(format!(

@@ -502,9 +502,13 @@ impl DiskQueue {
         if let Err(err) = self.seal_active(cursor) {
             // Unsealed, it cannot be retired; deleting it could lose the
             // batch in flight, so it is left for recovery.
-            tracing::warn!(error = %err, "could not seal the active segment to retire it");
+            // Retired as it is: deleted once its items are delivered, read
+            // again by recovery if the process dies first.
+            tracing::warn!(error = %err, "could not seal the active segment; retiring it unsealed");
             if let Some(writer) = self.active.take() {
-                self.bytes += writer.len();
+                let meta = SegmentMeta { id: writer.id(), bytes: writer.len(), records: writer.records() };
+                self.bytes += meta.bytes;
+                self.retired.push(meta);
             }
         }
         let damaged = cursor.take().filter(|open| open.damaged()).map(|open| open.id());
@@ -551,13 +555,17 @@ impl DiskQueue {
         let mut chunks: Vec<&[Vec<u8>]> = Vec::new();
         let mut start = 0;
         let mut len = HEADER_LEN as u64;
+        // In a compressed segment a frame may start a block: count its
+        // overhead with every frame, an upper bound.
+        let overhead = if self.compression == Compression::None { 0 } else { BLOCK_OVERHEAD };
         for (index, frame) in frames.iter().enumerate() {
-            if index > start && len + frame.len() as u64 > self.segment_bytes {
+            let frame_len = frame.len() as u64 + overhead;
+            if index > start && len + frame_len > self.segment_bytes {
                 chunks.push(&frames[start..index]);
                 start = index;
                 len = HEADER_LEN as u64;
             }
-            len += frame.len() as u64;
+            len += frame_len;
         }
         chunks.push(&frames[start..]);
         let oldest = self.sealed.front().map(|meta| meta.id).or(self.active.as_ref().map(SegmentWriter::id));

@@ -143,6 +143,9 @@ fn round_robin_spreads_items_evenly_and_broadcast_copies_them_to_every_shard() {
     assert!(shards.iter().all(|shard| shard.try_iter().eq(150..152)));
     drop(shards);
     assert!(tx.send(152).unwrap_err().is_disconnected());
+    let err = tx.send_batch(153..156).unwrap_err();
+    assert!(err.is_disconnected());
+    assert_eq!(err.into_inner(), [153, 154, 155], "with every shard gone the items come back");
 }
 
 #[test]

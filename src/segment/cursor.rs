@@ -82,6 +82,12 @@ pub(crate) struct SegmentCursor {
     damaged: bool,
     /// The segment's codec, from its header; 0 for plain records.
     codec: u16,
+    /// Where to go once the header has been checked, when `skip_to` was
+    /// called before it was.
+    resume_at: Option<u64>,
+    /// Whether the header was found damaged: nothing in the segment can
+    /// be read, and `skip_to` moves at once.
+    header_failed: bool,
     /// The block at `pos`, unpacked (compressed segments only).
     block: UnpackedBlock,
 }
@@ -145,6 +151,8 @@ impl SegmentCursor {
             records_read: 0,
             damaged: false,
             codec: 0,
+            resume_at: None,
+            header_failed: false,
             block: UnpackedBlock::default(),
         }
     }
@@ -265,14 +273,18 @@ impl SegmentCursor {
             }
             let codec = match decode_header(header) {
                 Ok(codec) => codec,
-                Err(err) => return Ok(Peek::Damaged { reason: err.to_string(), resume: None }),
+                Err(err) => {
+                    self.header_failed = true;
+                    return Ok(Peek::Damaged { reason: err.to_string(), resume: None });
+                }
             };
             if let Err(feature) = codec_readable(codec) {
+                self.header_failed = true;
                 let reason = format!("segment {} is compressed with {feature}, which this build cannot read", self.id);
                 return Ok(Peek::Damaged { reason, resume: None });
             }
             self.codec = codec;
-            self.pos = HEADER_LEN as u64;
+            self.pos = self.resume_at.take().unwrap_or(0).max(HEADER_LEN as u64);
         }
         if self.codec != 0 {
             return self.peek_block();
@@ -387,9 +399,10 @@ impl SegmentCursor {
             return Ok(if damage { Peek::DamagedActive { reason } } else { Peek::Exhausted });
         }
         let rest = usize::try_from(self.limit - pos).unwrap_or(usize::MAX);
+        let compressed = self.codec != 0;
         let bytes = self.bytes_at(pos, rest)?;
-        let resume = find_frame(bytes, 1, bytes.len()).map(|offset| pos + offset as u64);
-        Ok(Peek::Damaged { reason, resume })
+        let resume = if compressed { find_block(bytes, 1) } else { find_frame(bytes, 1, bytes.len()) };
+        Ok(Peek::Damaged { reason, resume: resume.map(|offset| pos + offset as u64) })
     }
 
     /// Moves the cursor to `pos` without counting a record: past a damaged
@@ -398,13 +411,11 @@ impl SegmentCursor {
         self.pending_next = None;
         self.block.end = None;
         self.leave_block();
-        if self.pos == 0 && pos > 0 {
-            // The header is still to be read, for the codec: read it now.
-            if let Ok(header) = self.bytes_at(0, HEADER_LEN) {
-                if let Ok(codec) = decode_header(header) {
-                    self.codec = codec;
-                }
-            }
+        if self.pos == 0 && !self.header_failed {
+            // The header, which names the codec, is still to be checked:
+            // the next `peek` checks it and then goes to `pos`.
+            self.resume_at = Some(pos);
+            return;
         }
         self.pos = pos.max(HEADER_LEN as u64);
     }
@@ -434,6 +445,24 @@ impl SegmentCursor {
             self.pos = next;
             self.records_read += 1;
         }
+    }
+}
+
+/// Finds the first offset at or after `from` where an intact block starts:
+/// a frame whose CRC matches and whose payload unpacks. Record frames
+/// inside stored blocks are intact frames too, but not blocks, so reading
+/// never resumes in the middle of a block, and a torn block at the end of
+/// a segment is not mistaken for damage followed by records.
+fn find_block(bytes: &[u8], mut from: usize) -> Option<usize> {
+    let mut scratch = Vec::new();
+    loop {
+        let at = find_frame(bytes, from, bytes.len())?;
+        if let Frame::Record { payload, .. } = read_frame(bytes, at, bytes.len()) {
+            if unpack(payload, &mut scratch).is_ok() {
+                return Some(at);
+            }
+        }
+        from = at + 1;
     }
 }
 
@@ -504,6 +533,34 @@ mod tests {
         let mut torn = SegmentCursor::open_sealed(&path, 2, meta.bytes - 1).unwrap();
         assert_eq!(read_all(&mut torn).len(), 2);
         assert!(matches!(torn.peek().unwrap(), Peek::Damaged { resume: None, .. }));
+    }
+
+    /// Found in review: stored blocks hold whole record frames, and the
+    /// search for the next intact frame after a torn block found them,
+    /// so a torn tail was read as damage followed by records.
+    #[cfg(feature = "lz4")]
+    #[test]
+    fn a_torn_compressed_block_is_a_torn_tail_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 4, crate::fs::direct(), crate::Compression::Lz4).unwrap();
+        let noise = |seed: u32| -> Vec<u8> {
+            (0..50u32).flat_map(|i| (i ^ seed).wrapping_mul(2_654_435_761).to_le_bytes()).collect()
+        };
+        for block in 0..3u32 {
+            for record in 0..5 {
+                writer.append(&frame(&noise(block * 10 + record))).unwrap();
+            }
+            writer.flush().unwrap();
+        }
+        let meta = writer.seal().map_err(|(_, e)| e).unwrap();
+        let path = segment_path(dir.path(), 4);
+        let mut whole = SegmentCursor::open_sealed(&path, 4, meta.bytes).unwrap();
+        assert_eq!(read_all(&mut whole).len(), 15);
+        // Cut the last block short, after its third record.
+        let torn_len = meta.bytes - 2 * (FRAME_HEADER_LEN as u64 + 200) - 10;
+        let mut torn = SegmentCursor::open_sealed(&path, 4, torn_len).unwrap();
+        assert_eq!(read_all(&mut torn).len(), 10, "the two whole blocks");
+        assert!(matches!(torn.peek().unwrap(), Peek::Damaged { resume: None, .. }), "nothing after the tear");
     }
 
     #[test]

@@ -111,11 +111,16 @@ impl SegmentWriter {
     }
 
     /// How much [`len`](Self::len) grows, at most, when a frame of
-    /// `frame_len` bytes is appended.
+    /// `frame_len` bytes is appended: in a compressed segment, a frame that
+    /// starts a new block brings the block's overhead with it.
     pub(crate) fn growth(&self, frame_len: usize) -> u64 {
         let frame = frame_len as u64;
+        let new_block = self.buffer.is_empty()
+            || frame_len >= WRITE_BUFFER_BYTES
+            || self.buffer.len() + frame_len > WRITE_BUFFER_BYTES
+            || self.buffered_records >= MAX_BLOCK_RECORDS;
         match &self.compressed {
-            Some(_) if self.buffer.is_empty() || frame_len >= WRITE_BUFFER_BYTES => frame + BLOCK_OVERHEAD,
+            Some(_) if new_block => frame + BLOCK_OVERHEAD,
             _ => frame,
         }
     }
@@ -161,6 +166,9 @@ impl SegmentWriter {
             self.flush()?;
         }
         if frame.len() >= WRITE_BUFFER_BYTES {
+            // Whatever is still pending goes first: a packed block whose
+            // write failed half-way must be finished before anything else.
+            self.flush()?;
             self.write_direct(frame)?;
         } else {
             self.buffer.extend_from_slice(frame);
@@ -315,6 +323,58 @@ mod tests {
         let file_meta = std::fs::metadata(&path).unwrap();
         assert_eq!(file_meta.len(), meta.bytes);
         assert!(file_meta.permissions().readonly());
+    }
+
+    /// Found in review: after a flush failed half-way through a packed
+    /// block, a frame of exactly the buffer size went to the file before
+    /// the rest of that block.
+    #[cfg(feature = "lz4")]
+    #[test]
+    fn a_large_frame_waits_for_a_half_written_block() {
+        use crate::segment::{Peek, SegmentCursor};
+        let dir = tempfile::tempdir().unwrap();
+        let io = std::sync::Arc::new(crate::fs::faults::FaultyIo::default());
+        let mut writer =
+            SegmentWriter::create(dir.path(), 9, std::sync::Arc::clone(&io) as crate::fs::Io, Compression::Lz4)
+                .unwrap();
+        let frame = |fill: u8, len: usize| {
+            let mut frame = vec![fill; len];
+            crate::segment::format::seal_frame(&mut frame).unwrap();
+            frame
+        };
+        // Bytes that do not compress, so the block is stored and large.
+        let noise: Vec<u8> = (0..1000u32).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+        let mut small = vec![0; 8];
+        small.extend_from_slice(&noise);
+        crate::segment::format::seal_frame(&mut small).unwrap();
+        writer.append(&small).unwrap();
+        io.limit_space(Some(100));
+        assert!(writer.flush().is_err(), "the disk fills in the middle of the block");
+        io.limit_space(None);
+        writer.append(&frame(7, WRITE_BUFFER_BYTES)).unwrap();
+        let meta = writer.seal().map_err(|(_, err)| err).unwrap();
+        let mut cursor = SegmentCursor::open_sealed(&segment_path(dir.path(), 9), 9, meta.bytes).unwrap();
+        let mut lens = Vec::new();
+        while let Peek::Record(payload) = cursor.peek().unwrap() {
+            lens.push(payload.len());
+            cursor.commit();
+        }
+        assert_eq!(lens, [noise.len(), WRITE_BUFFER_BYTES - 8]);
+        assert_eq!(cursor.peek().unwrap(), Peek::Exhausted);
+    }
+
+    #[cfg(feature = "lz4")]
+    #[test]
+    fn growth_counts_a_new_block_whenever_a_frame_starts_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SegmentWriter::create(dir.path(), 1, direct(), Compression::Lz4).unwrap();
+        assert_eq!(writer.growth(100), 100 + BLOCK_OVERHEAD, "the first frame starts a block");
+        writer.append(&[1; 100]).unwrap();
+        assert_eq!(writer.growth(100), 100, "the next joins it");
+        assert_eq!(writer.growth(WRITE_BUFFER_BYTES - 50), WRITE_BUFFER_BYTES as u64 - 50 + BLOCK_OVERHEAD);
+        let before = writer.len();
+        writer.append(&[2; WRITE_BUFFER_BYTES - 50]).unwrap();
+        assert!(writer.len() <= before + WRITE_BUFFER_BYTES as u64 - 50 + BLOCK_OVERHEAD);
     }
 
     #[test]

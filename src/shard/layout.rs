@@ -131,7 +131,14 @@ impl Layout {
             2 => Phase::Distributing,
             other => return Err(format!("it names an unknown reshard state {other}")),
         };
-        Ok(Layout { dispatch, phase, count: word(12) as usize, target: word(16) as usize })
+        let (count, target) = (word(12) as usize, word(16) as usize);
+        if count > crate::shard::MAX_SHARDS {
+            return Err(format!("it records {count} shards, more than {}", crate::shard::MAX_SHARDS));
+        }
+        if phase != Phase::Stable && !(1..=crate::shard::MAX_SHARDS).contains(&target) {
+            return Err(format!("it records a reshard to {target} shards"));
+        }
+        Ok(Layout { dispatch, phase, count, target })
     }
 }
 
@@ -149,7 +156,8 @@ pub(crate) fn read(root: &Path) -> io::Result<Option<Layout>> {
             io::ErrorKind::InvalidData,
             format!(
                 "the shard layout file {} is damaged: {reason}; if no reshard was under way, deleting it makes \
-                 `open` count the shard directories instead",
+                 `open` count the shard directories instead (a channel dispatched by key then re-sorts its \
+                 items; a broadcast channel must then be empty)",
                 path.display()
             ),
         )
@@ -188,6 +196,9 @@ mod tests {
         let err = read(dir.path()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("checksum"), "{err}");
+        let forged = Layout { dispatch: Some(Dispatch::Key), phase: Phase::Distributing, count: 2, target: 0 };
+        write(dir.path(), &forged).unwrap();
+        assert!(read(dir.path()).unwrap_err().to_string().contains("reshard to 0 shards"));
         fs::write(path(dir.path()), &bytes[..10]).unwrap();
         assert!(read(dir.path()).unwrap_err().to_string().contains("10 bytes long"));
     }

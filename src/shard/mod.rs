@@ -309,7 +309,8 @@ pub(crate) fn shard_name(index: usize) -> String {
 ///
 /// In broadcast mode an item goes to every shard whose receiver is still
 /// there, and a send fails as disconnected only when every shard's
-/// receiver is gone. A send that fails for an I/O reason has reached the
+/// receiver is gone. A broadcast send that fails for another reason (an
+/// I/O error, a full shard for `try_send`, a timeout) has reached the
 /// shards before the one that failed; sending it again duplicates it
 /// there.
 pub struct ShardedSender<T> {
@@ -465,13 +466,19 @@ impl<T: Serialize + DeserializeOwned> ShardedSender<T> {
         let mut unsent = Vec::new();
         let mut first_error: Option<SendError<()>> = None;
         let mut gone = 0;
-        for (shard, group) in self.shards.iter().zip(groups) {
+        // In broadcast mode, shard 0's group holds the items themselves:
+        // they come back if every shard is gone.
+        let mut originals = Vec::new();
+        for (index, (shard, group)) in self.shards.iter().zip(groups).enumerate() {
             if group.is_empty() {
                 continue;
             }
             if let Err(err) = shard.send_batch(group) {
                 if broadcast && err.is_disconnected() {
                     gone += 1;
+                    if index == 0 {
+                        originals = err.into_inner();
+                    }
                     continue;
                 }
                 let (items, err) = err.split();
@@ -480,7 +487,7 @@ impl<T: Serialize + DeserializeOwned> ShardedSender<T> {
             }
         }
         if broadcast && gone == shards {
-            return Err(SendError::disconnected(unsent));
+            return Err(SendError::disconnected(originals));
         }
         match first_error {
             None => Ok(()),
@@ -618,7 +625,11 @@ impl<T> ShardedReceiver<T> {
     }
 
     /// Splits the channel into its per-shard receivers, in shard order.
-    /// The channel's lock is held until every receiver and sender is gone.
+    ///
+    /// Each receiver keeps its shard locked, so another open of the
+    /// channel fails with [`OpenError::Locked`](crate::OpenError::Locked)
+    /// while any of them is alive; the lock of the channel as a whole is
+    /// released once the senders are gone too.
     pub fn into_shards(self) -> Vec<Receiver<T>> {
         // The senders hold the lock too; once they are gone, the receivers'
         // own shard locks still keep their shards from a second open.

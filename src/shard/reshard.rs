@@ -33,9 +33,16 @@
 //! The layout file records each step before it starts. A crash in the
 //! middle leaves the step to be done again by the next `open`: items read
 //! since the step began are read again, so some may be delivered twice,
-//! but none is lost, stranded or put out of its key's order. A step that
-//! fails (a full disk, an I/O error) backs out the same way and `open`
-//! returns the error.
+//! but none is lost or stranded, and a key's items come in order apart
+//! from that replayed stretch. A step that fails (a full disk, an I/O
+//! error, a backlog that stays unreadable) backs out the same way and
+//! `open` returns the error.
+//!
+//! Moved items are made as durable as the shards' [`SyncPolicy`] makes
+//! any item: with `Never`, a power loss soon after a reshard can lose what
+//! the OS had not written back. A move ignores the shards' disk limits, so
+//! after shrinking, a shard may hold more than `max_disk_bytes`; until it
+//! drains, its senders block, or drop items, as [`WhenFull`] says.
 
 use std::io;
 use std::path::Path;
@@ -191,25 +198,35 @@ where
     })
 }
 
-/// Ends a step that could not finish: when `filled`, the channels being
-/// filled, can make what they were given durable, the source keeps only
-/// what was not moved (the item in hand goes back to its front) and is
-/// closed cleanly; otherwise the source is dropped as in a crash, so the
-/// next `open` moves all it had again.
-fn back_out<T>(source: Receiver<T>, item: Option<T>, filled: impl FnOnce() -> Result<(), OpenError>)
+/// How long a reshard waits for a backlog it cannot read right now (a
+/// segment that cannot be opened, say) before it gives up with an error.
+const STUCK_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Hands every item of `source`, whose senders are gone, to `each`, in
+/// order. A backlog that stays unreadable for [`STUCK_FOR`] is an error
+/// rather than a hang.
+fn drain_all<T, F>(source: &Receiver<T>, name: &str, root: &Path, mut each: F) -> Result<(), (Option<T>, OpenError)>
 where
     T: Serialize + DeserializeOwned,
+    F: FnMut(T) -> Result<(), (Option<T>, OpenError)>,
 {
-    if filled().is_err() {
-        source.crash();
-        return;
-    }
-    if let Some(item) = item {
-        source.put_back(vec![item]);
-    }
-    source.release_delivered();
-    if let Err(err) = source.close() {
-        tracing::error!(error = %err, "a reshard step that failed could not close its source cleanly");
+    let mut stuck_since = None;
+    loop {
+        match source.try_recv() {
+            Ok(item) => {
+                stuck_since = None;
+                each(item)?;
+            }
+            Err(crate::TryRecvError::Disconnected) => return Ok(()),
+            Err(crate::TryRecvError::Empty) => {
+                let since = *stuck_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > STUCK_FOR {
+                    let err = io::Error::other("its backlog cannot be read (the log says why)");
+                    return Err((None, OpenError::io(root.join(name), err)));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
 }
 
@@ -249,12 +266,12 @@ where
         let (tx, rx) = open_moving::<T>(root, &name, settings)?;
         drop(tx);
         rx.hold_segments(true);
-        let moved = rx
-            .iter()
-            .try_for_each(|item| append(&stage, item, STAGING, root))
+        let moved = drain_all(&rx, &name, root, |item| append(&stage, item, STAGING, root))
             .and_then(|()| settle_writes(&stage, STAGING, root, settings).map_err(|err| (None, err)));
-        if let Err((item, err)) = moved {
-            back_out(rx, item, || settle_writes(&stage, STAGING, root, settings));
+        if let Err((_, err)) = moved {
+            // As in a crash: the shard keeps everything, and the next open
+            // collects it again.
+            rx.crash();
             return Err(err);
         }
         rx.release_delivered();
@@ -279,7 +296,7 @@ where
     }
     let settle_all =
         || (0..target).try_for_each(|shard| settle_writes(&shards[shard].0, &shard_name(shard), root, settings));
-    let moved = stage_rx.iter().try_for_each(|item| match route.target(&item, target) {
+    let moved = drain_all(&stage_rx, STAGING, root, |item| match route.target(&item, target) {
         Target::One(shard) => append(&shards[shard].0, item, &shard_name(shard), root),
         Target::All(_) => Err((
             Some(item),
@@ -288,8 +305,10 @@ where
             },
         )),
     });
-    if let Err((item, err)) = moved.and_then(|()| settle_all().map_err(|err| (None, err))) {
-        back_out(stage_rx, item, settle_all);
+    if let Err((_, err)) = moved.and_then(|()| settle_all().map_err(|err| (None, err))) {
+        // As in a crash: the staging channel keeps everything, and the
+        // next open distributes it again.
+        stage_rx.crash();
         return Err(err);
     }
     for (shard, (tx, rx)) in shards.into_iter().enumerate() {
