@@ -82,3 +82,28 @@ fn a_missing_channel_is_a_clear_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("nowhere"));
 }
+
+#[test]
+fn the_inspector_reads_lz4_compressed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("jobs", dir.path())
+        .durability(Durability::Persistent)
+        .memory_capacity(0)
+        .compression(sump::Compression::Lz4)
+        .open::<String>()
+        .unwrap();
+    for i in 0..100 {
+        tx.send(format!("job number {i:03}")).unwrap();
+    }
+    drop((tx, rx));
+    let output = sump(&["verify"], dir.path());
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text(&output).contains("ok: 100 records"), "{}", text(&output));
+    let dump = text(&sump(&["dump"], dir.path()));
+    assert_eq!(dump.lines().count(), 100);
+    assert!(dump
+        .lines()
+        .last()
+        .unwrap()
+        .ends_with(&"job number 099".bytes().map(|b| format!("{b:02x}")).collect::<String>()));
+}
