@@ -199,6 +199,10 @@ pub(crate) struct Shared<T> {
     taken: CachePadded<AtomicUsize>,
     /// Items handed to the receiver since open. Written by the receiver only.
     received: CachePadded<AtomicU64>,
+    /// Items the receiver decoded ahead from disk and has not handed out
+    /// yet (`ReceiverSide::prefetched`), so that stats count them as on
+    /// disk. Written by the receiver only.
+    prefetched: CachePadded<AtomicUsize>,
     /// Whether a spilled item of this type has been decoded back once, to
     /// catch types that serialize but cannot be read back (bincode does
     /// not support `deserialize_any`) before any of them is accepted.
@@ -229,9 +233,21 @@ pub(crate) struct ReceiverSide<T> {
     /// held for the drainer are not released while any remain: they may be
     /// the only durable copy of those items.
     put_back: usize,
+    /// Items decoded ahead from the disk backlog, oldest first, in
+    /// `Overflow` mode only: read and accounted for in batches of up to
+    /// [`PREFETCH`] records, so the receiver takes the channel lock once
+    /// per batch rather than once per record. They are newer than `local`
+    /// and older than anything still on disk or in memory.
+    prefetched: VecDeque<T>,
     /// Read position on disk.
     cursor: Option<SegmentCursor>,
 }
+
+/// Most records the receiver decodes ahead from disk in `Overflow` mode.
+/// In the durable modes a record counts as read only once it is handed
+/// out, so a crash cannot lose what was decoded ahead; there is no
+/// prefetch there.
+const PREFETCH: usize = if cfg!(loom) { 2 } else { 64 };
 
 /// Opens a channel: the directory, the disk tier, and the two handles.
 pub(crate) fn open<T>(dir: &Path, name: &str, settings: Settings) -> Result<(Sender<T>, Receiver<T>), OpenError>
@@ -261,6 +277,7 @@ where
         spilling: AtomicBool::new(false),
         taken: CachePadded::default(),
         received: CachePadded::default(),
+        prefetched: CachePadded::default(),
         round_trip_checked: AtomicBool::new(false),
         capacity: settings.memory_capacity,
         when_full: settings.when_full,
@@ -275,7 +292,7 @@ where
         start_interval_sync(Arc::downgrade(&shared), every.max(MIN_SYNC_INTERVAL))
             .map_err(|err| OpenError::io(dir.join(name), err))?;
     }
-    let side = ReceiverSide { local: VecDeque::new(), put_back: 0, cursor: None };
+    let side = ReceiverSide { local: VecDeque::new(), put_back: 0, prefetched: VecDeque::new(), cursor: None };
     Ok((Sender::from_shared(Arc::clone(&shared)), Receiver::from_shared(shared, side)))
 }
 
@@ -539,6 +556,11 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 self.count_received();
                 return Ok(item);
             }
+            if let Some(item) = side.prefetched.pop_front() {
+                self.prefetched.store(side.prefetched.len(), Ordering::Relaxed);
+                self.count_received();
+                return Ok(item);
+            }
             match self.take_from_cursor(side) {
                 Taken::Item(item) => return Ok(item),
                 Taken::Skipped => continue,
@@ -611,6 +633,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             return Taken::Nothing;
         };
         let decoded = match cursor.peek() {
+            Ok(Peek::Record(_)) if !self.durable => return self.prefetch(side),
             Ok(Peek::Record(payload)) => codec::decode::<T>(payload),
             Ok(Peek::Exhausted) => return Taken::Nothing,
             Ok(Peek::Damaged { reason, resume }) => {
@@ -656,6 +679,47 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
     }
 
+    /// Decodes up to [`PREFETCH`] records from under the cursor into
+    /// `side.prefetched` and accounts for them under one lock; returns the
+    /// first. Damaged or undecodable records end the batch or are counted
+    /// as the one-record path counts them.
+    fn prefetch(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
+        let ReceiverSide { prefetched, cursor, .. } = side;
+        let Some(open) = cursor.as_mut() else { return Taken::Nothing };
+        let mut read = 0;
+        let mut undecodable = Vec::new();
+        while read < PREFETCH {
+            let decoded = match open.peek() {
+                Ok(Peek::Record(payload)) => codec::decode::<T>(payload),
+                _ => break,
+            };
+            open.commit();
+            read += 1;
+            match decoded {
+                Ok(item) => prefetched.push_back(item),
+                Err(reason) => undecodable.push(reason),
+            }
+        }
+        let mut state = self.state.lock();
+        if let Some(open) = cursor.as_mut() {
+            for reason in &undecodable {
+                state.disk.undecodable(open, reason);
+            }
+        }
+        if state.disk.consumed_many(read as u64, cursor) {
+            self.after_disk_change(&mut state);
+        }
+        drop(state);
+        match prefetched.pop_front() {
+            Some(item) => {
+                self.prefetched.store(prefetched.len(), Ordering::Relaxed);
+                self.count_received();
+                Taken::Item(item)
+            }
+            None => Taken::Skipped,
+        }
+    }
+
     /// After the disk backlog shrank by more than one record or emptied:
     /// updates the spilling hint and wakes senders waiting for space.
     fn after_disk_change(&self, state: &mut State<T>) {
@@ -696,7 +760,7 @@ impl<T> Shared<T> {
         self.fold_taken(&mut state);
         Stats {
             in_memory: state.in_memory,
-            on_disk: state.disk.items(),
+            on_disk: state.disk.items() + self.prefetched.load(Ordering::Relaxed) as u64,
             disk_bytes: state.disk.bytes(),
             segments: state.disk.segments(),
             sent: state.sent,
@@ -788,6 +852,8 @@ impl<T> Shared<T> {
         // Items are dropped outside the lock: their `Drop` may use the channel.
         drop(memory);
         drop(mem::take(&mut side.local));
+        drop(mem::take(&mut side.prefetched));
+        self.prefetched.store(0, Ordering::Relaxed);
         side.cursor = None;
         result
     }

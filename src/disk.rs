@@ -434,7 +434,12 @@ impl DiskQueue {
     /// segment is released and the cursor closed. Returns whether the disk
     /// is now empty.
     pub(crate) fn consumed(&mut self, cursor: &mut Option<SegmentCursor>) -> bool {
-        self.items = self.items.saturating_sub(1);
+        self.consumed_many(1, cursor)
+    }
+
+    /// As [`consumed`](Self::consumed), for `records` records at once.
+    pub(crate) fn consumed_many(&mut self, records: u64, cursor: &mut Option<SegmentCursor>) -> bool {
+        self.items = self.items.saturating_sub(records);
         if self.items > 0 {
             return false;
         }

@@ -217,3 +217,25 @@ fn a_type_that_cannot_be_read_back_fails_its_first_spill_instead_of_vanishing() 
     assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![Loose::Number(1), Loose::Text("two".into())]);
     assert_eq!(rx.stats().corrupt, 0);
 }
+
+#[test]
+fn records_the_receiver_decoded_ahead_still_count_as_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = sump::Builder::new("ahead", dir.path()).memory_capacity(10).open::<u32>().unwrap();
+    for i in 0..1_000 {
+        tx.send(i).unwrap();
+    }
+    // Past memory, into the disk backlog, which is read in batches.
+    for i in 0..15 {
+        assert_eq!(rx.recv().unwrap(), i);
+    }
+    let stats = rx.stats();
+    assert_eq!(stats.received, 15);
+    assert_eq!((stats.in_memory, stats.on_disk), (0, 985), "{stats:?}");
+    assert_eq!(stats.sent, stats.received + stats.in_memory as u64 + stats.on_disk);
+    // New items follow the backlog.
+    tx.send(1_000).unwrap();
+    drop(tx);
+    assert!(rx.iter().eq(15..=1_000));
+    assert_eq!(rx.stats().on_disk, 0);
+}
