@@ -149,6 +149,11 @@ impl Backoff {
     }
 }
 
+/// Spin hints a receiver that found memory empty waits, once an item has
+/// arrived, before it takes the lock to swap memory out, so that items
+/// arriving close together are taken in one swap.
+const GATHER_SPINS: u32 = if cfg!(loom) { 0 } else { 256 };
+
 /// State guarded by the channel lock.
 struct State<T> {
     /// The memory tier: items not yet taken by the receiver.
@@ -199,6 +204,12 @@ pub(crate) struct Shared<T> {
     taken: CachePadded<AtomicUsize>,
     /// Items handed to the receiver since open. Written by the receiver only.
     received: CachePadded<AtomicU64>,
+    /// A hint, stored by senders after they push to memory, that memory
+    /// holds items: a spinning receiver watches it instead of taking the
+    /// lock over and over, which would pull the lock's cache line away
+    /// from the senders. Cleared by the receiver when it empties memory.
+    /// Never trusted for anything but when to look.
+    queued: CachePadded<AtomicBool>,
     /// Items the receiver decoded ahead from disk and has not handed out
     /// yet (`ReceiverSide::prefetched`), so that stats count them as on
     /// disk. Written by the receiver only.
@@ -278,6 +289,7 @@ where
         taken: CachePadded::default(),
         received: CachePadded::default(),
         prefetched: CachePadded::default(),
+        queued: CachePadded::default(),
         round_trip_checked: AtomicBool::new(false),
         capacity: settings.memory_capacity,
         when_full: settings.when_full,
@@ -423,6 +435,9 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         state.memory.push_back(item);
         state.in_memory += 1;
         state.sent += 1;
+        if !self.queued.load(Ordering::Relaxed) {
+            self.queued.store(true, Ordering::Relaxed);
+        }
         self.wake_receiver(state);
     }
 
@@ -568,6 +583,8 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             }
             let mut state = self.state.lock();
             self.fold_taken(&mut state);
+            // Memory is empty from here on (swapped out, or found empty).
+            self.queued.store(false, Ordering::Relaxed);
             if !state.memory.is_empty() {
                 mem::swap(&mut side.local, &mut state.memory);
                 continue;
@@ -609,9 +626,21 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 deadline = Some(deadline.map_or(retry, |d| d.min(retry)));
             } else if backoff.may_spin() {
                 // An item is often only a moment away: a short spin costs
-                // less than parking and being woken.
+                // less than parking and being woken. It watches the hint,
+                // and takes the lock again only once the hint says memory
+                // has items or the spinning is over.
                 drop(state);
                 backoff.spin();
+                while backoff.may_spin() && !self.queued.load(Ordering::Relaxed) {
+                    backoff.spin();
+                }
+                if self.queued.load(Ordering::Relaxed) {
+                    // Let a few more items join before taking them all at
+                    // once: every swap pulls the lock away from the senders.
+                    for _ in 0..GATHER_SPINS {
+                        std::hint::spin_loop();
+                    }
+                }
                 continue;
             }
             state.receiver_waiting = true;
