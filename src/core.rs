@@ -183,6 +183,10 @@ struct State<T> {
     synced: u64,
     /// Whether a sender is syncing for the group right now.
     syncing: bool,
+    /// Group commits started since open; the one in progress, if any.
+    sync_round: u64,
+    /// The last record the sync in progress covers.
+    sync_target: u64,
 }
 
 /// The part of a channel every handle shares.
@@ -193,8 +197,13 @@ pub(crate) struct Shared<T> {
     ready: Condvar,
     /// Senders wait here for disk space or for the receiver to leave.
     space: Condvar,
-    /// Senders wait here for a group commit to cover their record.
-    synced: Condvar,
+    /// Senders wait here for a group commit to cover their record: those
+    /// the sync of an even round covers on the first, of an odd round on
+    /// the second. A finished sync wakes all of its own, and one of the
+    /// next round's to lead it; waking everyone would wake each sender
+    /// twice per record, and on few cores the context switches would cost
+    /// more than the syncs.
+    synced: [Condvar; 2],
     /// A hint, written under the lock, that the disk holds items, so a
     /// send should encode before taking the lock. Never trusted for order.
     spilling: AtomicBool,
@@ -281,10 +290,12 @@ where
             appended: 0,
             synced: 0,
             syncing: false,
+            sync_round: 0,
+            sync_target: 0,
         }),
         ready: Condvar::new(),
         space: Condvar::new(),
-        synced: Condvar::new(),
+        synced: [Condvar::new(), Condvar::new()],
         spilling: AtomicBool::new(false),
         taken: CachePadded::default(),
         received: CachePadded::default(),
@@ -533,10 +544,15 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 return Ok(());
             }
             if state.syncing {
-                self.synced.wait(&mut state);
+                // Covered by the sync in progress, or by the next one.
+                let round = state.sync_round + u64::from(sequence > state.sync_target);
+                self.synced[(round % 2) as usize].wait(&mut state);
                 continue;
             }
             state.syncing = true;
+            state.sync_round += 1;
+            // Until the target is known, every waiter belongs to this round.
+            state.sync_target = u64::MAX;
             // Let senders about to append join this sync: yield while
             // appends keep arriving (a lone sender yields once).
             for _ in 0..GROUP_COMMIT_GATHER_ROUNDS {
@@ -547,13 +563,22 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 }
             }
             let target = state.appended;
+            state.sync_target = target;
             let file = state.disk.flush_for_sync();
             let synced = MutexGuard::unlocked(&mut state, || file.and_then(|f| f.map_or(Ok(()), |f| f.sync())));
             state.syncing = false;
-            self.synced.notify_all();
+            let round = state.sync_round;
             match synced {
-                Ok(()) => state.synced = state.synced.max(target),
+                Ok(()) => {
+                    state.synced = state.synced.max(target);
+                    self.synced[(round % 2) as usize].notify_all();
+                    self.synced[((round + 1) % 2) as usize].notify_one();
+                }
                 Err(err) => {
+                    // Everyone retries: one of them leads the next sync.
+                    for condvar in &self.synced {
+                        condvar.notify_all();
+                    }
                     tracing::error!(error = %err, "group commit failed to sync the active segment");
                     return Err(err);
                 }

@@ -116,3 +116,31 @@ fn group_commit_covers_every_sender_that_returned() {
         assert_eq!(got, vec![1, 2]);
     });
 }
+
+/// Three senders: one leads a sync, and the other two may arrive during it
+/// and wait for the next round, which one of them must be woken to lead.
+#[test]
+fn group_commit_wakes_a_leader_for_senders_a_sync_did_not_cover() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.check(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = Builder::new("loom", dir.path())
+            .durability(Durability::WriteAhead)
+            .sync(SyncPolicy::Always)
+            .open::<u32>()
+            .unwrap();
+        let senders: Vec<_> = (1..3)
+            .map(|item| {
+                let tx = tx.clone();
+                thread::spawn(move || tx.send(item).unwrap())
+            })
+            .collect();
+        tx.send(3).unwrap();
+        senders.into_iter().for_each(|sender| sender.join().unwrap());
+        drop(tx);
+        let mut got: Vec<u32> = rx.iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2, 3]);
+    });
+}
