@@ -10,14 +10,19 @@
 //! receiver has consumed the whole disk backlog. So memory holds only items
 //! older than everything on disk, and the receiver takes, in this order:
 //!
-//! 1. its local batch (items it swapped out of memory in one go),
-//! 2. the record under its segment cursor (the oldest on disk),
-//! 3. memory, by swapping the whole queue into its local batch,
-//! 4. the disk, by moving its cursor to the oldest unread record.
+//! 1. its local batch (items it swapped out of memory in one go, and in
+//!    front of them items a drainer put back),
+//! 2. items it decoded ahead from disk (`Overflow` mode only),
+//! 3. the record under its segment cursor (the oldest on disk),
+//! 4. memory, by swapping the whole queue into its local batch,
+//! 5. the disk, by moving its cursor to the oldest unread record.
 //!
 //! A local batch taken while the disk held items is older than all of
 //! them; a cursor positioned while memory was empty is older than anything
-//! memory receives later. Both facts make that order FIFO.
+//! memory receives later. Both facts make that order FIFO. The local batch
+//! is refilled from memory only once the items decoded ahead are gone, and
+//! a drainer puts back only items it received, which are older than
+//! anything still decoded ahead.
 //!
 //! # Costs
 //!
@@ -152,7 +157,10 @@ impl Backoff {
 /// Spin hints a receiver that found memory empty waits, once an item has
 /// arrived, before it takes the lock to swap memory out, so that items
 /// arriving close together are taken in one swap.
-const GATHER_SPINS: u32 = if cfg!(loom) { 0 } else { 256 };
+const GATHER_SPINS: u32 = if cfg!(loom) { 0 } else { 128 };
+
+/// Smallest memory bound at which the receiver waits for items to gather.
+const GATHER_MIN_CAPACITY: usize = 1024;
 
 /// State guarded by the channel lock.
 struct State<T> {
@@ -213,11 +221,12 @@ pub(crate) struct Shared<T> {
     taken: CachePadded<AtomicUsize>,
     /// Items handed to the receiver since open. Written by the receiver only.
     received: CachePadded<AtomicU64>,
-    /// A hint, stored by senders after they push to memory, that memory
-    /// holds items: a spinning receiver watches it instead of taking the
-    /// lock over and over, which would pull the lock's cache line away
-    /// from the senders. Cleared by the receiver when it empties memory.
-    /// Never trusted for anything but when to look.
+    /// A hint, stored under the lock whenever the receiver has news (an
+    /// item in memory or on disk, the last sender gone): a spinning
+    /// receiver watches it instead of taking the lock over and over, which
+    /// would pull the lock's cache line away from the senders. Cleared by
+    /// the receiver under the lock. Never trusted for anything but when to
+    /// look.
     queued: CachePadded<AtomicBool>,
     /// Items the receiver decoded ahead from disk and has not handed out
     /// yet (`ReceiverSide::prefetched`), so that stats count them as on
@@ -446,13 +455,15 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         state.memory.push_back(item);
         state.in_memory += 1;
         state.sent += 1;
-        if !self.queued.load(Ordering::Relaxed) {
-            self.queued.store(true, Ordering::Relaxed);
-        }
         self.wake_receiver(state);
     }
 
+    /// Tells the receiver something arrived: wakes it if it is parked, and
+    /// sets the hint it watches while it spins.
     fn wake_receiver(&self, state: &mut State<T>) {
+        if !self.queued.load(Ordering::Relaxed) {
+            self.queued.store(true, Ordering::Relaxed);
+        }
         if state.receiver_waiting {
             state.receiver_waiting = false;
             self.ready.notify_one();
@@ -659,9 +670,11 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 while backoff.may_spin() && !self.queued.load(Ordering::Relaxed) {
                     backoff.spin();
                 }
-                if self.queued.load(Ordering::Relaxed) {
+                if self.queued.load(Ordering::Relaxed) && self.capacity >= GATHER_MIN_CAPACITY {
                     // Let a few more items join before taking them all at
                     // once: every swap pulls the lock away from the senders.
+                    // Not with a small memory bound, which the senders
+                    // could fill meanwhile and spill.
                     for _ in 0..GATHER_SPINS {
                         std::hint::spin_loop();
                     }
@@ -742,7 +755,10 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         let Some(open) = cursor.as_mut() else { return Taken::Nothing };
         let mut read = 0;
         let mut undecodable = Vec::new();
-        while read < PREFETCH {
+        // No more ahead than memory itself may hold, so the memory bound
+        // stays what the settings say, give or take one item.
+        let batch = PREFETCH.min(self.capacity.max(1));
+        while read < batch {
             let decoded = match open.peek() {
                 Ok(Peek::Record(payload)) => codec::decode::<T>(payload),
                 _ => break,
@@ -763,10 +779,12 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         if state.disk.consumed_many(read as u64, cursor) {
             self.after_disk_change(&mut state);
         }
+        // Under the lock, so that stats never miss the items in hand.
+        let first = prefetched.pop_front();
+        self.prefetched.store(prefetched.len(), Ordering::Relaxed);
         drop(state);
-        match prefetched.pop_front() {
+        match first {
             Some(item) => {
-                self.prefetched.store(prefetched.len(), Ordering::Relaxed);
                 self.count_received();
                 Taken::Item(item)
             }
@@ -837,6 +855,7 @@ impl<T> Shared<T> {
         state.senders -= 1;
         if state.senders == 0 {
             state.receiver_waiting = false;
+            self.queued.store(true, Ordering::Relaxed);
             self.ready.notify_all();
         }
     }

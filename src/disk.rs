@@ -385,7 +385,15 @@ impl DiskQueue {
     /// final length known, so damage in it can be told from a write in
     /// progress. The next append starts a new segment.
     pub(crate) fn seal_active(&mut self, cursor: &mut Option<SegmentCursor>) -> io::Result<()> {
-        let Some(writer) = self.active.take() else { return Ok(()) };
+        let Some(mut writer) = self.active.take() else { return Ok(()) };
+        // Under `Always`, a group commit may be about to sync this segment
+        // for senders waiting on it; sealed, it would no longer be synced.
+        if self.sync_always {
+            if let Err(err) = writer.sync() {
+                self.active = Some(writer);
+                return Err(err);
+            }
+        }
         match writer.seal() {
             Ok(meta) => {
                 self.bytes += meta.bytes;
