@@ -10,7 +10,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use crate::fs::faults::FaultyIo;
-use crate::{Builder, Durability, Receiver, Sender, SyncPolicy, TryRecvError};
+use crate::{Builder, Compression, Durability, Receiver, Sender, SyncPolicy, TryRecvError};
 
 #[derive(Debug, Clone)]
 enum Action {
@@ -38,7 +38,8 @@ fn action() -> impl Strategy<Value = Action> {
 struct Harness {
     dir: tempfile::TempDir,
     io: Arc<FaultyIo>,
-    write_ahead: bool,
+    durability: Durability,
+    compression: Compression,
     capacity: usize,
     senders: Vec<Sender<u16>>,
     rx: Option<Receiver<u16>>,
@@ -46,16 +47,14 @@ struct Harness {
 
 impl Harness {
     fn open(&mut self) {
-        let (durability, sync) = if self.write_ahead {
-            (Durability::WriteAhead, SyncPolicy::Always)
-        } else {
-            (Durability::Persistent, SyncPolicy::Never)
-        };
+        let sync = if self.durability == Durability::WriteAhead { SyncPolicy::Always } else { SyncPolicy::Never };
+        let segment_bytes = if self.compression == Compression::None { 64 } else { 256 };
         let (tx, rx) = Builder::new("model", self.dir.path())
-            .durability(durability)
+            .durability(self.durability)
             .sync(sync)
+            .compression(self.compression)
             .memory_capacity(self.capacity)
-            .segment_bytes(64)
+            .segment_bytes(segment_bytes)
             .io(Arc::clone(&self.io) as crate::fs::Io)
             .open()
             .unwrap();
@@ -68,11 +67,24 @@ impl Harness {
     }
 }
 
-fn run(write_ahead: bool, capacity: usize, actions: Vec<Action>) -> Result<(), TestCaseError> {
+fn run(durability: Durability, capacity: usize, actions: Vec<Action>) -> Result<(), TestCaseError> {
+    run_with(durability, Compression::None, capacity, actions)
+}
+
+fn run_with(
+    durability: Durability,
+    compression: Compression,
+    capacity: usize,
+    actions: Vec<Action>,
+) -> Result<(), TestCaseError> {
+    let write_ahead = durability == Durability::WriteAhead;
+    // In `Overflow` mode a reopened channel starts empty.
+    let kept = durability != Durability::Overflow;
     let mut h = Harness {
         dir: tempfile::tempdir().unwrap(),
         io: Arc::new(FaultyIo::default()),
-        write_ahead,
+        durability,
+        compression,
         capacity,
         senders: Vec::new(),
         rx: None,
@@ -113,6 +125,9 @@ fn run(write_ahead: bool, capacity: usize, actions: Vec<Action>) -> Result<(), T
                 prop_assert!(h.rx.take().unwrap().close().is_ok());
                 h.open();
                 since_clean.clear();
+                if !kept {
+                    model.clear();
+                }
             }
             Action::DropReceiverAndReopen => {
                 drop(h.rx.take());
@@ -123,6 +138,9 @@ fn run(write_ahead: bool, capacity: usize, actions: Vec<Action>) -> Result<(), T
                 h.senders.clear();
                 h.open();
                 since_clean.clear();
+                if !kept {
+                    model.clear();
+                }
             }
             Action::Crash if write_ahead => {
                 h.senders.clear();
@@ -152,12 +170,35 @@ proptest! {
 
     #[test]
     fn a_persistent_channel_behaves_like_a_queue(capacity in 0usize..4, actions in prop::collection::vec(action(), 1..120)) {
-        run(false, capacity, actions)?;
+        run(Durability::Persistent, capacity, actions)?;
     }
 
     #[test]
     fn a_write_ahead_channel_behaves_like_a_queue_across_crashes(actions in prop::collection::vec(action(), 1..120)) {
-        run(true, 0, actions)?;
+        run(Durability::WriteAhead, 0, actions)?;
+    }
+
+    #[test]
+    fn an_overflow_channel_behaves_like_a_queue_until_it_is_reopened(
+        capacity in 0usize..4,
+        actions in prop::collection::vec(action(), 1..120),
+    ) {
+        run(Durability::Overflow, capacity, actions)?;
+    }
+}
+
+#[cfg(feature = "lz4")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    #[test]
+    fn a_compressed_channel_behaves_like_a_queue_across_restarts_and_crashes(
+        write_ahead: bool,
+        capacity in 0usize..4,
+        actions in prop::collection::vec(action(), 1..120),
+    ) {
+        let durability = if write_ahead { Durability::WriteAhead } else { Durability::Persistent };
+        run_with(durability, Compression::Lz4, if write_ahead { 0 } else { capacity }, actions)?;
     }
 }
 
@@ -168,5 +209,5 @@ proptest! {
 fn a_stale_progress_file_never_skips_records_of_a_segment_that_reuses_its_id() {
     use Action::{CloseAndReopen, Crash, Send, TryRecv};
     let actions = vec![Send(0), Send(0), TryRecv, CloseAndReopen, Crash, Crash, Send(0), Crash];
-    run(true, 0, actions).unwrap();
+    run(Durability::WriteAhead, 0, actions).unwrap();
 }
