@@ -542,13 +542,16 @@ impl DiskQueue {
         cursor: Option<&SegmentCursor>,
         frames: &[Vec<u8>],
     ) -> Result<(), (usize, io::Error)> {
-        // What was read from retired segments and not delivered is among
-        // `frames`, put back by the drainer.
-        self.release_retired();
         if let Some(writer) = self.active.as_mut() {
             writer.sync().map_err(|err| (frames.len(), err))?;
         }
         self.write_front(frames)?;
+        // What was read from retired segments and not delivered is among
+        // `frames`, put back by the drainer, and now on disk in front: the
+        // retired segments can go. Not before: a crash or a failed write
+        // in between would lose those items; this way it can only deliver
+        // some again.
+        self.release_retired();
         let reading = cursor.map(|open| Progress {
             segment: open.id(),
             offset: open.pos(),
@@ -581,7 +584,15 @@ impl DiskQueue {
             len += frame_len;
         }
         chunks.push(&frames[start..]);
-        let oldest = self.sealed.front().map(|meta| meta.id).or(self.active.as_ref().map(SegmentWriter::id));
+        // Below every segment still owned, retired ones included: they are
+        // deleted only once these are written.
+        let oldest = self
+            .retired
+            .iter()
+            .map(|meta| meta.id)
+            .chain(self.sealed.front().map(|meta| meta.id))
+            .chain(self.active.as_ref().map(SegmentWriter::id))
+            .min();
         let first_id = match oldest {
             Some(oldest) => oldest.checked_sub(chunks.len() as u64),
             None => {
