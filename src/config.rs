@@ -98,8 +98,9 @@ pub enum SyncPolicy {
 /// How segment data is compressed: per block of records, never per item.
 ///
 /// The writer gathers records in its write buffer and compresses each
-/// buffer's worth (up to 256 KiB) as one block when it writes it out, so
-/// a backlog of small, similar items compresses well. A block the codec
+/// buffer's worth (up to 256 KiB of records) as one block when it writes
+/// it out, so a backlog of small, similar items compresses well. A larger
+/// record is a block of its own; one over 1 MiB is stored uncompressed. A block the codec
 /// does not shrink is stored as is. The codec is recorded in each
 /// segment's header, so a channel reopened with another setting still
 /// reads its old segments, as long as this build includes their codec.
@@ -118,8 +119,10 @@ pub enum Compression {
     /// LZ4 block compression (`lz4_flex`, feature `lz4`): fast, modest
     /// ratios.
     Lz4,
-    /// Zstandard (`zstd`, feature `zstd`) at `level` (1 to 22; 3 is the
-    /// usual default, 0 means zstd's default): better ratios, more CPU.
+    /// Zstandard (`zstd`, feature `zstd`) at `level`: 1 to 22 (3 is the
+    /// usual choice), 0 for zstd's default, negative for its faster
+    /// levels; [`Builder::open`] refuses a level above 22. Better ratios
+    /// than LZ4, more CPU.
     Zstd {
         /// The compression level.
         level: i32,
@@ -342,6 +345,11 @@ impl Builder {
         }
         if settings.max_segments == 0 {
             return invalid("max_segments is 0, but the active segment needs one".to_string());
+        }
+        if let Compression::Zstd { level } = settings.compression {
+            if level > 22 {
+                return invalid(format!("Zstandard compression level {level} is above the highest, 22"));
+            }
         }
         if let Err(feature) =
             crate::segment::block::codec_readable(crate::segment::block::codec_id(settings.compression))

@@ -142,3 +142,14 @@ fn a_damaged_compressed_block_is_skipped_and_counted_and_the_rest_is_read() {
         assert_eq!((seqs[0], *seqs.last().unwrap()), (0, 999), "{compression:?}: blocks on both sides are read");
     }
 }
+
+#[test]
+fn a_zstd_level_above_the_highest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let opened = Builder::new("logs", dir.path()).compression(Compression::Zstd { level: 23 }).open::<String>();
+    match opened {
+        Err(sump::OpenError::InvalidConfig { reason }) => assert!(reason.contains("22"), "{reason}"),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+    assert!(Builder::new("logs", dir.path()).compression(Compression::Zstd { level: -3 }).open::<String>().is_ok());
+}

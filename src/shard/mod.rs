@@ -3,7 +3,7 @@
 //!
 //! # Dispatch
 //!
-//! - [`Dispatch::Key`], the default: the item's key, from the function
+//! - [`Dispatch::Key`], the default, which needs the key function: the item's key, from the function
 //!   given to [`ShardedBuilder::key`], is hashed with XXH3 and the hash
 //!   picks the shard. Items with equal keys go to the same shard, so they
 //!   keep their order however many drainers deliver in parallel.
@@ -52,10 +52,16 @@ pub use drain::{ShardedDrainHandle, ShardedDrainer};
 pub const MAX_SHARDS: usize = 1000;
 
 /// How a sharded channel picks the shard of an item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// By key is the default mode, but it needs the key function, so `open`
+/// refuses a builder given none of [`ShardedBuilder::key`],
+/// [`round_robin`](ShardedBuilder::round_robin) and
+/// [`broadcast`](ShardedBuilder::broadcast).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Dispatch {
     /// By the XXH3 hash of the item's key: equal keys, same shard, same
-    /// order. The default; needs [`ShardedBuilder::key`].
+    /// order. The default; chosen by [`ShardedBuilder::key`].
+    #[default]
     Key,
     /// Each send to the next shard in turn. No order holds between items
     /// of different shards.
@@ -170,9 +176,9 @@ pub struct ShardedBuilder<T> {
 impl Builder {
     /// Turns this builder into one for a channel of `shards` shards; see
     /// [`ShardedBuilder`]. Every setting made so far applies to each
-    /// shard. Choose how items are dispatched with
-    /// [`key`](ShardedBuilder::key) (the default mode, which needs the key
-    /// function), [`round_robin`](ShardedBuilder::round_robin) or
+    /// shard. Choose how items are dispatched, which `open` needs:
+    /// [`key`](ShardedBuilder::key) (per-key order),
+    /// [`round_robin`](ShardedBuilder::round_robin) or
     /// [`broadcast`](ShardedBuilder::broadcast).
     pub fn sharded<T>(self, shards: usize) -> ShardedBuilder<T> {
         let (name, dir, settings) = self.into_parts();
@@ -186,7 +192,10 @@ impl<T> ShardedBuilder<T> {
     ///
     /// The shard of a key is stable across runs as long as the key's
     /// `Hash` output is: integers, strings, byte slices and tuples of them
-    /// hash the same on every run on a given platform.
+    /// hash the same on every run on a given platform. The standard
+    /// library does not promise its `Hash` output across Rust releases;
+    /// should it change, a persistent channel's keys move to other shards
+    /// and per-key order holds again only from the next reshard on.
     pub fn key<K, F>(mut self, key: F) -> ShardedBuilder<T>
     where
         K: Hash,
@@ -245,7 +254,13 @@ impl<T> ShardedBuilder<T> {
     /// - `dir/name/` holds an unsharded channel;
     /// - a broadcast channel would lose items: its count shrinks while a
     ///   shard to be removed still holds items, or the mode changes to or
-    ///   from broadcast while any shard holds items.
+    ///   from broadcast while any shard holds items;
+    /// - it is opened in broadcast mode while a reshard begun in another
+    ///   mode is unfinished;
+    ///
+    /// and [`OpenError::Io`] when a reshard cannot finish (a full disk, an
+    /// I/O error, a backlog that cannot be read): the next `open` resumes
+    /// it.
     pub fn open(self) -> Result<(ShardedSender<T>, ShardedReceiver<T>), OpenError>
     where
         T: Serialize + DeserializeOwned + Send + 'static,

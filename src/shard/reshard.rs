@@ -8,7 +8,7 @@
 //! | same count, same mode | nothing |
 //! | key → key, other count | every item moves to the shard its key picks now |
 //! | round-robin or unknown → key | the same, so per-key order holds from now on |
-//! | key or round-robin → round-robin, more shards | nothing; new shards start empty |
+//! | key or round-robin → round-robin, same or more shards | nothing; new shards start empty |
 //! | key or round-robin → round-robin, fewer shards | every item moves, round-robin |
 //! | broadcast → broadcast, more shards | nothing; new shards start empty |
 //! | broadcast → broadcast, fewer shards | removed shards must be empty, else `open` refuses |
