@@ -303,7 +303,7 @@ impl Builder {
     where
         T: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.check()?;
+        self.settings.check()?;
         crate::dir::validate_name(&self.name)?;
         if crate::shard::is_sharded(&self.dir.join(&self.name)) {
             return Err(OpenError::InvalidConfig {
@@ -320,14 +320,12 @@ impl Builder {
     pub(crate) fn into_parts(self) -> (String, PathBuf, Settings) {
         (self.name, self.dir, self.settings)
     }
+}
 
-    /// A builder from parts taken by [`into_parts`](Self::into_parts).
-    pub(crate) fn from_parts(name: String, dir: PathBuf, settings: Settings) -> Builder {
-        Builder { name, dir, settings }
-    }
-
+impl Settings {
+    /// Refuses settings no channel can run with; see [`Builder::open`].
     pub(crate) fn check(&self) -> Result<(), OpenError> {
-        let settings = &self.settings;
+        let settings = self;
         let block = if settings.compression == Compression::None { 0 } else { crate::segment::block::BLOCK_OVERHEAD };
         let smallest = (HEADER_LEN + FRAME_HEADER_LEN) as u64 + block;
         let invalid = |reason: String| Err(OpenError::InvalidConfig { reason });

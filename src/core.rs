@@ -238,6 +238,11 @@ pub(crate) struct Shared<T> {
     round_trip_checked: AtomicBool,
     /// Bound on `State::in_memory`.
     capacity: usize,
+    /// Most records the receiver decodes from disk at once: [`PREFETCH`]
+    /// in `Overflow` mode, but no more than memory itself may hold, so
+    /// the memory bound stays what the settings say, give or take one
+    /// item; 1 in the durable modes.
+    read_ahead: usize,
     /// What a send does at the limits.
     when_full: WhenFull,
     /// Whether `flush` also syncs.
@@ -274,8 +279,8 @@ pub(crate) struct ReceiverSide<T> {
 
 /// Most records the receiver decodes ahead from disk in `Overflow` mode.
 /// In the durable modes a record counts as read only once it is handed
-/// out, so a crash cannot lose what was decoded ahead; there is no
-/// prefetch there.
+/// out, so a crash cannot lose what was decoded ahead: it reads one at a
+/// time there.
 const PREFETCH: usize = if cfg!(loom) { 2 } else { 64 };
 
 /// Opens a channel: the directory, the disk tier, and the two handles.
@@ -312,6 +317,11 @@ where
         queued: CachePadded::default(),
         round_trip_checked: AtomicBool::new(false),
         capacity: settings.memory_capacity,
+        read_ahead: if settings.durability == Durability::Overflow {
+            PREFETCH.min(settings.memory_capacity.max(1))
+        } else {
+            1
+        },
         when_full: settings.when_full,
         sync_on_flush: settings.sync != SyncPolicy::Never,
         sync_always: settings.sync == SyncPolicy::Always,
@@ -699,15 +709,14 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         let Some(cursor) = side.cursor.as_mut() else {
             return Taken::Nothing;
         };
-        let decoded = match cursor.peek() {
-            Ok(Peek::Record(_)) if !self.durable => return self.prefetch(side),
-            Ok(Peek::Record(payload)) => codec::decode::<T>(payload),
-            Ok(Peek::Exhausted) => return Taken::Nothing,
+        match cursor.peek() {
+            Ok(Peek::Record(_)) => self.take_records(side),
+            Ok(Peek::Exhausted) => Taken::Nothing,
             Ok(Peek::Damaged { reason, resume }) => {
                 tracing::error!(%reason, "damaged record in segment; skipping it");
                 cursor.mark_damaged();
                 cursor.skip_to(resume.unwrap_or(cursor.limit()));
-                return Taken::Skipped;
+                Taken::Skipped
             }
             Ok(Peek::DamagedActive { reason }) => {
                 // Seal the segment so the damage can be told from a write
@@ -719,46 +728,27 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                     state.disk.abandon(&mut side.cursor, &format!("{reason}; and sealing failed: {err}"));
                     self.after_disk_change(&mut state);
                 }
-                return Taken::Skipped;
+                Taken::Skipped
             }
             Err(err) => {
                 let mut state = self.state.lock();
                 state.disk.abandon(&mut side.cursor, &format!("cannot read segment: {err}"));
                 self.after_disk_change(&mut state);
-                return Taken::Skipped;
+                Taken::Skipped
             }
-        };
-        cursor.commit();
-        let mut state = self.state.lock();
-        if let (Err(reason), Some(cursor)) = (&decoded, side.cursor.as_mut()) {
-            state.disk.undecodable(cursor, reason);
-        }
-        if state.disk.consumed(&mut side.cursor) {
-            self.after_disk_change(&mut state);
-        }
-        drop(state);
-        match decoded {
-            Ok(item) => {
-                self.count_received();
-                Taken::Item(item)
-            }
-            Err(_) => Taken::Skipped,
         }
     }
 
-    /// Decodes up to [`PREFETCH`] records from under the cursor into
-    /// `side.prefetched` and accounts for them under one lock; returns the
-    /// first. Damaged or undecodable records end the batch or are counted
-    /// as the one-record path counts them.
-    fn prefetch(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
+    /// Decodes up to `read_ahead` intact records from under the cursor
+    /// (the first of them known to be there) into `side.prefetched`, and
+    /// accounts for them, undecodable ones counted as corrupt, under one
+    /// lock; returns the first item, or `Skipped` when none decoded.
+    fn take_records(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
         let ReceiverSide { prefetched, cursor, .. } = side;
         let Some(open) = cursor.as_mut() else { return Taken::Nothing };
         let mut read = 0;
         let mut undecodable = Vec::new();
-        // No more ahead than memory itself may hold, so the memory bound
-        // stays what the settings say, give or take one item.
-        let batch = PREFETCH.min(self.capacity.max(1));
-        while read < batch {
+        while read < self.read_ahead {
             let decoded = match open.peek() {
                 Ok(Peek::Record(payload)) => codec::decode::<T>(payload),
                 _ => break,
@@ -776,7 +766,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 state.disk.undecodable(open, reason);
             }
         }
-        if state.disk.consumed_many(read as u64, cursor) {
+        if state.disk.consumed(read as u64, cursor) {
             self.after_disk_change(&mut state);
         }
         // Under the lock, so that stats never miss the items in hand.

@@ -437,16 +437,11 @@ impl DiskQueue {
         tracing::error!(segment, records, reason, "records lost to a damaged segment");
     }
 
-    /// Notes that the cursor consumed one record (delivered it, or skipped
-    /// it as undecodable). When that was the last record on disk, every
+    /// Notes that the cursor consumed `records` records (delivered them, or
+    /// skipped them as undecodable). When that was the last record on disk, every
     /// segment is released and the cursor closed. Returns whether the disk
     /// is now empty.
-    pub(crate) fn consumed(&mut self, cursor: &mut Option<SegmentCursor>) -> bool {
-        self.consumed_many(1, cursor)
-    }
-
-    /// As [`consumed`](Self::consumed), for `records` records at once.
-    pub(crate) fn consumed_many(&mut self, records: u64, cursor: &mut Option<SegmentCursor>) -> bool {
+    pub(crate) fn consumed(&mut self, records: u64, cursor: &mut Option<SegmentCursor>) -> bool {
         self.items = self.items.saturating_sub(records);
         if self.items > 0 {
             return false;

@@ -116,12 +116,7 @@ fn drop_read_records(dir: &Path, path: &Path, meta: SegmentMeta, start: u64, ski
     if skip > 0 {
         let mut cursor = SegmentCursor::open_sealed(path, meta.id, meta.bytes)?;
         cursor.skip_to(start as u64);
-        for _ in 0..skip {
-            if !matches!(cursor.peek()?, Peek::Record(_)) {
-                break;
-            }
-            cursor.commit();
-        }
+        cursor.pass_records(skip)?;
         if let Some((rest, records, block_end)) = cursor.block_rest() {
             Packer::new(Compression::None).pack(rest, records, &mut rest_of_block)?;
             start = usize::try_from(block_end).unwrap_or(usize::MAX).min(end);
@@ -179,12 +174,7 @@ fn recover_segment(path: &Path, id: u64, start: u64, skip: u16, last: bool) -> i
     }
     let mut cursor = SegmentCursor::open_sealed(path, id, len)?;
     cursor.skip_to(start.min(len));
-    for _ in 0..skip {
-        if !matches!(cursor.peek()?, Peek::Record(_)) {
-            break;
-        }
-        cursor.commit();
-    }
+    cursor.pass_records(skip)?;
     let mut records = 0;
     let mut corrupt = 0;
     let mut end = len;

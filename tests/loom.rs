@@ -12,6 +12,11 @@ fn open(dir: &std::path::Path, capacity: usize) -> (sump::Sender<u32>, sump::Rec
     Builder::new("loom", dir).memory_capacity(capacity).segment_bytes(16 + 9).open().unwrap()
 }
 
+/// A write-ahead channel whose sends wait for a group commit.
+fn open_synced(dir: &std::path::Path) -> (sump::Sender<u32>, sump::Receiver<u32>) {
+    Builder::new("loom", dir).durability(Durability::WriteAhead).sync(SyncPolicy::Always).open().unwrap()
+}
+
 #[test]
 fn a_send_racing_a_recv_at_the_memory_to_disk_switch_keeps_order() {
     loom::model(|| {
@@ -101,11 +106,7 @@ fn concurrent_senders_appending_and_rotating_lose_nothing() {
 fn group_commit_covers_every_sender_that_returned() {
     loom::model(|| {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, rx) = Builder::new("loom", dir.path())
-            .durability(Durability::WriteAhead)
-            .sync(SyncPolicy::Always)
-            .open::<u32>()
-            .unwrap();
+        let (tx, rx) = open_synced(dir.path());
         let other = tx.clone();
         let sender = thread::spawn(move || other.send(1).unwrap());
         tx.send(2).unwrap();
@@ -125,11 +126,7 @@ fn group_commit_wakes_a_leader_for_senders_a_sync_did_not_cover() {
     model.preemption_bound = Some(2);
     model.check(|| {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, rx) = Builder::new("loom", dir.path())
-            .durability(Durability::WriteAhead)
-            .sync(SyncPolicy::Always)
-            .open::<u32>()
-            .unwrap();
+        let (tx, rx) = open_synced(dir.path());
         let senders: Vec<_> = (1..3)
             .map(|item| {
                 let tx = tx.clone();

@@ -420,6 +420,19 @@ impl SegmentCursor {
         self.pos = pos.max(HEADER_LEN as u64);
     }
 
+    /// Commits up to `count` records without looking at them (the records
+    /// of a block read before a restart), stopping early at anything that
+    /// is not an intact record.
+    pub(crate) fn pass_records(&mut self, count: u16) -> io::Result<()> {
+        for _ in 0..count {
+            if !matches!(self.peek()?, Peek::Record(_)) {
+                break;
+            }
+            self.commit();
+        }
+        Ok(())
+    }
+
     /// The cursor's offset: where the next record starts.
     pub(crate) fn pos(&self) -> u64 {
         self.pos

@@ -276,7 +276,7 @@ impl<T> ShardedBuilder<T> {
                     .to_string(),
             );
         };
-        Builder::from_parts(self.name.clone(), self.dir.clone(), self.settings.clone()).check()?;
+        self.settings.check()?;
         let root = ChannelDir::open(&self.dir, &self.name)?;
         let (segments, highest) = root.scan()?;
         if !segments.is_empty() || highest.is_some() {

@@ -176,26 +176,48 @@ where
     crate::core::open(root, name, moving(settings))
 }
 
-/// Appends `item` to a channel being filled by a reshard; on failure the
-/// item comes back with the error.
-fn append<T>(to: &Sender<T>, item: T, name: &str, root: &Path) -> Result<(), (Option<T>, OpenError)>
+/// Appends `item` to a channel being filled by a reshard. On failure the
+/// item is dropped: its source is then dropped as in a crash, so it still
+/// has the item.
+fn append<T>(to: &Sender<T>, item: T, name: &str, root: &Path) -> Result<(), OpenError>
 where
     T: Serialize + DeserializeOwned,
 {
     to.try_send(item).map_err(|err| {
-        let (item, reason) = match err {
-            crate::TrySendError::Io(item, err) => (item, err),
-            crate::TrySendError::Full(item) => (
-                item,
-                io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    "the filesystem is below the channel's min_free_bytes; free space to reshard",
-                ),
+        let reason = match err {
+            crate::TrySendError::Io(_, err) => err,
+            crate::TrySendError::Full(_) => io::Error::new(
+                io::ErrorKind::StorageFull,
+                "the filesystem is below the channel's min_free_bytes; free space to reshard",
             ),
-            crate::TrySendError::Disconnected(item) => (item, io::Error::other("the channel being filled closed")),
+            crate::TrySendError::Disconnected(_) => io::Error::other("the channel being filled closed"),
         };
-        (Some(item), OpenError::io(root.join(name), reason))
+        OpenError::io(root.join(name), reason)
     })
+}
+
+/// Closes a channel a reshard opened, cleanly.
+fn close<T>(rx: Receiver<T>, root: &Path, name: &str) -> Result<(), OpenError>
+where
+    T: Serialize + DeserializeOwned,
+{
+    rx.close().map_err(|err| OpenError::io(root.join(name), io::Error::other(err)))
+}
+
+/// How many items shard `shard` holds; `None` when it has no directory.
+fn items_in<T>(root: &Path, shard: usize, settings: &Settings) -> Result<Option<u64>, OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let name = shard_name(shard);
+    if !root.join(&name).is_dir() {
+        return Ok(None);
+    }
+    let (tx, rx) = open_moving::<T>(root, &name, settings)?;
+    let stats = rx.stats();
+    drop(tx);
+    close(rx, root, &name)?;
+    Ok(Some(stats.on_disk + stats.in_memory as u64))
 }
 
 /// How long a reshard waits for a backlog it cannot read right now (a
@@ -205,10 +227,10 @@ const STUCK_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 /// Hands every item of `source`, whose senders are gone, to `each`, in
 /// order. A backlog that stays unreadable for [`STUCK_FOR`] is an error
 /// rather than a hang.
-fn drain_all<T, F>(source: &Receiver<T>, name: &str, root: &Path, mut each: F) -> Result<(), (Option<T>, OpenError)>
+fn drain_all<T, F>(source: &Receiver<T>, name: &str, root: &Path, mut each: F) -> Result<(), OpenError>
 where
     T: Serialize + DeserializeOwned,
-    F: FnMut(T) -> Result<(), (Option<T>, OpenError)>,
+    F: FnMut(T) -> Result<(), OpenError>,
 {
     let mut stuck_since = None;
     loop {
@@ -222,7 +244,7 @@ where
                 let since = *stuck_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > STUCK_FOR {
                     let err = io::Error::other("its backlog cannot be read (the log says why)");
-                    return Err((None, OpenError::io(root.join(name), err)));
+                    return Err(OpenError::io(root.join(name), err));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -267,18 +289,18 @@ where
         drop(tx);
         rx.hold_segments(true);
         let moved = drain_all(&rx, &name, root, |item| append(&stage, item, STAGING, root))
-            .and_then(|()| settle_writes(&stage, STAGING, root, settings).map_err(|err| (None, err)));
-        if let Err((_, err)) = moved {
+            .and_then(|()| settle_writes(&stage, STAGING, root, settings));
+        if let Err(err) = moved {
             // As in a crash: the shard keeps everything, and the next open
             // collects it again.
             rx.crash();
             return Err(err);
         }
         rx.release_delivered();
-        rx.close().map_err(|err| OpenError::io(root.join(&name), io::Error::other(err)))?;
+        close(rx, root, &name)?;
     }
     drop(stage);
-    stage_rx.close().map_err(|err| OpenError::io(root.join(STAGING), io::Error::other(err)))
+    close(stage_rx, root, STAGING)
 }
 
 /// Step 2: moves the staging channel's items into shards `0..target`, each
@@ -298,14 +320,11 @@ where
         || (0..target).try_for_each(|shard| settle_writes(&shards[shard].0, &shard_name(shard), root, settings));
     let moved = drain_all(&stage_rx, STAGING, root, |item| match route.target(&item, target) {
         Target::One(shard) => append(&shards[shard].0, item, &shard_name(shard), root),
-        Target::All(_) => Err((
-            Some(item),
-            OpenError::InvalidConfig {
-                reason: "a broadcast channel's items are never moved between shards".to_string(),
-            },
-        )),
+        Target::All(_) => Err(OpenError::InvalidConfig {
+            reason: "a broadcast channel's items are never moved between shards".to_string(),
+        }),
     });
-    if let Err((_, err)) = moved.and_then(|()| settle_all().map_err(|err| (None, err))) {
+    if let Err(err) = moved.and_then(|()| settle_all()) {
         // As in a crash: the staging channel keeps everything, and the
         // next open distributes it again.
         stage_rx.crash();
@@ -313,10 +332,10 @@ where
     }
     for (shard, (tx, rx)) in shards.into_iter().enumerate() {
         drop(tx);
-        rx.close().map_err(|err| OpenError::io(root.join(shard_name(shard)), io::Error::other(err)))?;
+        close(rx, root, &shard_name(shard))?;
     }
     stage_rx.release_delivered();
-    stage_rx.close().map_err(|err| OpenError::io(root.join(STAGING), io::Error::other(err)))
+    close(stage_rx, root, STAGING)
 }
 
 /// Refuses a change of a broadcast channel that would lose the items of
@@ -331,18 +350,10 @@ fn check_empty<T>(
 where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
-    let name = shard_name(shard);
-    if !root.join(&name).is_dir() {
-        return Ok(());
-    }
-    let (tx, rx) = open_moving::<T>(root, &name, settings)?;
-    let stats = rx.stats();
-    drop(tx);
-    rx.close().map_err(|err| OpenError::io(root.join(&name), io::Error::other(err)))?;
-    let waiting = stats.on_disk + stats.in_memory as u64;
-    if waiting == 0 {
-        return Ok(());
-    }
+    let waiting = match items_in::<T>(root, shard, settings)? {
+        None | Some(0) => return Ok(()),
+        Some(waiting) => waiting,
+    };
     let recorded = match current.dispatch {
         Some(mode) => format!("{mode:?}"),
         None => "an unknown mode".to_string(),
@@ -351,7 +362,7 @@ where
         reason: format!(
             "{} still holds {waiting} items; a channel last open with {} shards dispatched by {recorded} cannot \
              become {dispatch:?} with these shards without losing them: drain it first, or open it as before",
-            root.join(&name).display(),
+            root.join(shard_name(shard)).display(),
             current.count,
         ),
     })
@@ -369,16 +380,11 @@ where
         return Ok(());
     }
     if must_be_empty {
-        let (tx, rx) = open_moving::<T>(root, &name, settings)?;
-        let stats = rx.stats();
-        drop(tx);
-        rx.close().map_err(|err| OpenError::io(root.join(&name), io::Error::other(err)))?;
-        if stats.on_disk + stats.in_memory as u64 > 0 {
+        if let Some(waiting @ 1..) = items_in::<T>(root, shard, settings)? {
             return Err(OpenError::io(
                 root.join(&name),
                 io::Error::other(format!(
-                    "the shard still holds {} items after the reshard moved them; it is left in place",
-                    stats.on_disk + stats.in_memory as u64
+                    "the shard still holds {waiting} items after the reshard moved them; it is left in place"
                 )),
             ));
         }
