@@ -54,7 +54,7 @@ impl<T> Sender<T> {
     /// The error of the write or sync that failed. Nothing is lost: the
     /// bytes stay buffered for the next attempt.
     pub fn flush(&self) -> io::Result<()> {
-        self.shared.flush()
+        self.shared.flush_all()
     }
 
     /// A snapshot of the channel's contents and counters.

@@ -25,6 +25,10 @@ pub const DEFAULT_MAX_DISK_BYTES: u64 = 1 << 30;
 /// none beyond what [`DEFAULT_MAX_DISK_BYTES`] implies.
 pub const DEFAULT_MAX_SEGMENTS: usize = usize::MAX;
 
+/// Default bound on the bytes of set-aside (damaged) segment files a
+/// channel keeps for inspection (64 MiB); the oldest are removed past it.
+pub const DEFAULT_MAX_SET_ASIDE_BYTES: u64 = 64 << 20;
+
 /// How often the free space of the channel's filesystem is read when
 /// [`Builder::min_free_bytes`] is set.
 pub const FREE_SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -150,9 +154,14 @@ pub(crate) struct Settings {
     pub(crate) sync: SyncPolicy,
     /// Codec for segment data.
     pub(crate) compression: Compression,
-    /// How segment files are written and synced: the OS, or a test's
+    /// Bound on the bytes of set-aside files.
+    pub(crate) max_set_aside_bytes: u64,
+    /// The item type, checked against the one the channel recorded. Its
+    /// name is filled in by the open path, which knows `T`.
+    pub(crate) identity: crate::identity::TypeIdentity,
+    /// Every file operation goes through here: the OS, or a test's
     /// fault-injecting stand-in.
-    pub(crate) io: crate::fs::Io,
+    pub(crate) fs: crate::storage::Fs,
 }
 
 /// Opens a channel with every setting spelled out.
@@ -202,7 +211,9 @@ impl Builder {
                 durability: Durability::default(),
                 sync: SyncPolicy::default(),
                 compression: Compression::None,
-                io: crate::fs::direct(),
+                max_set_aside_bytes: DEFAULT_MAX_SET_ASIDE_BYTES,
+                identity: crate::identity::TypeIdentity::default(),
+                fs: crate::storage::os(),
             },
         }
     }
@@ -276,10 +287,51 @@ impl Builder {
         self
     }
 
-    /// Writes and syncs segment files through `io` (tests inject faults).
+    /// Bounds the bytes of damaged segment files kept aside for
+    /// inspection (default [`DEFAULT_MAX_SET_ASIDE_BYTES`]); past it the
+    /// oldest are removed, with a warning. They are not counted in
+    /// [`max_disk_bytes`](Self::max_disk_bytes); [`Stats::set_aside_bytes`](crate::Stats::set_aside_bytes)
+    /// reports them. 0 keeps none.
+    pub fn max_set_aside_bytes(mut self, bytes: u64) -> Builder {
+        self.settings.max_set_aside_bytes = bytes;
+        self
+    }
+
+    /// The version of the item type's encoding (default 0), recorded with
+    /// the type's name when the channel is created. Raise it when a type
+    /// keeps its name but changes its fields: a durable channel opened
+    /// with another name or version fails with
+    /// [`OpenError::TypeMismatch`] and changes nothing on disk.
+    ///
+    /// ```
+    /// use sump::{Builder, Durability, OpenError};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let open = |version| Builder::new("jobs", dir.path()).durability(Durability::Persistent).schema_version(version);
+    /// drop(open(1).open::<u64>()?);
+    /// assert!(matches!(open(2).open::<u64>(), Err(OpenError::TypeMismatch { .. })));
+    /// assert!(matches!(open(1).open::<i64>(), Err(OpenError::TypeMismatch { .. })));
+    /// drop(open(1).open::<u64>()?); // the channel is as it was
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn schema_version(mut self, version: u32) -> Builder {
+        self.settings.identity.schema = version;
+        self
+    }
+
+    /// Opens a durable channel even if it holds items of another type or
+    /// schema version, and records the new one: a deliberate migration,
+    /// for a type whose encoding can read the old items. Items that do not
+    /// decode are skipped and counted in [`Stats::corrupt`](crate::Stats::corrupt).
+    pub fn allow_type_change(mut self) -> Builder {
+        self.settings.identity.allow_change = true;
+        self
+    }
+
+    /// Does every file operation through `fs` (tests inject faults).
     #[cfg(test)]
-    pub(crate) fn io(mut self, io: crate::fs::Io) -> Builder {
-        self.settings.io = io;
+    pub(crate) fn storage(mut self, fs: crate::storage::Fs) -> Builder {
+        self.settings.fs = fs;
         self
     }
 
@@ -298,6 +350,8 @@ impl Builder {
     ///   was not compiled in, or `dir/name/` holds a sharded channel (open
     ///   it with [`Builder::sharded`]);
     /// - [`OpenError::Locked`] while the channel is open elsewhere;
+    /// - [`OpenError::TypeMismatch`] when a durable channel holds another
+    ///   item type (see [`schema_version`](Self::schema_version));
     /// - [`OpenError::Io`] when the directory or its files cannot be used.
     pub fn open<T>(self) -> Result<(Sender<T>, Receiver<T>), OpenError>
     where
@@ -305,7 +359,7 @@ impl Builder {
     {
         self.settings.check()?;
         crate::dir::validate_name(&self.name)?;
-        if crate::shard::is_sharded(&self.dir.join(&self.name)) {
+        if crate::shard::is_sharded(&*self.settings.fs, &self.dir.join(&self.name)) {
             return Err(OpenError::InvalidConfig {
                 reason: format!(
                     "{} holds a sharded channel; open it with Builder::sharded",

@@ -195,6 +195,81 @@ struct State<T> {
     sync_round: u64,
     /// The last record the sync in progress covers.
     sync_target: u64,
+    /// Records whose group commit failed, until each sender has seen it.
+    commit_failures: CommitFailures,
+}
+
+/// Ranges of records whose group commit failed: their sends fail. Each
+/// range is kept until every one of its senders has claimed the error.
+#[derive(Debug, Default)]
+struct CommitFailures {
+    /// The failed ranges, oldest first.
+    ranges: VecDeque<CommitFailure>,
+}
+
+/// Records `after + 1 ..= last` whose group commit failed.
+#[derive(Debug)]
+struct CommitFailure {
+    /// The last record before the range.
+    after: u64,
+    /// The range's last record.
+    last: u64,
+    /// Senders of the range that have not seen the error yet.
+    unclaimed: u64,
+    /// The error, to be rebuilt for each sender.
+    kind: io::ErrorKind,
+    /// Its errno, if it had one.
+    code: Option<i32>,
+    /// Its message.
+    message: String,
+}
+
+impl CommitFailure {
+    fn covers(&self, sequence: u64) -> bool {
+        sequence > self.after && sequence <= self.last
+    }
+
+    fn error(&self) -> io::Error {
+        match self.code {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(self.kind, self.message.clone()),
+        }
+    }
+}
+
+impl CommitFailures {
+    /// Records that the commit of records `after + 1 ..= last` failed.
+    fn record(&mut self, after: u64, last: u64, err: &io::Error) {
+        if last > after {
+            self.ranges.push_back(CommitFailure {
+                after,
+                last,
+                unclaimed: last - after,
+                kind: err.kind(),
+                code: err.raw_os_error(),
+                message: err.to_string(),
+            });
+        }
+    }
+
+    /// The error of record `sequence`'s commit, if it failed, without
+    /// claiming it.
+    fn find(&self, sequence: u64) -> Option<io::Error> {
+        self.ranges.iter().find(|range| range.covers(sequence)).map(CommitFailure::error)
+    }
+
+    /// The error of record `sequence`'s commit, if it failed; each record's
+    /// sender claims it once.
+    fn claim(&mut self, sequence: u64) -> Option<io::Error> {
+        let index = self.ranges.iter().position(|range| range.covers(sequence))?;
+        let range = &mut self.ranges[index];
+        range.unclaimed -= 1;
+        let err = range.error();
+        if range.unclaimed == 0 {
+            self.ranges.remove(index);
+        }
+        Some(err)
+    }
 }
 
 /// The part of a channel every handle shares.
@@ -288,6 +363,8 @@ pub(crate) fn open<T>(dir: &Path, name: &str, settings: Settings) -> Result<(Sen
 where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
+    let mut settings = settings;
+    settings.identity.name = std::any::type_name::<T>().to_string();
     let disk = DiskQueue::open(dir, name, &settings)?;
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -306,6 +383,7 @@ where
             syncing: false,
             sync_round: 0,
             sync_target: 0,
+            commit_failures: CommitFailures::default(),
         }),
         ready: Condvar::new(),
         space: Condvar::new(),
@@ -358,8 +436,10 @@ fn start_interval_sync<T: Send + 'static>(
         std::thread::sleep(every);
         let Some(shared) = channel.upgrade() else { return };
         let file = shared.state.lock().disk.flush_for_sync();
-        if let Err(err) = file.and_then(|file| file.map_or(Ok(()), |file| file.sync())) {
-            tracing::error!(error = %err, "interval sync of the active segment failed");
+        match file.and_then(|file| file.map(|(handle, point)| handle.sync().map(|()| point)).transpose()) {
+            Ok(Some(point)) => shared.state.lock().disk.mark_synced(&point),
+            Ok(None) => {}
+            Err(err) => tracing::error!(error = %err, "interval sync of the active segment failed"),
         }
     })?;
     Ok(())
@@ -387,7 +467,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             Err(err) => return Err(SendFailure::Io(item, err)),
         };
         match outcome {
-            Spill::Written(sequence) if self.sync_always => match self.group_commit(state, sequence) {
+            Spill::Written(sequence) if self.sync_always => match self.group_commit(state, sequence, true) {
                 Ok(()) => Ok(()),
                 Err(err) => Err(SendFailure::Io(item, err)),
             },
@@ -451,7 +531,9 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// Whether the next item may go to memory: nothing is on disk (FIFO)
     /// and the memory bound has room.
     fn memory_has_room(&self, state: &mut State<T>) -> bool {
-        if self.write_ahead || state.disk.items() > 0 {
+        // An orphaned channel sends everything down the disk path, which
+        // refuses it with the reason.
+        if self.write_ahead || state.disk.items() > 0 || state.disk.orphaned() {
             return false;
         }
         if state.in_memory < self.capacity {
@@ -466,18 +548,6 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         state.in_memory += 1;
         state.sent += 1;
         self.wake_receiver(state);
-    }
-
-    /// Tells the receiver something arrived: wakes it if it is parked, and
-    /// sets the hint it watches while it spins.
-    fn wake_receiver(&self, state: &mut State<T>) {
-        if !self.queued.load(Ordering::Relaxed) {
-            self.queued.store(true, Ordering::Relaxed);
-        }
-        if state.receiver_waiting {
-            state.receiver_waiting = false;
-            self.ready.notify_one();
-        }
     }
 
     /// The spill path: decides, under the lock, what happens to an item
@@ -517,6 +587,10 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                     let err = state.disk.too_large(frame.len());
                     return (Spill::Io(err), state);
                 }
+                Fit::Gone => {
+                    let err = state.disk.gone();
+                    return (Spill::Io(err), state);
+                }
                 Fit::Full => match self.when_full {
                     WhenFull::DropNewest => {
                         state.dropped += 1;
@@ -546,63 +620,6 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                         state.senders_waiting -= 1;
                     }
                 },
-            }
-        }
-    }
-
-    /// Waits until record `sequence` is on stable storage. The first sender
-    /// to find no sync under way syncs for everyone: it flushes under the
-    /// lock, then syncs outside it, covering every record appended before
-    /// it started; senders arriving meanwhile wait for the next round.
-    ///
-    /// # Errors
-    ///
-    /// The sync's error. The record stays in the channel and may still be
-    /// delivered; only its durability is unknown.
-    fn group_commit<'a>(&'a self, mut state: MutexGuard<'a, State<T>>, sequence: u64) -> io::Result<()> {
-        loop {
-            if state.synced >= sequence {
-                return Ok(());
-            }
-            if state.syncing {
-                // Covered by the sync in progress, or by the next one.
-                let round = state.sync_round + u64::from(sequence > state.sync_target);
-                self.synced[(round % 2) as usize].wait(&mut state);
-                continue;
-            }
-            state.syncing = true;
-            state.sync_round += 1;
-            // Until the target is known, every waiter belongs to this round.
-            state.sync_target = u64::MAX;
-            // Let senders about to append join this sync: yield while
-            // appends keep arriving (a lone sender yields once).
-            for _ in 0..GROUP_COMMIT_GATHER_ROUNDS {
-                let seen = state.appended;
-                MutexGuard::unlocked(&mut state, yield_now);
-                if state.appended == seen {
-                    break;
-                }
-            }
-            let target = state.appended;
-            state.sync_target = target;
-            let file = state.disk.flush_for_sync();
-            let synced = MutexGuard::unlocked(&mut state, || file.and_then(|f| f.map_or(Ok(()), |f| f.sync())));
-            state.syncing = false;
-            let round = state.sync_round;
-            match synced {
-                Ok(()) => {
-                    state.synced = state.synced.max(target);
-                    self.synced[(round % 2) as usize].notify_all();
-                    self.synced[((round + 1) % 2) as usize].notify_one();
-                }
-                Err(err) => {
-                    // Everyone retries: one of them leads the next sync.
-                    for condvar in &self.synced {
-                        condvar.notify_all();
-                    }
-                    tracing::error!(error = %err, "group commit failed to sync the active segment");
-                    return Err(err);
-                }
             }
         }
     }
@@ -638,7 +655,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             // Records on disk that cannot be reached right now (the writer
             // cannot flush them to a full disk, say): retry shortly.
             let mut stuck = false;
-            if state.disk.items() > 0 {
+            if state.disk.items() > 0 && !state.disk.awaiting_sync() {
                 let before = side.cursor.as_ref().map(|c| (c.id(), c.pos(), c.limit()));
                 match state.disk.position(&mut side.cursor) {
                     Ok(freed) => {
@@ -659,6 +676,11 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 }
             }
             if !stuck && state.senders == 0 {
+                return Err(RecvFailure::Disconnected);
+            }
+            if state.disk.orphaned() && state.disk.items() == 0 {
+                // The directory is gone: what could be delivered was, and
+                // nothing more can arrive.
                 return Err(RecvFailure::Disconnected);
             }
             let mut deadline = match wait {
@@ -730,6 +752,11 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 }
                 Taken::Skipped
             }
+            // Try again later: a transient error says nothing of the file.
+            Err(err) if crate::storage::transient(&err) => {
+                tracing::warn!(error = %err, "cannot read the disk backlog yet; retrying");
+                Taken::Nothing
+            }
             Err(err) => {
                 let mut state = self.state.lock();
                 state.disk.abandon(&mut side.cursor, &format!("cannot read segment: {err}"));
@@ -782,6 +809,108 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
     }
 
+    fn count_received(&self) {
+        // Single writer: a plain load and store, no read-modify-write.
+        let received = self.received.load(Ordering::Relaxed);
+        self.received.store(received + 1, Ordering::Relaxed);
+    }
+}
+
+impl<T> Shared<T> {
+    /// Waits until record `sequence` is on stable storage. The first sender
+    /// to find no sync under way syncs for everyone: it flushes under the
+    /// lock, then syncs outside it, covering every record appended before
+    /// it started; senders arriving meanwhile wait for the next round.
+    ///
+    /// # Errors
+    ///
+    /// The error of the write or sync that was to cover the record. Every
+    /// record not on stable storage then is taken back out of the file
+    /// before anyone could read it (the receiver reads only synced records
+    /// under `SyncPolicy::Always`), and each of their sends fails: a send
+    /// that failed is never delivered later.
+    fn group_commit<'a>(&'a self, mut state: MutexGuard<'a, State<T>>, sequence: u64, own: bool) -> io::Result<()> {
+        loop {
+            // A sender claims its record's failure; a flush only looks.
+            let failed = if own { state.commit_failures.claim(sequence) } else { state.commit_failures.find(sequence) };
+            if let Some(err) = failed {
+                return Err(err);
+            }
+            if state.synced >= sequence {
+                return Ok(());
+            }
+            if state.syncing {
+                // Covered by the sync in progress, or by the next one.
+                let round = state.sync_round + u64::from(sequence > state.sync_target);
+                self.synced[(round % 2) as usize].wait(&mut state);
+                continue;
+            }
+            state.syncing = true;
+            state.sync_round += 1;
+            // Until the target is known, every waiter belongs to this round.
+            state.sync_target = u64::MAX;
+            // Let senders about to append join this sync: yield while
+            // appends keep arriving (a lone sender yields once).
+            for _ in 0..GROUP_COMMIT_GATHER_ROUNDS {
+                let seen = state.appended;
+                MutexGuard::unlocked(&mut state, yield_now);
+                if state.appended == seen {
+                    break;
+                }
+            }
+            let target = state.appended;
+            state.sync_target = target;
+            let synced = match state.disk.flush_for_sync() {
+                Ok(Some((handle, point))) => MutexGuard::unlocked(&mut state, || handle.sync()).map(|()| Some(point)),
+                Ok(None) => Ok(None),
+                Err(err) => Err(err),
+            };
+            state.syncing = false;
+            let round = state.sync_round;
+            match synced {
+                Ok(point) => {
+                    if let Some(point) = point {
+                        state.disk.mark_synced(&point);
+                    }
+                    state.synced = state.synced.max(target);
+                    self.synced[(round % 2) as usize].notify_all();
+                    self.synced[((round + 1) % 2) as usize].notify_one();
+                    // Synced records are readable now.
+                    self.wake_receiver(&mut state);
+                }
+                Err(err) => {
+                    // The unsynced records are the newest ones: take them
+                    // back, fail their sends, and let everyone look again.
+                    let dropped = state.disk.roll_back_unsynced();
+                    let first_failed = state.appended - dropped;
+                    state.synced = state.synced.max(first_failed);
+                    state.sent -= dropped;
+                    state.spilled -= dropped;
+                    let last = state.appended;
+                    state.commit_failures.record(first_failed, last, &err);
+                    tracing::error!(error = %err, records = dropped,
+                        "group commit failed; the records it covered are taken back and their sends fail");
+                    for condvar in &self.synced {
+                        condvar.notify_all();
+                    }
+                    self.after_disk_change(&mut state);
+                }
+            }
+        }
+    }
+
+    /// Tells the receiver something arrived: wakes it if it is parked, and
+    /// sets the hint it watches while it spins.
+    fn wake_receiver(&self, state: &mut State<T>) {
+        if !self.queued.load(Ordering::Relaxed) {
+            self.queued.store(true, Ordering::Relaxed);
+        }
+        if state.receiver_waiting {
+            state.receiver_waiting = false;
+            self.ready.notify_one();
+        }
+    }
+
     /// After the disk backlog shrank by more than one record or emptied:
     /// updates the spilling hint and wakes senders waiting for space.
     fn after_disk_change(&self, state: &mut State<T>) {
@@ -791,14 +920,6 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         self.wake_senders(state);
     }
 
-    fn count_received(&self) {
-        // Single writer: a plain load and store, no read-modify-write.
-        let received = self.received.load(Ordering::Relaxed);
-        self.received.store(received + 1, Ordering::Relaxed);
-    }
-}
-
-impl<T> Shared<T> {
     fn wake_senders(&self, state: &State<T>) {
         if state.senders_waiting > 0 {
             self.space.notify_all();
@@ -816,6 +937,18 @@ impl<T> Shared<T> {
         self.state.lock().disk.flush(self.sync_on_flush)
     }
 
+    /// [`flush`](Self::flush) under `SyncPolicy::Always`: a group commit of
+    /// every record appended so far, so that a failed sync takes records
+    /// back exactly as a send's would.
+    pub(crate) fn flush_all(&self) -> io::Result<()> {
+        if !self.sync_always {
+            return self.flush();
+        }
+        let state = self.state.lock();
+        let last = state.appended;
+        self.group_commit(state, last, false)
+    }
+
     /// A snapshot of the channel.
     pub(crate) fn stats(&self) -> Stats {
         let mut state = self.state.lock();
@@ -830,6 +963,9 @@ impl<T> Shared<T> {
             spilled: state.spilled,
             dropped: state.dropped,
             corrupt: state.disk.corrupt(),
+            lost: state.disk.lost(),
+            set_aside_files: state.disk.set_aside_totals().0,
+            set_aside_bytes: state.disk.set_aside_totals().1,
         }
     }
 

@@ -16,7 +16,19 @@
 //!   while the cursor has it open, except when everything in it has been
 //!   consumed;
 //! - when `items` reaches zero every segment is deleted, so an idle channel
-//!   holds no files but its lock.
+//!   holds no files but its lock;
+//! - a segment read to the end whose deletion fails is recorded as read
+//!   (in the progress file, at once in the durable modes), so it is never
+//!   delivered again;
+//! - a segment that vanished or cannot be read costs its unread records,
+//!   counted in `Stats::lost` and logged with the file name, and reading
+//!   goes on with the next one; a transient error (see
+//!   [`storage::transient`]) only makes the receiver retry;
+//! - under `SyncPolicy::Always` the receiver reads only records on stable
+//!   storage, so a failed sync can take its records back
+//!   ([`DiskQueue::roll_back_unsynced`]) before anyone saw them;
+//! - once the directory is found deleted (or replaced) behind the channel's
+//!   back, nothing more is written to disk ([`Fit::Gone`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -24,14 +36,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Compression, Durability, Settings, SyncPolicy};
-use crate::dir::{ChannelDir, CORRUPT_SUFFIX};
+use crate::dir::ChannelDir;
 use crate::err::OpenError;
-use crate::fs::{Io, SyncHandle};
-use crate::progress::{self, Progress};
+use crate::progress::{self, Position, Progress};
 use crate::recover::{recover, Recovered};
 use crate::segment::block::BLOCK_OVERHEAD;
 use crate::segment::format::HEADER_LEN;
+use crate::segment::writer::SyncPoint;
 use crate::segment::{segment_path, SegmentCursor, SegmentMeta, SegmentWriter};
+use crate::storage::{self, Fs, SyncHandle};
 
 /// Whether a record of some size can be written now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +55,8 @@ pub(crate) enum Fit {
     Full,
     /// Never: it is larger than a segment or than the whole disk bound.
     TooLarge,
+    /// Never: the channel's directory was deleted or replaced.
+    Gone,
 }
 
 /// The disk tier of one channel.
@@ -57,8 +72,22 @@ pub(crate) struct DiskQueue {
     max_segments: usize,
     /// Free space the filesystem must keep, checked now and then.
     free_space: FreeSpace,
-    /// How segment files are written and synced.
-    io: Io,
+    /// Every file operation goes through here (the directory's storage).
+    fs: Fs,
+    /// When the directory was last checked to still be the channel's.
+    checked_dir_at: std::time::Instant,
+    /// Whether the directory was found deleted or replaced.
+    orphaned: bool,
+    /// Segments read to the end whose deletion failed, recorded as read.
+    undeleted: Vec<u64>,
+    /// Whether a segment was created since the directory was last synced
+    /// (only `SyncPolicy::Always` syncs it at once): the next sync of the
+    /// active segment syncs the directory first, or a power loss could
+    /// forget the file itself.
+    dir_unsynced: bool,
+    /// Records lost since open to segments that vanished or could not be
+    /// read.
+    lost: u64,
     /// Whether segments survive the channel (`Persistent`, `WriteAhead`)
     /// rather than being scratch space (`Overflow`).
     durable: bool,
@@ -94,18 +123,32 @@ impl DiskQueue {
     /// previous run left are discarded (disk is scratch space); in the
     /// durable modes they are recovered.
     pub(crate) fn open(dir: &std::path::Path, name: &str, settings: &Settings) -> Result<DiskQueue, OpenError> {
-        let dir = ChannelDir::open(dir, name)?;
+        let mut dir = ChannelDir::open(&settings.fs, dir, name)?;
+        let fs = Arc::clone(dir.fs());
         let durable = settings.durability != Durability::Overflow;
+        crate::identity::check(&dir, &settings.identity, durable)?;
         let recovered = if durable {
-            recover(&dir)?
+            recover(&mut dir)?
         } else {
             let (old_segments, highest) = dir.scan()?;
             for id in old_segments {
                 let path = segment_path(dir.path(), id);
-                std::fs::remove_file(&path).map_err(|err| OpenError::io(&path, err))?;
+                if let Err(err) = fs.remove(&path) {
+                    // Scratch space: a leftover is skipped, never read.
+                    tracing::warn!(path = %path.display(), error = %err, "could not delete an old overflow segment");
+                }
             }
             Recovered { next_id: highest.map_or(0, |id| id.saturating_add(1)), ..Recovered::default() }
         };
+        dir.bound_set_aside(settings.max_set_aside_bytes);
+        match fs.available_space(dir.path()) {
+            Ok(free) if settings.max_disk_bytes != u64::MAX && settings.max_disk_bytes > free => {
+                tracing::warn!(path = %dir.path().display(), max_disk_bytes = settings.max_disk_bytes, free,
+                    "max_disk_bytes is larger than the free space of the channel's filesystem");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot read the free space of the channel's filesystem"),
+        }
         let items = recovered.segments.iter().map(|meta| meta.records).sum();
         let bytes = recovered.segments.iter().map(|meta| meta.bytes).sum();
         Ok(DiskQueue {
@@ -113,7 +156,12 @@ impl DiskQueue {
             segment_bytes: settings.segment_bytes,
             max_disk_bytes: settings.max_disk_bytes,
             max_segments: settings.max_segments,
-            io: Arc::clone(&settings.io),
+            fs,
+            checked_dir_at: std::time::Instant::now(),
+            orphaned: false,
+            undeleted: Vec::new(),
+            dir_unsynced: false,
+            lost: 0,
             free_space: FreeSpace { min_free: settings.min_free_bytes, checked_at: None, free: u64::MAX, written: 0 },
             durable,
             sync_always: settings.sync == SyncPolicy::Always,
@@ -165,16 +213,85 @@ impl DiskQueue {
         freed
     }
 
-    /// Deletes a segment file. (No progress file can name it: recovery
-    /// removes the progress file, and only a clean shutdown writes one.)
+    /// Deletes a segment file whose records are all consumed. If that
+    /// fails, the segment is recorded as read, so no restart delivers it
+    /// again: in the durable modes in the progress file at once (a crash
+    /// must not deliver it either), and again at shutdown.
     fn delete_segment(&mut self, id: u64) {
-        remove_file_logged(&self.path_of(id));
         self.free_space.checked_at = None;
+        let path = self.path_of(id);
+        let Err(err) = storage::remove_if_present(&*self.fs, &path) else { return };
+        tracing::warn!(path = %path.display(), error = %err, "could not delete a read segment; recorded as read");
+        self.undeleted.push(id);
+        if self.durable {
+            let _ = self.record_undeleted(None);
+        }
+    }
+
+    /// Tries again to delete the read segments whose deletion failed.
+    fn retry_undeleted(&mut self) {
+        let fs = Arc::clone(&self.fs);
+        self.undeleted.retain(|&id| storage::remove_if_present(&*fs, &segment_path(self.dir.path(), id)).is_err());
+    }
+
+    /// Writes the progress file: `position`, and the undeleted segments.
+    fn record_undeleted(&mut self, position: Option<Position>) -> io::Result<()> {
+        let progress = Progress { position, read: self.undeleted.clone() };
+        let written = progress::write(&*self.fs, self.dir.path(), &progress, true);
+        if let Err(err) = &written {
+            tracing::error!(error = %err, "could not record read progress; read items may be delivered again");
+        }
+        written
     }
 
     /// Records skipped as damaged since open.
     pub(crate) fn corrupt(&self) -> u64 {
         self.corrupt
+    }
+
+    /// Records lost since open to segments that vanished or could not be
+    /// read.
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Set-aside files and their bytes.
+    pub(crate) fn set_aside_totals(&self) -> (usize, u64) {
+        self.dir.set_aside_totals()
+    }
+
+    /// Whether the channel's directory was found deleted or replaced.
+    pub(crate) fn orphaned(&self) -> bool {
+        self.orphaned
+    }
+
+    /// Checks, at most every [`DIR_CHECK_INTERVAL`] unless `now`, that the
+    /// directory is still the channel's; returns whether it is.
+    pub(crate) fn check_dir(&mut self, now: bool) -> bool {
+        if self.orphaned {
+            return false;
+        }
+        if now || self.checked_dir_at.elapsed() >= DIR_CHECK_INTERVAL {
+            self.checked_dir_at = std::time::Instant::now();
+            if !self.dir.still_ours() {
+                tracing::error!(path = %self.dir.path().display(),
+                    "the channel's directory was deleted or replaced; nothing more is written to disk");
+                self.orphaned = true;
+            }
+        }
+        !self.orphaned
+    }
+
+    /// The error a send gets once the directory is gone.
+    pub(crate) fn gone(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "the channel directory {} was deleted or replaced while the channel was open; \
+                 nothing more can be written to it",
+                self.dir.path().display()
+            ),
+        )
     }
 
     fn path_of(&self, id: u64) -> PathBuf {
@@ -189,6 +306,9 @@ impl DiskQueue {
         if alone > self.segment_bytes || alone > self.max_disk_bytes {
             return Fit::TooLarge;
         }
+        if !self.check_dir(false) {
+            return Fit::Gone;
+        }
         let (more_bytes, more_segments) = match &self.active {
             Some(writer) if writer.len() + writer.growth(frame_len) <= self.segment_bytes => {
                 (writer.growth(frame_len), 0)
@@ -198,7 +318,7 @@ impl DiskQueue {
         if self.bytes() + more_bytes > self.max_disk_bytes || self.segments() + more_segments > self.max_segments {
             return Fit::Full;
         }
-        if !self.free_space.allows(self.dir.path(), more_bytes) {
+        if !self.free_space.allows(&*self.fs, self.dir.path(), more_bytes) {
             return Fit::Full;
         }
         Fit::Fits
@@ -223,7 +343,7 @@ impl DiskQueue {
     /// [`fit`](Self::fit). On error nothing was appended.
     pub(crate) fn append(&mut self, frame: &[u8], through: bool) -> io::Result<()> {
         let rotate = match &self.active {
-            Some(writer) => writer.len() + writer.growth(frame.len()) > self.segment_bytes,
+            Some(writer) => writer.tail_unknown() || writer.len() + writer.growth(frame.len()) > self.segment_bytes,
             None => true,
         };
         if rotate {
@@ -254,13 +374,23 @@ impl DiskQueue {
         }
         let id = self.next_id;
         let next = id.checked_add(1).ok_or_else(|| io::Error::other("segment ids are exhausted"))?;
-        let new = SegmentWriter::create(self.dir.path(), id, Arc::clone(&self.io), self.compression)?;
-        self.next_id = next;
-        if self.sync_always {
-            if let Err(err) = progress::sync_dir(self.dir.path()) {
-                remove_file_logged(&self.path_of(id));
+        let new = match SegmentWriter::create(&self.fs, self.dir.path(), id, self.compression) {
+            Ok(new) => new,
+            Err(err) => {
+                if err.kind() == io::ErrorKind::NotFound && !self.check_dir(true) {
+                    return Err(self.gone());
+                }
                 return Err(err);
             }
+        };
+        self.next_id = next;
+        if self.sync_always {
+            if let Err(err) = self.fs.sync_dir(self.dir.path()) {
+                self.remove_logged(id);
+                return Err(err);
+            }
+        } else {
+            self.dir_unsynced = true;
         }
         if let Some(old) = self.active.take() {
             match old.seal() {
@@ -269,9 +399,10 @@ impl DiskQueue {
                     self.bytes += meta.bytes;
                     self.sealed.push_back(meta);
                 }
-                Err((old, err)) => {
+                Err(failed) => {
+                    let (old, err) = *failed;
                     self.active = Some(old);
-                    remove_file_logged(&self.path_of(id));
+                    self.remove_logged(id);
                     return Err(err);
                 }
             }
@@ -298,19 +429,66 @@ impl DiskQueue {
         };
         self.items -= records;
         tracing::warn!(segment = id, records, "disk full: oldest segment dropped");
-        remove_file_logged(&self.path_of(id));
+        self.delete_segment(id);
         Some(records)
     }
 
     /// Writes buffered bytes to the OS and returns the active segment's
-    /// file, to be synced outside the lock; `None` when there is no active
-    /// segment (sealed ones were synced when sealed).
-    pub(crate) fn flush_for_sync(&mut self) -> io::Result<Option<SyncHandle>> {
+    /// file, to be synced outside the lock, with what the sync covers;
+    /// `None` when there is no active segment (sealed ones were synced
+    /// when sealed).
+    pub(crate) fn flush_for_sync(&mut self) -> io::Result<Option<(SyncHandle, SyncPoint)>> {
+        self.sync_dir_if_needed()?;
         self.active.as_mut().map(SegmentWriter::flush_for_sync).transpose()
+    }
+
+    /// Syncs the directory if a segment was created since it last was.
+    fn sync_dir_if_needed(&mut self) -> io::Result<()> {
+        if self.dir_unsynced {
+            self.fs.sync_dir(self.dir.path())?;
+            self.dir_unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Notes that the sync of `point` succeeded.
+    pub(crate) fn mark_synced(&mut self, point: &SyncPoint) {
+        if let Some(writer) = self.active.as_mut() {
+            writer.mark_synced(point);
+        }
+    }
+
+    /// After a failed sync (or a failed write before it): takes back every
+    /// record of the active segment that is not on stable storage, and
+    /// returns how many. Under `SyncPolicy::Always` the receiver never read
+    /// them, and each belongs to a send that is about to fail.
+    pub(crate) fn roll_back_unsynced(&mut self) -> u64 {
+        let Some(writer) = self.active.as_mut() else { return 0 };
+        let dropped = writer.roll_back_unsynced();
+        self.items -= dropped.min(self.items);
+        dropped
+    }
+
+    /// Whether records are on disk that the receiver may not read yet:
+    /// under `SyncPolicy::Always`, records not yet synced.
+    pub(crate) fn awaiting_sync(&self) -> bool {
+        self.sync_always && self.active.as_ref().is_some_and(|writer| writer.len() > writer.synced())
+    }
+
+    /// Deletes a file the queue created, for a step that failed half-way;
+    /// a failure is logged (the file holds no record).
+    fn remove_logged(&self, id: u64) {
+        let path = self.path_of(id);
+        if let Err(err) = storage::remove_if_present(&*self.fs, &path) {
+            tracing::warn!(path = %path.display(), error = %err, "could not delete an empty segment");
+        }
     }
 
     /// Writes buffered bytes to the OS, and to stable storage if `sync`.
     pub(crate) fn flush(&mut self, sync: bool) -> io::Result<()> {
+        if sync {
+            self.sync_dir_if_needed()?;
+        }
         match self.active.as_mut() {
             Some(writer) if sync => writer.sync(),
             Some(writer) => writer.flush(),
@@ -320,8 +498,14 @@ impl DiskQueue {
 
     /// Points `cursor` at the oldest unconsumed record and brings its limit
     /// up to date, flushing the writer if the cursor has caught up with it.
-    /// Finished sealed segments are deleted on the way. Returns whether any
-    /// segment was deleted, which frees space.
+    /// Finished sealed segments are deleted on the way, and segments that
+    /// vanished or cannot be opened are given up (their records counted as
+    /// lost). Returns whether any segment was released, which frees space.
+    ///
+    /// # Errors
+    ///
+    /// A transient error opening a segment, or a flush that failed with
+    /// nothing left to read: the receiver retries later.
     pub(crate) fn position(&mut self, cursor: &mut Option<SegmentCursor>) -> io::Result<bool> {
         let mut freed = false;
         loop {
@@ -342,14 +526,22 @@ impl DiskQueue {
                         self.release_front(damaged);
                         freed = true;
                     }
-                    _ => {
-                        *cursor = Some(SegmentCursor::open_sealed(&self.path_of(front.id), front.id, front.bytes)?);
-                        self.reading = Some(front.id);
-                        return Ok(freed);
-                    }
+                    _ => match SegmentCursor::open_sealed(&self.fs, &self.path_of(front.id), front.id, front.bytes) {
+                        Ok(open) => {
+                            *cursor = Some(open);
+                            self.reading = Some(front.id);
+                            return Ok(freed);
+                        }
+                        Err(err) if storage::transient(&err) => return Err(err),
+                        Err(err) => {
+                            self.give_up_front(&err);
+                            freed = true;
+                        }
+                    },
                 }
                 continue;
             }
+            let sync_always = self.sync_always;
             let Some(writer) = self.active.as_mut() else {
                 *cursor = None;
                 self.reading = None;
@@ -357,14 +549,25 @@ impl DiskQueue {
             };
             // A failed flush (a full disk) must not keep the cursor from
             // what did reach the file; it matters only once that is read.
-            let flushed = writer.flush();
-            let limit = writer.flushed();
+            // Under `Always` only synced bytes may be read: a failed sync
+            // takes the rest back.
+            let flushed = if sync_always { Ok(()) } else { writer.flush() };
+            let limit = if sync_always { writer.synced() } else { writer.flushed() };
             if current != Some(writer.id()) {
-                *cursor = Some(SegmentCursor::open_active(writer.path(), writer.id(), limit)?);
-                self.reading = Some(writer.id());
+                match SegmentCursor::open_active(&self.fs, writer.path(), writer.id(), limit) {
+                    Ok(open) => {
+                        *cursor = Some(open);
+                        self.reading = Some(writer.id());
+                    }
+                    Err(err) if storage::transient(&err) => return Err(err),
+                    Err(err) => {
+                        self.give_up_active(&err);
+                        return Ok(true);
+                    }
+                }
             }
             let Some(open) = cursor.as_mut() else { return Ok(freed) };
-            open.set_limit(limit, false, flushed.is_ok());
+            open.set_limit(limit, false, flushed.is_ok() && !sync_always);
             if let Err(err) = flushed {
                 let unflushed = writer.unflushed()?;
                 if !unflushed.is_empty() {
@@ -379,6 +582,56 @@ impl DiskQueue {
             }
             return Ok(freed);
         }
+    }
+
+    /// The front sealed segment cannot be opened (deleted by another
+    /// program, unreadable): its records are lost, counted and logged, and
+    /// it is set aside if it is still there.
+    fn give_up_front(&mut self, err: &io::Error) {
+        let Some(meta) = self.sealed.pop_front() else { return };
+        let path = self.path_of(meta.id);
+        self.bytes -= meta.bytes;
+        if self.reading == Some(meta.id) {
+            self.reading = None;
+        }
+        self.lose_to_storage(meta.records, &path, err);
+        self.set_aside(meta.id);
+    }
+
+    /// Sets segment `id` aside as damaged or unreadable; if that fails it
+    /// is recorded as read instead, so that no restart delivers what the
+    /// channel already counted as lost (and out of order).
+    fn set_aside(&mut self, id: u64) {
+        let path = self.path_of(id);
+        if !self.dir.set_aside(&path) {
+            self.undeleted.push(id);
+            if self.durable {
+                let _ = self.record_undeleted(None);
+            }
+        }
+    }
+
+    /// The active segment cannot be opened for reading: its records are
+    /// lost, and it is closed (set aside if still there); the next append
+    /// starts a new segment.
+    fn give_up_active(&mut self, err: &io::Error) {
+        let Some(writer) = self.active.take() else { return };
+        let path = writer.path().to_owned();
+        let records = writer.records();
+        let id = writer.id();
+        drop(writer);
+        self.lose_to_storage(records, &path, err);
+        if err.kind() == io::ErrorKind::NotFound {
+            self.check_dir(true);
+        }
+        self.set_aside(id);
+    }
+
+    /// Counts records lost to a file that vanished or cannot be read.
+    fn lose_to_storage(&mut self, records: u64, path: &std::path::Path, err: &io::Error) {
+        self.items -= records.min(self.items);
+        self.lost += records;
+        tracing::error!(path = %path.display(), records, error = %err, "segment cannot be read; its records are lost");
     }
 
     /// Seals the active segment now, so the cursor reads it as sealed: its
@@ -403,7 +656,8 @@ impl DiskQueue {
                 }
                 Ok(())
             }
-            Err((writer, err)) => {
+            Err(failed) => {
+                let (writer, err) = *failed;
                 self.active = Some(writer);
                 Err(err)
             }
@@ -417,10 +671,9 @@ impl DiskQueue {
         if self.reading == Some(meta.id) {
             self.reading = None;
         }
-        let path = self.path_of(meta.id);
         if damaged {
             self.bytes -= meta.bytes;
-            set_aside(&path);
+            self.set_aside(meta.id);
         } else if self.hold {
             self.retired.push(meta);
         } else {
@@ -474,9 +727,9 @@ impl DiskQueue {
             self.release_front(true);
         } else if let Some(writer) = self.active.take_if(|writer| writer.id() == open.id()) {
             self.lose(writer.records().saturating_sub(open.records_read()), open.id(), reason);
-            let path = writer.path().to_owned();
+            let id = writer.id();
             drop(writer);
-            set_aside(&path);
+            self.set_aside(id);
         }
         if self.items == 0 {
             self.release_all(cursor);
@@ -493,7 +746,7 @@ impl DiskQueue {
             self.sealed.drain(..).map(|meta| meta.id).chain(self.active.take().map(|w| w.id())).collect();
         for id in ids {
             if Some(id) == damaged {
-                set_aside(&self.path_of(id));
+                self.set_aside(id);
             } else {
                 self.delete_segment(id);
             }
@@ -527,34 +780,62 @@ impl DiskQueue {
         }
     }
 
-    /// A clean shutdown of a durable channel: writes `frames` (the items
-    /// still in memory, oldest first) into segments placed before every
-    /// other, flushes and syncs the active segment, and records where the
-    /// cursor stopped reading. Returns how many of `frames` were not
-    /// written, with the error, if any.
+    /// A clean shutdown of a durable channel: flushes and syncs the active
+    /// segment, writes `frames` (the items still in memory, oldest first)
+    /// into segments placed before every other, and records where the
+    /// cursor stopped reading and which read segments could not be
+    /// deleted. Every step is tried even when one fails. Returns how many
+    /// accepted items could not be made durable (records of the active
+    /// segment that never reached the file, or whose sync failed, and
+    /// frames not written), with the first error.
     pub(crate) fn shutdown(
         &mut self,
         cursor: Option<&SegmentCursor>,
         frames: &[Vec<u8>],
     ) -> Result<(), (usize, io::Error)> {
+        let mut unpersisted = 0u64;
+        let mut first_error = None;
         if let Some(writer) = self.active.as_mut() {
-            writer.sync().map_err(|err| (frames.len(), err))?;
+            let synced = match writer.flush() {
+                Err(err) => Err((writer.unwritten_records(), err)),
+                Ok(()) => writer.sync().map_err(|err| (writer.records_not_synced(), err)),
+            };
+            if let Err((count, err)) = synced {
+                tracing::error!(error = %err, records = count, "the active segment could not be made durable");
+                unpersisted += count;
+                first_error.get_or_insert(err);
+            }
         }
-        self.write_front(frames)?;
-        // What was read from retired segments and not delivered is among
-        // `frames`, put back by the drainer, and now on disk in front: the
-        // retired segments can go. Not before: a crash or a failed write
-        // in between would lose those items; this way it can only deliver
-        // some again.
-        self.release_retired();
-        let reading = cursor.map(|open| Progress {
+        match self.write_front(frames) {
+            // What was read from retired segments and not delivered is
+            // among `frames`, put back by the drainer, and now on disk in
+            // front: the retired segments can go. Not before: a crash or a
+            // failed write in between would lose those items; this way it
+            // can only deliver some again.
+            Ok(()) => {
+                self.release_retired();
+            }
+            Err((count, err)) => {
+                unpersisted += count as u64;
+                first_error.get_or_insert(err);
+            }
+        }
+        self.retry_undeleted();
+        let position = cursor.map(|open| Position {
             segment: open.id(),
             offset: open.pos(),
             // A block never holds more records than a u16 counts.
             skip: u16::try_from(open.read_in_block()).unwrap_or(u16::MAX),
         });
-        progress::write(self.dir.path(), reading, true).map_err(|err| (0, err))?;
-        progress::sync_dir(self.dir.path()).map_err(|err| (0, err))
+        // A progress record that cannot be written loses nothing: read
+        // items may only come again.
+        if let Err(err) = self.record_undeleted(position) {
+            first_error.get_or_insert(err);
+        }
+        match first_error {
+            None => Ok(()),
+            Some(err) => Err((usize::try_from(unpersisted).unwrap_or(usize::MAX), err)),
+        }
     }
 
     /// Writes `frames` into new segments whose ids sort before every
@@ -601,17 +882,17 @@ impl DiskQueue {
         let mut written = 0;
         for (offset, chunk) in chunks.iter().enumerate() {
             let id = first_id + offset as u64;
-            let mut writer = SegmentWriter::create(self.dir.path(), id, Arc::clone(&self.io), self.compression)
+            let mut writer = SegmentWriter::create(&self.fs, self.dir.path(), id, self.compression)
                 .map_err(|err| (frames.len() - written, err))?;
             let result = chunk.iter().try_for_each(|frame| writer.append(frame)).and_then(|()| writer.sync());
-            match result.and_then(|()| writer.seal().map_err(|(_, err)| err)) {
+            match result.and_then(|()| writer.seal().map_err(|failed| failed.1)) {
                 Ok(meta) => {
                     written += chunk.len();
                     self.items += meta.records;
                     self.bytes += meta.bytes;
                 }
                 Err(err) => {
-                    remove_file_logged(&self.path_of(id));
+                    self.remove_logged(id);
                     return Err((frames.len() - written, err));
                 }
             }
@@ -649,13 +930,13 @@ impl FreeSpace {
     const RECHECK_AFTER_BYTES: u64 = 1 << 20;
 
     /// Whether `more` bytes can be written and leave `min_free` free.
-    fn allows(&mut self, dir: &std::path::Path, more: u64) -> bool {
+    fn allows(&mut self, fs: &dyn storage::Storage, dir: &std::path::Path, more: u64) -> bool {
         if self.min_free == 0 {
             return true;
         }
         let stale = self.checked_at.is_none_or(|at| at.elapsed() >= crate::config::FREE_SPACE_CHECK_INTERVAL);
         if stale || self.written >= Self::RECHECK_AFTER_BYTES {
-            match fs4::available_space(dir) {
+            match fs.available_space(dir) {
                 Ok(free) => self.free = free,
                 Err(err) => tracing::warn!(error = %err, "cannot read the free space of the channel's filesystem"),
             }
@@ -666,29 +947,6 @@ impl FreeSpace {
     }
 }
 
-/// Deletes a file the crate created; a failure is logged, never raised.
-fn remove_file_logged(path: &std::path::Path) {
-    if let Err(err) = std::fs::remove_file(path) {
-        if err.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), error = %err, "could not delete segment");
-        }
-    }
-}
-
-/// Renames a damaged segment to `*.seg.corrupt` (or `*.seg.corrupt.N` if
-/// that name is taken) so it can be inspected.
-pub(crate) fn set_aside(path: &std::path::Path) {
-    let mut target = path.as_os_str().to_owned();
-    target.push(CORRUPT_SUFFIX);
-    let base = target.clone();
-    let mut n = 0;
-    while std::path::Path::new(&target).exists() {
-        n += 1;
-        target = base.clone();
-        target.push(format!(".{n}"));
-    }
-    match std::fs::rename(path, &target) {
-        Ok(()) => tracing::warn!(path = %PathBuf::from(&target).display(), "damaged segment set aside"),
-        Err(err) => tracing::warn!(path = %path.display(), error = %err, "could not set damaged segment aside"),
-    }
-}
+/// How often a channel that writes to disk checks that its directory is
+/// still its own.
+const DIR_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);

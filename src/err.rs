@@ -304,6 +304,19 @@ pub enum OpenError {
         /// What the operating system said.
         source: io::Error,
     },
+    /// The channel holds items of another type (or schema version) than
+    /// the one it is opened with. Nothing on disk was changed; open it
+    /// with the type it was written with, or set
+    /// [`Builder::allow_type_change`](crate::Builder::allow_type_change)
+    /// for a deliberate migration.
+    TypeMismatch {
+        /// The channel's directory.
+        path: PathBuf,
+        /// The item type recorded in the channel, with its schema version.
+        recorded: String,
+        /// The item type it was opened with, with its schema version.
+        requested: String,
+    },
 }
 
 impl OpenError {
@@ -323,6 +336,12 @@ impl fmt::Display for OpenError {
                 path.display()
             ),
             OpenError::Io { path, source } => write!(f, "cannot open channel at {}: {source}", path.display()),
+            OpenError::TypeMismatch { path, recorded, requested } => write!(
+                f,
+                "channel at {} holds items of type {recorded}, but was opened for {requested}; nothing was \
+                 changed (Builder::allow_type_change allows a deliberate migration)",
+                path.display()
+            ),
         }
     }
 }

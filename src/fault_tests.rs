@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::fs::faults::FaultyIo;
+use crate::storage::faulty::FaultyStorage as FaultyIo;
 use crate::{Builder, Durability, Receiver, Sender, SyncPolicy};
 
 fn open(
@@ -18,7 +18,7 @@ fn open(
         .sync(sync)
         .memory_capacity(0)
         .segment_bytes(4_096)
-        .io(Arc::clone(io) as crate::fs::Io)
+        .storage(Arc::clone(io) as crate::storage::Fs)
         .open()
         .unwrap()
 }
@@ -218,7 +218,7 @@ fn open_sharded(dir: &std::path::Path, io: &Arc<FaultyIo>, shards: usize) -> Res
         .durability(Durability::Persistent)
         .memory_capacity(0)
         .segment_bytes(4_096)
-        .io(Arc::clone(io) as crate::fs::Io)
+        .storage(Arc::clone(io) as crate::storage::Fs)
         .sharded::<(u32, u32)>(shards)
         .key(|&(key, _): &(u32, u32)| key)
         .open()
@@ -269,7 +269,7 @@ fn a_full_disk_in_the_middle_of_a_compressed_block_loses_nothing_accepted() {
                 .memory_capacity(0)
                 .segment_bytes(1 << 20)
                 .compression(crate::Compression::Lz4)
-                .io(Arc::clone(&io) as crate::fs::Io)
+                .storage(Arc::clone(&io) as crate::storage::Fs)
                 .open::<String>()
                 .unwrap()
         };

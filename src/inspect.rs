@@ -10,7 +10,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::dir::CORRUPT_SUFFIX;
 use crate::segment::format::HEADER_LEN;
 use crate::segment::{parse_segment_name, Peek, SegmentCursor};
 
@@ -47,24 +46,32 @@ pub struct SegmentFile {
 /// When the directory cannot be read.
 pub fn segment_files(dir: impl AsRef<Path>, name: &str) -> io::Result<Vec<SegmentFile>> {
     let channel = dir.as_ref().join(name);
+    let fs = crate::storage::os();
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(&channel)? {
-        let entry = entry?;
-        let Ok(file_name) = entry.file_name().into_string() else { continue };
-        let (id, set_aside) = match file_name.find(CORRUPT_SUFFIX) {
-            Some(at) => (parse_segment_name(&file_name[..at]), true),
-            None => (parse_segment_name(&file_name), false),
+    for entry in fs.list(&channel)? {
+        let Ok(file_name) = entry.name.into_string() else { continue };
+        let (id, set_aside) = match parse_segment_name(&file_name) {
+            Some(id) => (Some(id), false),
+            None => (crate::dir::parse_set_aside_name(&file_name), true),
         };
         let Some(id) = id else { continue };
-        let metadata = entry.metadata()?;
+        if entry.kind != crate::storage::Kind::File {
+            continue;
+        }
+        let path = channel.join(&file_name);
+        let metadata = match fs.metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
         let state = if set_aside {
             SegmentState::SetAside
-        } else if metadata.permissions().readonly() {
+        } else if metadata.readonly {
             SegmentState::Sealed
         } else {
             SegmentState::Active
         };
-        files.push(SegmentFile { id, path: entry.path(), bytes: metadata.len(), state });
+        files.push(SegmentFile { id, path, bytes: metadata.len, state });
     }
     files.sort_by_key(|file| (file.id, file.state == SegmentState::SetAside));
     Ok(files)
@@ -115,7 +122,7 @@ pub fn read_segment(
     mut on_record: impl FnMut(Record),
     mut on_progress: impl FnMut(u64),
 ) -> io::Result<SegmentReport> {
-    let mut cursor = SegmentCursor::open_active(&file.path, file.id, file.bytes)?;
+    let mut cursor = SegmentCursor::open_active(&crate::storage::os(), &file.path, file.id, file.bytes)?;
     cursor.set_limit(file.bytes, true, true);
     let mut report = SegmentReport::default();
     let mut last_progress = 0;

@@ -125,8 +125,12 @@ mod disk;
 mod drain;
 mod err;
 #[cfg(test)]
+mod failure_tests;
+#[cfg(test)]
+mod fault_sweep;
+#[cfg(test)]
 mod fault_tests;
-mod fs;
+mod identity;
 pub mod inspect;
 #[cfg(test)]
 mod model_tests;
@@ -135,18 +139,19 @@ mod recover;
 mod segment;
 mod shard;
 mod stats;
+mod storage;
 mod sync;
 
 pub use crate::channel::{IntoIter, Iter, Receiver, Sender, TryIter};
 pub use crate::config::{
     channel, channel_with_explicit_capacity, Builder, Compression, Durability, SyncPolicy, WhenFull,
-    DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES,
-    FREE_SPACE_CHECK_INTERVAL,
+    DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS, DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY,
+    DEFAULT_SEGMENT_BYTES, FREE_SPACE_CHECK_INTERVAL,
 };
 pub use crate::drain::{
     BoxError, BreakerState, ChannelSink, DrainError, DrainHandle, DrainStats, Drainer, JsonLinesSink, Sink, SinkError,
     DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_BATCH_SIZE, DEFAULT_BREAKER_OPEN_FOR,
-    DEFAULT_BREAKER_THRESHOLD, DEFAULT_LINGER,
+    DEFAULT_BREAKER_THRESHOLD, DEFAULT_LINGER, SHUTDOWN_GRACE,
 };
 #[cfg(feature = "redis")]
 pub use crate::drain::{RedisSink, DEFAULT_REDIS_FIELD, DEFAULT_REDIS_TIMEOUT};

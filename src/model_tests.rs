@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use crate::fs::faults::FaultyIo;
+use crate::storage::faulty::FaultyStorage as FaultyIo;
 use crate::{Builder, Compression, Durability, Receiver, Sender, SyncPolicy, TryRecvError};
 
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ impl Harness {
             .compression(self.compression)
             .memory_capacity(self.capacity)
             .segment_bytes(segment_bytes)
-            .io(Arc::clone(&self.io) as crate::fs::Io)
+            .storage(Arc::clone(&self.io) as crate::storage::Fs)
             .open()
             .unwrap();
         self.senders = vec![tx];

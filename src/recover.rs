@@ -2,6 +2,9 @@
 //! backlog, in `Persistent` and `WriteAhead` modes.
 //!
 //! Rules, applied to each segment file in id order:
+//! - a segment the progress file lists as read to the end (its deletion
+//!   failed) is deleted now; if that fails again it is skipped, never
+//!   read, and listed in the progress file anew;
 //! - the progress file names the segment the receiver was reading at the
 //!   last clean shutdown and where in it. That segment is rewritten without
 //!   the records before that point, and the progress file is removed, so no
@@ -10,7 +13,9 @@
 //!   with lower ids are not "read": the receiver deletes a segment as soon
 //!   as it has read it, so any still present are the in-memory items a
 //!   clean shutdown wrote in front of the backlog;
-//! - a segment whose header is short, has the wrong magic number, fails
+//! - the last segment, when shorter than a header, was being created when
+//!   the process died: it holds no record and is deleted;
+//! - any other segment whose header is short, has the wrong magic number, fails
 //!   its CRC or has an unknown version is set aside as `*.seg.corrupt`,
 //!   never deleted and never read;
 //! - records are counted from the recorded offset (or the header) on; a
@@ -26,8 +31,9 @@
 //!   segment.
 //!
 //! Recovery reads each file once, never allocates more than one segment's
-//! worth for any record, and refuses to start only when the directory
-//! itself cannot be read.
+//! worth for any record, and refuses to start (with the error, naming the
+//! file) when a file cannot be read, rather than guess: a transient error
+//! (too many open files, say) must never make a segment count as damaged.
 
 use std::collections::VecDeque;
 use std::io;
@@ -36,10 +42,11 @@ use std::path::Path;
 use crate::config::Compression;
 use crate::dir::ChannelDir;
 use crate::err::OpenError;
-use crate::progress;
+use crate::progress::{self, Progress};
 use crate::segment::block::{codec_readable, Packer};
 use crate::segment::format::{decode_header, encode_header, HEADER_LEN};
 use crate::segment::{segment_path, Peek, SegmentCursor, SegmentMeta};
+use crate::storage::{read_exact_at, remove_if_present, write_all, Fs, Kind, Open};
 
 /// Id of the first segment of a new durable channel. Segments written at a
 /// clean shutdown to hold the in-memory queue take ids below the oldest
@@ -58,29 +65,46 @@ pub(crate) struct Recovered {
 }
 
 /// Recovers the backlog in `dir`.
-pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
+pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
+    let fs = std::sync::Arc::clone(dir.fs());
+    let fs = &fs;
     let (ids, highest) = dir.scan()?;
-    let progress = progress::read(dir.path());
+    let progress = progress::read(&**fs, dir.path());
+    let mut still_read = Vec::new();
     let mut recovered =
         Recovered { next_id: highest.map_or(FIRST_DURABLE_ID, |id| id.saturating_add(1)), ..Recovered::default() };
     for (index, &id) in ids.iter().enumerate() {
         let path = segment_path(dir.path(), id);
         let io_error = |err: io::Error| OpenError::io(&path, err);
-        let (start, skip) = progress.filter(|p| p.segment == id).map_or((HEADER_LEN as u64, 0), |p| (p.offset, p.skip));
+        if progress.read.contains(&id) {
+            if let Err(err) = remove_if_present(&**fs, &path) {
+                tracing::warn!(path = %path.display(), error = %err, "a read segment still cannot be deleted; skipped");
+                still_read.push(id);
+            }
+            continue;
+        }
+        let position = progress.position.filter(|p| p.segment == id);
+        let (start, skip) = position.map_or((HEADER_LEN as u64, 0), |p| (p.offset, p.skip));
         let last = index + 1 == ids.len();
-        match recover_segment(&path, id, start, skip, last).map_err(io_error)? {
+        match recover_segment(fs, &path, id, start, skip, last).map_err(io_error)? {
+            Scan::Unborn => {
+                tracing::warn!(path = %path.display(), "segment was being created at a crash; removed");
+                remove_if_present(&**fs, &path).map_err(io_error)?;
+            }
             Scan::BadHeader(reason) => {
                 tracing::error!(path = %path.display(), %reason, "segment header is damaged; set aside");
-                crate::disk::set_aside(&path);
+                // Never read whatever happens: a failure leaves it for the
+                // next open to set aside.
+                let _ = dir.set_aside(&path);
             }
             Scan::Segment { meta, corrupt } => {
                 recovered.corrupt += corrupt;
                 if meta.records == 0 && corrupt == 0 {
-                    remove_readable(&path).map_err(io_error)?;
+                    remove_if_present(&**fs, &path).map_err(io_error)?;
                     continue;
                 }
                 let meta = if start > HEADER_LEN as u64 || skip > 0 {
-                    drop_read_records(dir.path(), &path, meta, start, skip).map_err(io_error)?
+                    drop_read_records(fs, dir.path(), &path, meta, start, skip).map_err(io_error)?
                 } else {
                     meta
                 };
@@ -89,32 +113,40 @@ pub(crate) fn recover(dir: &ChannelDir) -> Result<Recovered, OpenError> {
             }
         }
     }
-    if progress.is_some() {
-        // Applied (or its segment is gone): it must never apply again, to
-        // a later segment that reuses the id.
-        progress::write(dir.path(), None, true).map_err(|err| OpenError::io(dir.path(), err))?;
+    if !progress.is_empty() {
+        // Applied (or its segment is gone): the position must never apply
+        // again, to a later segment that reuses the id. Read segments that
+        // could not be deleted stay listed.
+        let rest = Progress { position: None, read: still_read };
+        progress::write(&**fs, dir.path(), &rest, true).map_err(|err| OpenError::io(dir.path(), err))?;
     }
     Ok(recovered)
 }
 
 /// Rewrites segment `path` without the records before `start`, which the
 /// receiver read before the last clean shutdown, so that no read position
-/// has to outlive recovery. The progress file is removed before the
-/// rewritten segment replaces the old one: a crash in between can only
+/// has to outlive recovery. The progress file loses its position before
+/// the rewritten segment replaces the old one: a crash in between can only
 /// deliver the read records again, never skip unread ones.
 ///
 /// In a compressed segment the read position may fall inside a block
 /// (`skip` of its records read): the block's unread records are written
 /// as a block of their own, stored without compression.
-fn drop_read_records(dir: &Path, path: &Path, meta: SegmentMeta, start: u64, skip: u16) -> io::Result<SegmentMeta> {
-    use std::io::Write;
-    let bytes = std::fs::read(path)?;
+fn drop_read_records(
+    fs: &Fs,
+    dir: &Path,
+    path: &Path,
+    meta: SegmentMeta,
+    start: u64,
+    skip: u16,
+) -> io::Result<SegmentMeta> {
+    let bytes = fs.read_all(path)?;
     let codec = decode_header(&bytes).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
     let end = usize::try_from(meta.bytes).unwrap_or(usize::MAX).min(bytes.len());
     let mut start = usize::try_from(start).unwrap_or(usize::MAX).min(end);
     let mut rest_of_block = Vec::new();
     if skip > 0 {
-        let mut cursor = SegmentCursor::open_sealed(path, meta.id, meta.bytes)?;
+        let mut cursor = SegmentCursor::open_sealed(fs, path, meta.id, meta.bytes)?;
         cursor.skip_to(start as u64);
         cursor.pass_records(skip)?;
         if let Some((rest, records, block_end)) = cursor.block_rest() {
@@ -126,23 +158,26 @@ fn drop_read_records(dir: &Path, path: &Path, meta: SegmentMeta, start: u64, ski
     }
     let temp = path.with_extension("seg.rewrite");
     {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&encode_header(codec))?;
-        file.write_all(&rest_of_block)?;
-        file.write_all(&bytes[start..end])?;
-        file.sync_data()?;
+        let file = fs.open(&temp, Open::Replace)?;
+        write_all(&**fs, &temp, &file, &encode_header(codec))?;
+        write_all(&**fs, &temp, &file, &rest_of_block)?;
+        write_all(&**fs, &temp, &file, &bytes[start..end])?;
+        fs.sync(&temp, &file)?;
     }
-    progress::write(dir, None, true)?;
-    std::fs::rename(&temp, path)?;
-    let mut permissions = std::fs::metadata(path)?.permissions();
-    permissions.set_readonly(true);
-    std::fs::set_permissions(path, permissions)?;
-    progress::sync_dir(dir)?;
+    let read_list = progress::read(&**fs, dir).read;
+    progress::write(&**fs, dir, &Progress { position: None, read: read_list }, true)?;
+    fs.rename(&temp, path)?;
+    if let Err(err) = fs.set_readonly(path, true) {
+        tracing::warn!(path = %path.display(), error = %err, "could not make a rewritten segment read-only");
+    }
+    fs.sync_dir(dir)?;
     Ok(SegmentMeta { bytes: (HEADER_LEN + rest_of_block.len() + end - start) as u64, ..meta })
 }
 
 /// What a scan of one segment found.
 enum Scan {
+    /// The last segment, shorter than a header: created at a crash.
+    Unborn,
     /// The header is damaged; the reason says how.
     BadHeader(String),
     /// The segment, with its records from the start offset on, and how
@@ -150,15 +185,22 @@ enum Scan {
     Segment { meta: SegmentMeta, corrupt: u64 },
 }
 
-fn recover_segment(path: &Path, id: u64, start: u64, skip: u16, last: bool) -> io::Result<Scan> {
-    let len = std::fs::metadata(path)?.len();
-    let mut header = [0u8; HEADER_LEN];
-    let short = len < HEADER_LEN as u64 || {
-        use std::io::Read;
-        std::fs::File::open(path)?.read_exact(&mut header).is_err()
-    };
-    if short {
+fn recover_segment(fs: &Fs, path: &Path, id: u64, start: u64, skip: u16, last: bool) -> io::Result<Scan> {
+    let meta = fs.metadata(path)?;
+    if meta.kind != Kind::File {
+        return Ok(Scan::BadHeader(format!("not a plain file ({:?})", meta.kind)));
+    }
+    let len = meta.len;
+    if len < HEADER_LEN as u64 {
+        if last {
+            return Ok(Scan::Unborn);
+        }
         return Ok(Scan::BadHeader("shorter than a segment header".to_string()));
+    }
+    let mut header = [0u8; HEADER_LEN];
+    {
+        let file = fs.open(path, Open::Read)?;
+        read_exact_at(&**fs, path, &file, &mut header, 0)?;
     }
     let codec = match decode_header(&header) {
         Ok(codec) => codec,
@@ -172,7 +214,7 @@ fn recover_segment(path: &Path, id: u64, start: u64, skip: u16, last: bool) -> i
             ),
         ));
     }
-    let mut cursor = SegmentCursor::open_sealed(path, id, len)?;
+    let mut cursor = SegmentCursor::open_sealed(fs, path, id, len)?;
     cursor.skip_to(start.min(len));
     cursor.pass_records(skip)?;
     let mut records = 0;
@@ -204,31 +246,19 @@ fn recover_segment(path: &Path, id: u64, start: u64, skip: u16, last: bool) -> i
     }
     drop(cursor);
     if end < len {
-        truncate(path, end)?;
+        truncate(fs, path, end)?;
     }
     Ok(Scan::Segment { meta: SegmentMeta { id, bytes: end, records }, corrupt })
 }
 
 /// Cuts a segment file to `len` bytes, even if it was sealed read-only.
-fn truncate(path: &Path, len: u64) -> io::Result<()> {
-    let mut permissions = std::fs::metadata(path)?.permissions();
-    let was_readonly = permissions.readonly();
-    if was_readonly {
-        #[allow(clippy::permissions_set_readonly_false)]
-        permissions.set_readonly(false);
-        std::fs::set_permissions(path, permissions.clone())?;
-    }
-    std::fs::OpenOptions::new().write(true).open(path)?.set_len(len)?;
-    if was_readonly {
-        permissions.set_readonly(true);
-        std::fs::set_permissions(path, permissions)?;
+fn truncate(fs: &Fs, path: &Path, len: u64) -> io::Result<()> {
+    fs.set_readonly(path, false)?;
+    let cut = fs.open(path, Open::Append).and_then(|file| fs.set_len(path, &file, len));
+    let sealed = fs.set_readonly(path, true);
+    cut?;
+    if let Err(err) = sealed {
+        tracing::warn!(path = %path.display(), error = %err, "could not make a cut segment read-only again");
     }
     Ok(())
-}
-
-fn remove_readable(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-        _ => Ok(()),
-    }
 }

@@ -7,10 +7,10 @@
 /// by `open` are in `on_disk` but not in `sent`). When nothing is in
 /// flight, under [`WhenFull::Block`](crate::WhenFull::Block) and
 /// [`WhenFull::DropNewest`](crate::WhenFull::DropNewest)
-/// `sent == received + in_memory + on_disk + corrupt` (`DropNewest` drops
-/// items before they count as sent); under
+/// `sent == received + in_memory + on_disk + corrupt + lost` (`DropNewest`
+/// drops items before they count as sent); under
 /// [`WhenFull::DropOldest`](crate::WhenFull::DropOldest), which drops items
-/// already sent, `sent == received + in_memory + on_disk + corrupt + dropped`.
+/// already sent, `sent == received + in_memory + on_disk + corrupt + lost + dropped`.
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
@@ -48,4 +48,13 @@ pub struct Stats {
     /// Records skipped because they failed their checksum or did not
     /// decode; they are never delivered.
     pub corrupt: u64,
+    /// Records lost because their segment file vanished (deleted by
+    /// another program, or with the channel's directory) or could not be
+    /// read; each loss is logged with the file's name.
+    pub lost: u64,
+    /// Damaged segment files set aside for inspection (`*.seg.corrupt*`),
+    /// bounded by [`Builder::max_set_aside_bytes`](crate::Builder::max_set_aside_bytes).
+    pub set_aside_files: usize,
+    /// Bytes of those files.
+    pub set_aside_bytes: u64,
 }

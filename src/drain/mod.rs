@@ -305,18 +305,54 @@ impl<T> DrainHandle<T> {
     /// nothing is lost: every item not accepted is in the returned
     /// receiver, in order.
     ///
+    /// A sink call cannot be interrupted. If one is still running when the
+    /// deadline (plus [`SHUTDOWN_GRACE`]) has passed, `shutdown` returns
+    /// anyway, with a [`DrainError`] that [is a timeout](DrainError::is_timeout)
+    /// and gives the handle back ([`DrainError::into_handle`]): the
+    /// drainer has been told to stop and does so as soon as the sink
+    /// returns, putting the batch back; call `shutdown` again to keep
+    /// waiting. Nothing is lost meanwhile: the batch is still in the
+    /// channel until the sink accepts it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sump::{Drainer, SinkError};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let (tx, rx) = sump::channel::<u32>("slow", dir.path())?;
+    /// tx.send(1)?;
+    /// let handle = Drainer::new(rx, |_: &[u32]| -> Result<(), SinkError> {
+    ///     std::thread::sleep(Duration::from_millis(400)); // a sink that hangs for a while
+    ///     Ok(())
+    /// })
+    /// .spawn();
+    /// std::thread::sleep(Duration::from_millis(50));
+    /// let err = handle.shutdown(Duration::from_millis(10)).unwrap_err();
+    /// assert!(err.is_timeout());
+    /// let handle = err.into_handle().expect("a timeout gives the handle back");
+    /// let rx = handle.shutdown(Duration::from_secs(5))?; // the sink returned meanwhile
+    /// # drop((tx, rx));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`DrainError`] if the drainer thread itself panicked, which loses
-    /// the receiver. A panicking sink does not count: it stops the drainer
-    /// and is reported in [`DrainStats::stopped`].
+    /// [`DrainError`]: a timeout, as above, or the drainer thread itself
+    /// panicked, which loses the receiver. A panicking sink does not
+    /// count: it stops the drainer and is reported in
+    /// [`DrainStats::stopped`].
     ///
     /// # Blocking
     ///
-    /// Until the drainer has stopped: about `deadline`, at most.
-    pub fn shutdown(self, deadline: Duration) -> Result<Receiver<T>, DrainError> {
-        self.stop_by(Instant::now().checked_add(deadline).unwrap_or_else(Instant::now));
-        self.join()
+    /// Until the drainer has stopped, or `deadline` plus
+    /// [`SHUTDOWN_GRACE`] has passed, whichever comes first.
+    pub fn shutdown(self, deadline: Duration) -> Result<Receiver<T>, DrainError<Self>> {
+        let at = Instant::now().checked_add(deadline).unwrap_or_else(Instant::now);
+        self.stop_by(at);
+        if !self.wait_until(at + SHUTDOWN_GRACE) {
+            return Err(DrainError::timed_out(self));
+        }
+        self.join().map_err(|_| DrainError::panicked())
     }
 
     /// Tells the drainer to stop, finishing its batch in flight by `at`.
@@ -326,12 +362,31 @@ impl<T> DrainHandle<T> {
         self.control.wake.notify_all();
     }
 
+    /// Waits until the drainer thread has ended or `until` has passed;
+    /// returns whether it has ended.
+    pub(crate) fn wait_until(&self, until: Instant) -> bool {
+        let mut pause = Duration::from_micros(100);
+        while !self.is_finished() {
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            std::thread::sleep(pause.min(until - now));
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+        true
+    }
+
     /// Waits for the drainer thread to end and takes its receiver.
-    pub(crate) fn join(mut self) -> Result<Receiver<T>, DrainError> {
-        let thread = self.thread.take().ok_or(DrainError { _private: () })?;
-        thread.join().map_err(|_| DrainError { _private: () })
+    pub(crate) fn join(mut self) -> Result<Receiver<T>, ()> {
+        let thread = self.thread.take().ok_or(())?;
+        thread.join().map_err(|_| ())
     }
 }
+
+/// How long [`DrainHandle::shutdown`] waits past its deadline for the
+/// drainer thread to put its batch back and end (100 ms).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 
 impl<T> fmt::Debug for DrainHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -339,17 +394,57 @@ impl<T> fmt::Debug for DrainHandle<T> {
     }
 }
 
-/// The drainer thread panicked and its receiver is lost.
-#[derive(Debug)]
-pub struct DrainError {
-    /// Keeps the type open to more detail later.
-    _private: (),
+/// Why [`DrainHandle::shutdown`] (or [`ShardedDrainHandle::shutdown`](crate::ShardedDrainHandle::shutdown))
+/// returned no receiver: the drainer is still in a sink call past the
+/// deadline ([`is_timeout`](Self::is_timeout); the handle `H` comes back
+/// with [`into_handle`](Self::into_handle)), or a drainer thread panicked
+/// and its receiver is lost.
+pub struct DrainError<H> {
+    /// The handle, when the drainer is still running.
+    handle: Option<H>,
 }
 
-impl fmt::Display for DrainError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the drainer thread panicked; its receiver is lost")
+impl<H> DrainError<H> {
+    pub(crate) fn timed_out(handle: H) -> DrainError<H> {
+        DrainError { handle: Some(handle) }
+    }
+
+    pub(crate) fn panicked() -> DrainError<H> {
+        DrainError { handle: None }
+    }
+
+    /// Whether the drainer is still running: a sink call outlasted the
+    /// deadline. It stops as soon as the call returns.
+    pub fn is_timeout(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    /// The handle of the drainer still running, to shut it down again
+    /// (wait longer) or to watch it; `None` when a drainer thread panicked.
+    pub fn into_handle(self) -> Option<H> {
+        self.handle
     }
 }
 
-impl std::error::Error for DrainError {}
+impl<H> fmt::Debug for DrainError<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.handle {
+            Some(_) => f.write_str("DrainError(TimedOut(..))"),
+            None => f.write_str("DrainError(Panicked)"),
+        }
+    }
+}
+
+impl<H> fmt::Display for DrainError<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.handle {
+            Some(_) => f.write_str(
+                "the drainer is still in a sink call past its shutdown deadline; it stops when the call \
+                 returns, and nothing is lost (shut the returned handle down again to keep waiting)",
+            ),
+            None => f.write_str("the drainer thread panicked; its receiver is lost"),
+        }
+    }
+}
+
+impl<H> std::error::Error for DrainError<H> {}

@@ -1,11 +1,12 @@
 //! [`SegmentCursor`]: the receiver's read position in one segment.
 //!
-//! A sealed segment is read through a read-only memory map of the whole
-//! file. The active segment is still growing, so it is read with
-//! positioned reads into a buffer of at most [`TAIL_READ_BYTES`] (or one
-//! record, whichever is larger), and only up to the limit the writer has
-//! flushed. Either way the cursor never looks past its limit, and the most
-//! it ever allocates for one record is the segment size.
+//! Every segment is read with positioned reads, through the storage seam,
+//! into a buffer of at most [`READ_BYTES`] (or one record, whichever is
+//! larger): a sealed one up to its final length, the active one up to the
+//! limit the writer has flushed. The cursor never looks past its limit,
+//! and the most it ever allocates for one record is the segment size. No
+//! memory map: a file another program truncates under the reader reads as
+//! a short file (damage, counted), never as a crash.
 //!
 //! Reading is two steps: [`SegmentCursor::peek`] returns the next record's
 //! payload without moving, [`SegmentCursor::commit`] moves past it. The
@@ -19,15 +20,15 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use memmap2::{Advice, Mmap};
+use crate::storage::{Fs, Open};
 
 use super::block::{codec_readable, unpack};
 use super::format::{decode_header, find_frame, read_frame, Frame, FRAME_HEADER_LEN, HEADER_LEN};
 
-/// Bytes read at once from the active segment.
-pub(crate) const TAIL_READ_BYTES: usize = 256 * 1024;
+/// Bytes read at once from a segment.
+pub(crate) const READ_BYTES: usize = 256 * 1024;
 
 /// What [`SegmentCursor::peek`] found.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,13 +47,20 @@ pub(crate) enum Peek<'a> {
     DamagedActive { reason: String },
 }
 
-/// Where the cursor's bytes come from.
+/// Where the cursor's bytes come from: `buffer` holds the file's bytes
+/// from `base` on.
 #[derive(Debug)]
-enum Source {
-    /// A sealed segment, mapped whole.
-    Mapped(Mmap),
-    /// The active segment: `buffer` holds the file's bytes from `base` on.
-    Tail { file: File, buffer: Vec<u8>, base: u64 },
+struct Source {
+    /// How the file is read.
+    fs: Fs,
+    /// The file's path, for the storage seam and for messages.
+    path: PathBuf,
+    /// The segment file, open for reading.
+    file: File,
+    /// Bytes read from the file.
+    buffer: Vec<u8>,
+    /// File offset of `buffer[0]`.
+    base: u64,
 }
 
 /// A read position in one segment, owned by the receiver.
@@ -118,25 +126,14 @@ enum Located {
 }
 
 impl SegmentCursor {
-    /// Opens a sealed segment of `bytes` bytes through a memory map.
-    pub(crate) fn open_sealed(path: &Path, id: u64, bytes: u64) -> io::Result<SegmentCursor> {
-        let file = File::open(path)?;
-        // SAFETY: a sealed segment is never written again by this crate: its
-        // writer is gone, the file is read-only, and the lock file keeps any
-        // other `sump` instance out of the directory. The receiver deletes
-        // it only after dropping this map, and deleting a mapped file on
-        // Unix leaves the mapping valid anyway. Another program truncating
-        // it behind our back is outside what we can defend against.
-        let map = unsafe { Mmap::map(&file)? };
-        let _ = map.advise(Advice::Sequential);
-        Ok(SegmentCursor::new(id, Source::Mapped(map), bytes, true))
+    /// Opens a sealed segment of `bytes` bytes.
+    pub(crate) fn open_sealed(fs: &Fs, path: &Path, id: u64, bytes: u64) -> io::Result<SegmentCursor> {
+        Ok(SegmentCursor::new(id, Source::open(fs, path)?, bytes, true))
     }
 
-    /// Opens the active segment for positioned reads up to `limit` bytes.
-    pub(crate) fn open_active(path: &Path, id: u64, limit: u64) -> io::Result<SegmentCursor> {
-        let file = File::open(path)?;
-        let source = Source::Tail { file, buffer: Vec::new(), base: 0 };
-        Ok(SegmentCursor::new(id, source, limit, false))
+    /// Opens the active segment, to read up to `limit` bytes.
+    pub(crate) fn open_active(fs: &Fs, path: &Path, id: u64, limit: u64) -> io::Result<SegmentCursor> {
+        Ok(SegmentCursor::new(id, Source::open(fs, path)?, limit, false))
     }
 
     fn new(id: u64, source: Source, limit: u64, sealed: bool) -> SegmentCursor {
@@ -214,18 +211,20 @@ impl SegmentCursor {
     /// writer's buffer. The bytes are all appended records, so the new
     /// limit covers every record.
     pub(crate) fn feed_unflushed(&mut self, flushed: u64, unflushed: &[u8]) -> io::Result<()> {
-        let Source::Tail { file, buffer, base } = &mut self.source else { return Ok(()) };
-        buffer.clear();
+        let source = &mut self.source;
+        source.buffer.clear();
         if self.pos < flushed {
             let from_file = usize::try_from(flushed - self.pos).unwrap_or(usize::MAX);
-            buffer.resize(from_file, 0);
-            read_exact_at(file, buffer, self.pos)?;
-            buffer.extend_from_slice(unflushed);
+            source.fill(self.pos, from_file)?;
+            if source.buffer.len() < from_file {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "segment is shorter than what was written"));
+            }
+            source.buffer.extend_from_slice(unflushed);
         } else {
             let skip = usize::try_from(self.pos - flushed).unwrap_or(usize::MAX).min(unflushed.len());
-            buffer.extend_from_slice(&unflushed[skip..]);
+            source.buffer.extend_from_slice(&unflushed[skip..]);
         }
-        *base = self.pos;
+        source.base = self.pos;
         self.limit = flushed + unflushed.len() as u64;
         self.complete = true;
         Ok(())
@@ -233,28 +232,21 @@ impl SegmentCursor {
 
     /// Returns up to `limit - pos` bytes from file offset `pos`, at least
     /// `want` of them when the limit allows.
+    /// A file shorter than the limit (cut by another program) gives fewer
+    /// bytes, which read as a frame cut off: damage, never a crash.
     fn bytes_at(&mut self, pos: u64, want: usize) -> io::Result<&[u8]> {
         let available = self.limit.saturating_sub(pos);
-        match &mut self.source {
-            Source::Mapped(map) => {
-                let end = usize::try_from(self.limit).unwrap_or(usize::MAX).min(map.len());
-                let start = usize::try_from(pos).unwrap_or(usize::MAX).min(end);
-                Ok(&map[start..end])
-            }
-            Source::Tail { file, buffer, base } => {
-                let want = (want as u64).min(available);
-                let covered = pos >= *base && pos + want <= *base + buffer.len() as u64;
-                if !covered {
-                    let len = want.max(TAIL_READ_BYTES as u64).min(available) as usize;
-                    buffer.clear();
-                    buffer.resize(len, 0);
-                    read_exact_at(file, buffer, pos)?;
-                    *base = pos;
-                }
-                let start = (pos - *base) as usize;
-                Ok(&buffer[start..])
-            }
+        let source = &mut self.source;
+        let want = (want as u64).min(available);
+        let covered = pos >= source.base && pos + want <= source.base + source.buffer.len() as u64;
+        if !covered {
+            let len = want.max(READ_BYTES as u64).min(available) as usize;
+            source.fill(pos, len)?;
         }
+        let start = usize::try_from(pos - source.base).unwrap_or(usize::MAX).min(source.buffer.len());
+        let end =
+            usize::try_from(self.limit.saturating_sub(source.base)).unwrap_or(usize::MAX).min(source.buffer.len());
+        Ok(&source.buffer[start..end.max(start)])
     }
 
     /// Returns the next record without moving past it.
@@ -479,16 +471,33 @@ fn find_block(bytes: &[u8], mut from: usize) -> Option<usize> {
     }
 }
 
-#[cfg(unix)]
-fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buffer, offset)
-}
+impl Source {
+    fn open(fs: &Fs, path: &Path) -> io::Result<Source> {
+        let file = fs.open(path, Open::Read)?;
+        Ok(Source { fs: std::sync::Arc::clone(fs), path: path.to_owned(), file, buffer: Vec::new(), base: 0 })
+    }
 
-#[cfg(not(unix))]
-fn read_exact_at(mut file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(buffer)
+    /// Replaces the buffer with up to `len` bytes of the file from `pos`:
+    /// fewer only where the file ends sooner.
+    fn fill(&mut self, pos: u64, len: usize) -> io::Result<()> {
+        self.buffer.clear();
+        self.buffer.resize(len, 0);
+        self.base = pos;
+        let mut got = 0;
+        while got < len {
+            match self.fs.read_at(&self.path, &self.file, &mut self.buffer[got..], pos + got as u64) {
+                Ok(0) => break,
+                Ok(read) => got += read,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    self.buffer.clear();
+                    return Err(err);
+                }
+            }
+        }
+        self.buffer.truncate(got);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -515,9 +524,9 @@ mod tests {
     #[test]
     fn active_cursor_sees_only_flushed_records_and_follows_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 1, crate::fs::direct(), crate::Compression::None).unwrap();
+        let mut writer = SegmentWriter::create(&crate::storage::os(), dir.path(), 1, crate::Compression::None).unwrap();
         writer.append(&frame(b"one")).unwrap();
-        let mut cursor = SegmentCursor::open_active(writer.path(), 1, writer.flushed()).unwrap();
+        let mut cursor = SegmentCursor::open_active(&crate::storage::os(), writer.path(), 1, writer.flushed()).unwrap();
         assert_eq!(cursor.peek().unwrap(), Peek::Exhausted);
         writer.flush().unwrap();
         cursor.set_limit(writer.flushed(), false, true);
@@ -531,19 +540,19 @@ mod tests {
     }
 
     #[test]
-    fn sealed_cursor_reads_through_the_map_and_reports_a_torn_tail() {
+    fn sealed_cursor_reads_every_record_and_reports_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 2, crate::fs::direct(), crate::Compression::None).unwrap();
+        let mut writer = SegmentWriter::create(&crate::storage::os(), dir.path(), 2, crate::Compression::None).unwrap();
         for payload in [&b"a"[..], b"bb", b"ccc"] {
             writer.append(&frame(payload)).unwrap();
         }
-        let meta = writer.seal().map_err(|(_, e)| e).unwrap();
+        let meta = writer.seal().map_err(|failed| failed.1).unwrap();
         let path = segment_path(dir.path(), 2);
-        let mut cursor = SegmentCursor::open_sealed(&path, 2, meta.bytes).unwrap();
+        let mut cursor = SegmentCursor::open_sealed(&crate::storage::os(), &path, 2, meta.bytes).unwrap();
         assert_eq!(read_all(&mut cursor), vec![b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec()]);
         assert_eq!(cursor.peek().unwrap(), Peek::Exhausted);
 
-        let mut torn = SegmentCursor::open_sealed(&path, 2, meta.bytes - 1).unwrap();
+        let mut torn = SegmentCursor::open_sealed(&crate::storage::os(), &path, 2, meta.bytes - 1).unwrap();
         assert_eq!(read_all(&mut torn).len(), 2);
         assert!(matches!(torn.peek().unwrap(), Peek::Damaged { resume: None, .. }));
     }
@@ -555,7 +564,7 @@ mod tests {
     #[test]
     fn a_torn_compressed_block_is_a_torn_tail_not_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 4, crate::fs::direct(), crate::Compression::Lz4).unwrap();
+        let mut writer = SegmentWriter::create(&crate::storage::os(), dir.path(), 4, crate::Compression::Lz4).unwrap();
         let noise = |seed: u32| -> Vec<u8> {
             (0..50u32).flat_map(|i| (i ^ seed).wrapping_mul(2_654_435_761).to_le_bytes()).collect()
         };
@@ -565,13 +574,13 @@ mod tests {
             }
             writer.flush().unwrap();
         }
-        let meta = writer.seal().map_err(|(_, e)| e).unwrap();
+        let meta = writer.seal().map_err(|failed| failed.1).unwrap();
         let path = segment_path(dir.path(), 4);
-        let mut whole = SegmentCursor::open_sealed(&path, 4, meta.bytes).unwrap();
+        let mut whole = SegmentCursor::open_sealed(&crate::storage::os(), &path, 4, meta.bytes).unwrap();
         assert_eq!(read_all(&mut whole).len(), 15);
         // Cut the last block short, after its third record.
         let torn_len = meta.bytes - 2 * (FRAME_HEADER_LEN as u64 + 200) - 10;
-        let mut torn = SegmentCursor::open_sealed(&path, 4, torn_len).unwrap();
+        let mut torn = SegmentCursor::open_sealed(&crate::storage::os(), &path, 4, torn_len).unwrap();
         assert_eq!(read_all(&mut torn).len(), 10, "the two whole blocks");
         assert!(matches!(torn.peek().unwrap(), Peek::Damaged { resume: None, .. }), "nothing after the tear");
     }
@@ -579,9 +588,9 @@ mod tests {
     #[test]
     fn a_bad_header_or_a_flipped_byte_is_reported_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 3, crate::fs::direct(), crate::Compression::None).unwrap();
+        let mut writer = SegmentWriter::create(&crate::storage::os(), dir.path(), 3, crate::Compression::None).unwrap();
         writer.append(&frame(b"payload")).unwrap();
-        let meta = writer.seal().map_err(|(_, e)| e).unwrap();
+        let meta = writer.seal().map_err(|failed| failed.1).unwrap();
         let path = segment_path(dir.path(), 3);
         let clean = std::fs::read(&path).unwrap();
         for (offset, what) in [(0, "header"), (HEADER_LEN + 9, "payload")] {
@@ -589,7 +598,7 @@ mod tests {
             bytes[offset] ^= 0x40;
             let damaged = dir.path().join(format!("damaged-{what}"));
             std::fs::write(&damaged, &bytes).unwrap();
-            let mut cursor = SegmentCursor::open_sealed(&damaged, 3, meta.bytes).unwrap();
+            let mut cursor = SegmentCursor::open_sealed(&crate::storage::os(), &damaged, 3, meta.bytes).unwrap();
             assert!(matches!(cursor.peek().unwrap(), Peek::Damaged { resume: None, .. }), "{what}");
         }
     }

@@ -11,8 +11,19 @@
 //! in its own buffer until it is all in the file, so a write that fails
 //! half-way resumes with the same bytes, and a reader fed the unwritten
 //! bytes (on a full disk) sees exactly what the file will hold.
+//!
+//! The writer never appends after bytes whose state it does not know: if a
+//! failed write cannot be cut off again (the truncate fails too), the
+//! writer refuses every further append ([`SegmentWriter::tail_unknown`])
+//! and the disk tier seals it at its last good record and starts a new
+//! segment. It also knows which of its records are only in its buffers
+//! ([`SegmentWriter::unwritten_records`]), so a shutdown that cannot write
+//! them counts them, and which are on stable storage, so a failed sync can
+//! take back exactly the records it was to cover
+//! ([`SegmentWriter::roll_back_unsynced`]).
 
-use std::fs::{File, OpenOptions};
+use std::collections::VecDeque;
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +32,7 @@ use super::block::{codec_id, Packer, BLOCK_OVERHEAD, MAX_BLOCK_RECORDS};
 use super::format::{encode_header, HEADER_LEN};
 use super::{segment_path, SegmentMeta};
 use crate::config::Compression;
-use crate::fs::{Io, SyncHandle, WriteIo};
+use crate::storage::{write_all, Fs, Open, SyncHandle};
 
 /// Size of the write buffer in bytes. Frames at least this large bypass it.
 pub(crate) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
@@ -45,8 +56,8 @@ pub(crate) struct SegmentWriter {
     /// The file, opened for appending. Written only by `flush`; shared
     /// only to be synced outside the channel lock.
     file: Arc<File>,
-    /// Every write and sync goes through here.
-    io: Io,
+    /// Every file operation goes through here.
+    fs: Fs,
     /// Frames appended but not yet written to the file (in a compressed
     /// segment: not yet packed).
     buffer: Vec<u8>,
@@ -59,17 +70,43 @@ pub(crate) struct SegmentWriter {
     flushed: u64,
     /// Records appended, buffered or not.
     records: u64,
+    /// File offsets at which the buffered (and, in a compressed segment,
+    /// packed) bytes complete records, and how many: what is not yet in
+    /// the file. Frames still to be packed are `buffered_records` instead.
+    pending_ends: VecDeque<(u64, u32)>,
+    /// Bytes of the file known to be on stable storage.
+    synced: u64,
+    /// Records in those bytes.
+    synced_records: u64,
+    /// Set when a failed write could not be cut off again: the file may
+    /// hold bytes past `flushed`, so nothing more may be appended.
+    tail_unknown: bool,
+}
+
+/// What a sync of the active segment covers, taken when its bytes were
+/// handed to the OS; given back to [`SegmentWriter::mark_synced`] once the
+/// sync succeeded.
+#[derive(Debug, Clone)]
+pub(crate) struct SyncPoint {
+    /// The segment.
+    pub(crate) id: u64,
+    /// Bytes in the file at that point.
+    pub(crate) bytes: u64,
+    /// Records in those bytes.
+    pub(crate) records: u64,
 }
 
 impl SegmentWriter {
     /// Creates segment `id` in `dir` and writes its header. Fails if the
     /// file exists: a writer never appends to a file it did not start.
-    pub(crate) fn create(dir: &Path, id: u64, io: Io, compression: Compression) -> io::Result<SegmentWriter> {
+    pub(crate) fn create(fs: &Fs, dir: &Path, id: u64, compression: Compression) -> io::Result<SegmentWriter> {
         let path = segment_path(dir, id);
-        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        if let Err(err) = write_all(&*io, &path, &file, &encode_header(codec_id(compression))) {
+        let file = fs.open(&path, Open::CreateNew)?;
+        if let Err(err) = write_all(&**fs, &path, &file, &encode_header(codec_id(compression))) {
             drop(file);
-            let _ = std::fs::remove_file(&path);
+            if let Err(removed) = fs.remove(&path) {
+                tracing::warn!(path = %path.display(), error = %removed, "could not remove a segment whose header failed");
+            }
             return Err(err);
         }
         let file = Arc::new(file);
@@ -79,13 +116,49 @@ impl SegmentWriter {
             id,
             path,
             file,
-            io,
+            fs: Arc::clone(fs),
             buffer: Vec::new(),
             buffered_records: 0,
             compressed,
             flushed: HEADER_LEN as u64,
             records: 0,
+            pending_ends: VecDeque::new(),
+            synced: HEADER_LEN as u64,
+            synced_records: 0,
+            tail_unknown: false,
         })
+    }
+
+    /// Whether the writer refuses appends because a failed write could
+    /// not be cut off: the segment must be sealed at [`flushed`](Self::flushed).
+    pub(crate) fn tail_unknown(&self) -> bool {
+        self.tail_unknown
+    }
+
+    /// Records appended that are not yet all in the file.
+    pub(crate) fn unwritten_records(&self) -> u64 {
+        let buffered = if self.compressed.is_some() { u64::from(self.buffered_records) } else { 0 };
+        buffered + self.pending_ends.iter().map(|&(_, records)| u64::from(records)).sum::<u64>()
+    }
+
+    /// Records appended that are not known to be on stable storage.
+    pub(crate) fn records_not_synced(&self) -> u64 {
+        self.records - self.synced_records
+    }
+
+    /// Records wholly in the file.
+    fn records_in_file(&self) -> u64 {
+        self.records - self.unwritten_records()
+    }
+
+    fn refuse_if_tail_unknown(&self) -> io::Result<()> {
+        if self.tail_unknown {
+            return Err(io::Error::other(format!(
+                "segment {} is closed to appends: a failed write could not be cut off",
+                self.path.display()
+            )));
+        }
+        Ok(())
     }
 
     /// The segment's id.
@@ -148,6 +221,7 @@ impl SegmentWriter {
             return Ok(());
         }
         compressed.packer.pack(&self.buffer, self.buffered_records, &mut compressed.packed)?;
+        self.pending_ends.push_back((self.flushed + compressed.packed.len() as u64, self.buffered_records));
         self.buffer.clear();
         self.buffered_records = 0;
         Ok(())
@@ -162,6 +236,7 @@ impl SegmentWriter {
     /// appended, and everything appended before is still buffered or in
     /// the file.
     pub(crate) fn append(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.refuse_if_tail_unknown()?;
         if self.buffer.len() + frame.len() > WRITE_BUFFER_BYTES || self.buffered_records >= MAX_BLOCK_RECORDS {
             self.flush()?;
         }
@@ -173,6 +248,9 @@ impl SegmentWriter {
         } else {
             self.buffer.extend_from_slice(frame);
             self.buffered_records += 1;
+            if self.compressed.is_none() {
+                self.pending_ends.push_back((self.flushed + self.buffer.len() as u64, 1));
+            }
         }
         self.records += 1;
         Ok(())
@@ -182,6 +260,7 @@ impl SegmentWriter {
     /// returning: write-ahead. On error nothing of this frame is in the
     /// file, and everything appended before is still buffered or in it.
     pub(crate) fn append_through(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.refuse_if_tail_unknown()?;
         self.flush()?;
         self.write_direct(frame)?;
         self.records += 1;
@@ -202,40 +281,85 @@ impl SegmentWriter {
             }
             None => frame,
         };
-        match write_all(&*self.io, &self.path, &self.file, frame) {
+        match write_all(&*self.fs, &self.path, &self.file, frame) {
             Ok(()) => {
                 self.flushed += frame.len() as u64;
                 Ok(())
             }
             Err(err) => {
-                self.rewind_file_to(self.flushed)?;
+                // The send gets the write's error (ENOSPC, say), not the
+                // truncate's; a failed truncate closes the segment.
+                self.cut_back_to(self.flushed);
                 Err(err)
             }
         }
     }
 
-    fn rewind_file_to(&mut self, len: u64) -> io::Result<()> {
-        use std::io::{Seek, SeekFrom};
-        self.file.set_len(len)?;
-        (&*self.file).seek(SeekFrom::Start(len))?;
-        Ok(())
+    /// Cuts the file back to `len` bytes, where the last good record ends.
+    /// If that fails the file's tail is unknown, and the writer takes no
+    /// more appends.
+    fn cut_back_to(&mut self, len: u64) {
+        if let Err(err) = self.fs.set_len(&self.path, &self.file, len) {
+            tracing::error!(path = %self.path.display(), error = %err,
+                "a failed write could not be cut off; the segment is closed to appends");
+            self.tail_unknown = true;
+        }
+    }
+
+    /// Takes back every record not yet on stable storage: the buffers are
+    /// emptied and the file cut back to its synced bytes, after a sync (or
+    /// the write before it) failed. Returns how many records were taken
+    /// back. If the file cannot be cut, the writer is closed to appends
+    /// ([`tail_unknown`](Self::tail_unknown)): the records may then still
+    /// be found by a recovery, but nothing is ever appended after them.
+    pub(crate) fn roll_back_unsynced(&mut self) -> u64 {
+        let dropped = self.records - self.synced_records;
+        self.buffer.clear();
+        self.buffered_records = 0;
+        if let Some(compressed) = self.compressed.as_mut() {
+            compressed.packed.clear();
+        }
+        self.pending_ends.clear();
+        self.records = self.synced_records;
+        if self.flushed > self.synced {
+            self.flushed = self.synced;
+            self.cut_back_to(self.synced);
+        }
+        dropped
+    }
+
+    /// Notes that a sync taken at `point` succeeded.
+    pub(crate) fn mark_synced(&mut self, point: &SyncPoint) {
+        if point.id == self.id && point.bytes > self.synced && point.bytes <= self.flushed {
+            self.synced = point.bytes;
+            self.synced_records = point.records;
+        }
+    }
+
+    /// Bytes of the file known to be on stable storage.
+    pub(crate) fn synced(&self) -> u64 {
+        self.synced
     }
 
     /// Writes buffered frames to the file (to the OS, not to stable
     /// storage). On a failure the bytes that did reach the file are
     /// accounted for and the rest stay buffered for the next attempt.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.refuse_if_tail_unknown()?;
         self.pack()?;
         let pending = match self.compressed.as_mut() {
             Some(compressed) => &mut compressed.packed,
             None => &mut self.buffer,
         };
         while !pending.is_empty() {
-            match self.io.write(&self.path, &self.file, pending) {
+            match self.fs.write(&self.path, &self.file, pending) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write made no progress")),
                 Ok(written) => {
                     self.flushed += written as u64;
                     pending.drain(..written);
+                    while self.pending_ends.front().is_some_and(|&(end, _)| end <= self.flushed) {
+                        self.pending_ends.pop_front();
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(err),
@@ -247,60 +371,50 @@ impl SegmentWriter {
 
     /// Flushes and then asks the OS to put the file on stable storage.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
-        self.flush()?;
-        self.io.sync(&self.path, &self.file)
+        let (_, point) = self.flush_for_sync()?;
+        self.fs.sync(&self.path, &self.file)?;
+        self.mark_synced(&point);
+        Ok(())
     }
 
     /// Flushes, and returns the file so that it can be synced without
-    /// holding up appends.
-    pub(crate) fn flush_for_sync(&mut self) -> io::Result<SyncHandle> {
+    /// holding up appends, with what that sync covers.
+    pub(crate) fn flush_for_sync(&mut self) -> io::Result<(SyncHandle, SyncPoint)> {
         self.flush()?;
-        Ok(SyncHandle { io: Arc::clone(&self.io), path: self.path.clone(), file: Arc::clone(&self.file) })
+        let point = SyncPoint { id: self.id, bytes: self.flushed, records: self.records_in_file() };
+        let handle = SyncHandle { fs: Arc::clone(&self.fs), path: self.path.clone(), file: Arc::clone(&self.file) };
+        Ok((handle, point))
     }
 
     /// Flushes and closes the segment for good, making the file read-only.
     /// On error the writer is handed back unchanged, still active.
-    pub(crate) fn seal(mut self) -> Result<SegmentMeta, (SegmentWriter, io::Error)> {
-        if let Err(err) = self.flush() {
-            return Err((self, err));
+    /// A writer whose tail is unknown is sealed at its last good record:
+    /// nothing is buffered in it.
+    pub(crate) fn seal(mut self) -> Result<SegmentMeta, Box<(SegmentWriter, io::Error)>> {
+        if !self.tail_unknown {
+            if let Err(err) = self.flush() {
+                return Err(Box::new((self, err)));
+            }
         }
         let meta = SegmentMeta { id: self.id, bytes: self.flushed, records: self.records };
         // Read-only is a guard against accidents, not something correctness
         // rests on, so a failure here is only logged.
-        let readonly = self.file.metadata().map(|m| {
-            let mut permissions = m.permissions();
-            permissions.set_readonly(true);
-            permissions
-        });
-        if let Err(err) = readonly.and_then(|p| std::fs::set_permissions(&self.path, p)) {
+        if let Err(err) = self.fs.set_readonly(&self.path, true) {
             tracing::warn!(path = %self.path.display(), error = %err, "could not make sealed segment read-only");
         }
         Ok(meta)
     }
 }
 
-/// Writes all of `buf`, as `Write::write_all` does, through `io`.
-fn write_all(io: &dyn WriteIo, path: &Path, file: &File, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match io.write(path, file, buf) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write made no progress")),
-            Ok(written) => buf = &buf[written..],
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::direct;
+    use crate::storage::os;
 
     #[test]
     fn small_frames_are_buffered_until_flushed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 3, direct(), Compression::None).unwrap();
+        let mut writer = SegmentWriter::create(&os(), dir.path(), 3, Compression::None).unwrap();
         writer.append(&[1; 100]).unwrap();
         writer.append(&[2; 100]).unwrap();
         assert_eq!(writer.flushed(), HEADER_LEN as u64);
@@ -314,11 +428,11 @@ mod tests {
     #[test]
     fn sealing_flushes_and_makes_the_file_read_only() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 0, direct(), Compression::None).unwrap();
+        let mut writer = SegmentWriter::create(&os(), dir.path(), 0, Compression::None).unwrap();
         writer.append(&[7; WRITE_BUFFER_BYTES + 1]).unwrap();
         writer.append(&[8; 10]).unwrap();
         let path = writer.path().to_owned();
-        let meta = writer.seal().map_err(|(_, e)| e).unwrap();
+        let meta = writer.seal().map_err(|failed| failed.1).unwrap();
         assert_eq!(meta, SegmentMeta { id: 0, bytes: HEADER_LEN as u64 + WRITE_BUFFER_BYTES as u64 + 11, records: 2 });
         let file_meta = std::fs::metadata(&path).unwrap();
         assert_eq!(file_meta.len(), meta.bytes);
@@ -333,10 +447,9 @@ mod tests {
     fn a_large_frame_waits_for_a_half_written_block() {
         use crate::segment::{Peek, SegmentCursor};
         let dir = tempfile::tempdir().unwrap();
-        let io = std::sync::Arc::new(crate::fs::faults::FaultyIo::default());
-        let mut writer =
-            SegmentWriter::create(dir.path(), 9, std::sync::Arc::clone(&io) as crate::fs::Io, Compression::Lz4)
-                .unwrap();
+        let io = std::sync::Arc::new(crate::storage::faulty::FaultyStorage::default());
+        let fs: crate::storage::Fs = io.clone();
+        let mut writer = SegmentWriter::create(&fs, dir.path(), 9, Compression::Lz4).unwrap();
         let frame = |fill: u8, len: usize| {
             let mut frame = vec![fill; len];
             crate::segment::format::seal_frame(&mut frame).unwrap();
@@ -352,8 +465,8 @@ mod tests {
         assert!(writer.flush().is_err(), "the disk fills in the middle of the block");
         io.limit_space(None);
         writer.append(&frame(7, WRITE_BUFFER_BYTES)).unwrap();
-        let meta = writer.seal().map_err(|(_, err)| err).unwrap();
-        let mut cursor = SegmentCursor::open_sealed(&segment_path(dir.path(), 9), 9, meta.bytes).unwrap();
+        let meta = writer.seal().map_err(|failed| failed.1).unwrap();
+        let mut cursor = SegmentCursor::open_sealed(&fs, &segment_path(dir.path(), 9), 9, meta.bytes).unwrap();
         let mut lens = Vec::new();
         while let Peek::Record(payload) = cursor.peek().unwrap() {
             lens.push(payload.len());
@@ -367,7 +480,7 @@ mod tests {
     #[test]
     fn growth_counts_a_new_block_whenever_a_frame_starts_one() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = SegmentWriter::create(dir.path(), 1, direct(), Compression::Lz4).unwrap();
+        let mut writer = SegmentWriter::create(&os(), dir.path(), 1, Compression::Lz4).unwrap();
         assert_eq!(writer.growth(100), 100 + BLOCK_OVERHEAD, "the first frame starts a block");
         writer.append(&[1; 100]).unwrap();
         assert_eq!(writer.growth(100), 100, "the next joins it");
@@ -381,7 +494,7 @@ mod tests {
     fn creating_over_an_existing_file_fails() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(segment_path(dir.path(), 5), b"not ours").unwrap();
-        assert!(SegmentWriter::create(dir.path(), 5, direct(), Compression::None).is_err());
+        assert!(SegmentWriter::create(&os(), dir.path(), 5, Compression::None).is_err());
         assert_eq!(std::fs::read(segment_path(dir.path(), 5)).unwrap(), b"not ours");
     }
 }

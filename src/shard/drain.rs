@@ -139,30 +139,38 @@ impl<T> ShardedDrainHandle<T> {
     ///
     /// # Errors
     ///
-    /// [`DrainError`] if a drainer thread itself panicked, which loses that
-    /// shard's receiver; the other shards' receivers are then dropped,
-    /// which in the durable modes writes their items to disk.
+    /// [`DrainError`]: a timeout when a drainer is still in a sink call
+    /// past `deadline` plus [`SHUTDOWN_GRACE`](crate::SHUTDOWN_GRACE), which
+    /// gives this handle back whole (every drainer has been told to stop);
+    /// or a drainer thread itself panicked, which loses that shard's
+    /// receiver; the other shards' receivers are then dropped, which in
+    /// the durable modes writes their items to disk.
     ///
     /// # Blocking
     ///
-    /// Until every drainer has stopped: about `deadline`, at most.
-    pub fn shutdown(self, deadline: Duration) -> Result<ShardedReceiver<T>, DrainError> {
+    /// Until every drainer has stopped, or `deadline` plus
+    /// [`SHUTDOWN_GRACE`](crate::SHUTDOWN_GRACE) has passed.
+    pub fn shutdown(self, deadline: Duration) -> Result<ShardedReceiver<T>, DrainError<Self>> {
         let at = Instant::now().checked_add(deadline).unwrap_or_else(Instant::now);
         for handle in &self.handles {
             handle.stop_by(at);
         }
+        let until = at + crate::drain::SHUTDOWN_GRACE;
+        if !self.handles.iter().all(|handle| handle.wait_until(until)) {
+            return Err(DrainError::timed_out(self));
+        }
         let mut receivers = Vec::with_capacity(self.handles.len());
-        let mut failed = None;
+        let mut failed = false;
         for handle in self.handles {
             match handle.join() {
                 Ok(receiver) => receivers.push(receiver),
-                Err(err) => failed = Some(err),
+                Err(()) => failed = true,
             }
         }
-        match failed {
-            Some(err) => Err(err),
-            None => Ok(ShardedReceiver::from_shards(receivers, self.root)),
+        if failed {
+            return Err(DrainError::panicked());
         }
+        Ok(ShardedReceiver::from_shards(receivers, self.root))
     }
 }
 

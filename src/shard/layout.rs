@@ -19,8 +19,9 @@
 //! The file is replaced whole: written to a temporary name, synced, and
 //! renamed over the old one, so a crash leaves either version.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
+
+use crate::storage::{write_file, Storage};
 use std::path::{Path, PathBuf};
 
 use crate::shard::Dispatch;
@@ -144,9 +145,9 @@ impl Layout {
 
 /// Reads the layout of the sharded channel in `root`; `None` when there is
 /// no layout file.
-pub(crate) fn read(root: &Path) -> io::Result<Option<Layout>> {
+pub(crate) fn read(fs: &dyn Storage, root: &Path) -> io::Result<Option<Layout>> {
     let path = path(root);
-    let bytes = match fs::read(&path) {
+    let bytes = match fs.read_all(&path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err),
@@ -165,27 +166,26 @@ pub(crate) fn read(root: &Path) -> io::Result<Option<Layout>> {
 }
 
 /// Replaces the layout of the sharded channel in `root`, durably.
-pub(crate) fn write(root: &Path, layout: &Layout) -> io::Result<()> {
+pub(crate) fn write(fs: &dyn Storage, root: &Path, layout: &Layout) -> io::Result<()> {
     let temp = root.join(LAYOUT_TEMP);
-    let mut file = File::create(&temp)?;
-    file.write_all(&layout.encode())?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temp, path(root))?;
-    File::open(root)?.sync_all()
+    write_file(fs, &temp, &layout.encode(), true)?;
+    fs.rename(&temp, &path(root))?;
+    fs.sync_dir(root)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Os;
+    use std::fs;
 
     #[test]
     fn layouts_round_trip_and_damage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path()).unwrap(), None);
+        assert_eq!(read(&Os, dir.path()).unwrap(), None);
         let layout = Layout { dispatch: Some(Dispatch::RoundRobin), phase: Phase::Distributing, count: 3, target: 7 };
-        write(dir.path(), &layout).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), Some(layout));
+        write(&Os, dir.path(), &layout).unwrap();
+        assert_eq!(read(&Os, dir.path()).unwrap(), Some(layout));
 
         let mut bytes = fs::read(path(dir.path())).unwrap();
         assert_eq!(&bytes[..8], MAGIC);
@@ -193,13 +193,13 @@ mod tests {
         assert_eq!(bytes[12..20], [3, 0, 0, 0, 7, 0, 0, 0]);
         bytes[12] = 4;
         fs::write(path(dir.path()), &bytes).unwrap();
-        let err = read(dir.path()).unwrap_err();
+        let err = read(&Os, dir.path()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("checksum"), "{err}");
         let forged = Layout { dispatch: Some(Dispatch::Key), phase: Phase::Distributing, count: 2, target: 0 };
-        write(dir.path(), &forged).unwrap();
-        assert!(read(dir.path()).unwrap_err().to_string().contains("reshard to 0 shards"));
+        write(&Os, dir.path(), &forged).unwrap();
+        assert!(read(&Os, dir.path()).unwrap_err().to_string().contains("reshard to 0 shards"));
         fs::write(path(dir.path()), &bytes[..10]).unwrap();
-        assert!(read(dir.path()).unwrap_err().to_string().contains("10 bytes long"));
+        assert!(read(&Os, dir.path()).unwrap_err().to_string().contains("10 bytes long"));
     }
 }

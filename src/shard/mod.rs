@@ -277,7 +277,7 @@ impl<T> ShardedBuilder<T> {
             );
         };
         self.settings.check()?;
-        let root = ChannelDir::open(&self.dir, &self.name)?;
+        let root = ChannelDir::open(&self.settings.fs, &self.dir, &self.name)?;
         let (segments, highest) = root.scan()?;
         if !segments.is_empty() || highest.is_some() {
             return invalid(format!(
@@ -782,6 +782,6 @@ impl<T> fmt::Debug for ShardedReceiver<T> {
 
 /// Whether `path` is the directory of a sharded channel, for the plain
 /// `open`, which refuses one.
-pub(crate) fn is_sharded(channel_dir: &Path) -> bool {
-    layout::path(channel_dir).exists()
+pub(crate) fn is_sharded(fs: &dyn crate::storage::Storage, channel_dir: &Path) -> bool {
+    fs.metadata(&layout::path(channel_dir)).is_ok()
 }

@@ -79,10 +79,11 @@ where
     let io_error = |err: io::Error| OpenError::io(layout::path(root), err);
     let dispatch = route.dispatch();
     let stable = |count| Layout { dispatch: Some(dispatch), phase: Phase::Stable, count, target: 0 };
-    let present = highest_shard_dir(root).map_err(|err| OpenError::io(root, err))?;
-    let mut current = match layout::read(root).map_err(io_error)? {
+    let fs = &*plan.settings.fs;
+    let present = highest_shard_dir(fs, root).map_err(|err| OpenError::io(root, err))?;
+    let mut current = match layout::read(fs, root).map_err(io_error)? {
         Some(recorded) => recorded,
-        None if present == 0 => return layout::write(root, &stable(plan.shards)).map_err(io_error),
+        None if present == 0 => return layout::write(fs, root, &stable(plan.shards)).map_err(io_error),
         None => Layout { dispatch: None, phase: Phase::Stable, count: present, target: 0 },
     };
     if plan.settings.durability == Durability::Overflow {
@@ -91,7 +92,7 @@ where
             remove_shard::<T>(root, shard, plan.settings, false)?;
         }
         discard_staging::<T>(root, plan.settings)?;
-        return layout::write(root, &stable(plan.shards)).map_err(io_error);
+        return layout::write(fs, root, &stable(plan.shards)).map_err(io_error);
     }
     loop {
         match current.phase {
@@ -118,7 +119,7 @@ where
                     current = Layout { phase: Phase::Collecting, target: plan.shards, ..current };
                     tracing::info!(from = current.count, to = plan.shards, "resharding: collecting items");
                 }
-                layout::write(root, &current).map_err(io_error)?;
+                layout::write(fs, root, &current).map_err(io_error)?;
             }
             Phase::Collecting | Phase::Distributing if dispatch == Dispatch::Broadcast => {
                 return Err(OpenError::InvalidConfig {
@@ -135,7 +136,7 @@ where
                 current =
                     Layout { phase: Phase::Distributing, target: plan.shards, dispatch: Some(dispatch), ..current };
                 tracing::info!(to = plan.shards, "resharding: distributing items");
-                layout::write(root, &current).map_err(io_error)?;
+                layout::write(fs, root, &current).map_err(io_error)?;
             }
             Phase::Distributing => {
                 distribute::<T>(root, plan.settings, current.target, route)?;
@@ -148,7 +149,7 @@ where
                 let moved = if current.dispatch == Some(dispatch) { Some(dispatch) } else { None };
                 current = Layout { dispatch: moved, phase: Phase::Stable, count: current.target, target: 0 };
                 tracing::info!(shards = current.count, "resharding done");
-                layout::write(root, &current).map_err(io_error)?;
+                layout::write(fs, root, &current).map_err(io_error)?;
             }
         }
     }
@@ -259,14 +260,16 @@ fn settle_writes<T>(to: &Sender<T>, name: &str, root: &Path, settings: &Settings
     let sync = || -> io::Result<()> {
         to.flush()?;
         if settings.sync != SyncPolicy::Never {
-            for entry in std::fs::read_dir(&dir)? {
-                let path = entry?.path();
-                if crate::segment::parse_segment_name(&path.file_name().unwrap_or_default().to_string_lossy()).is_some()
-                {
-                    std::fs::File::open(&path)?.sync_all()?;
+            let fs = &*settings.fs;
+            for entry in fs.list(&dir)? {
+                let name = entry.name.to_string_lossy();
+                if entry.kind == crate::storage::Kind::File && crate::segment::parse_segment_name(&name).is_some() {
+                    let path = dir.join(&*name);
+                    let file = fs.open(&path, crate::storage::Open::Read)?;
+                    fs.sync(&path, &file)?;
                 }
             }
-            std::fs::File::open(&dir)?.sync_all()?;
+            fs.sync_dir(&dir)?;
         }
         Ok(())
     };
@@ -413,7 +416,11 @@ where
     let scratch = Settings { durability: Durability::Overflow, ..moving(settings) };
     drop(crate::core::open::<T>(root, name, scratch)?);
     let dir = root.join(name);
-    let removed = std::fs::remove_file(dir.join(crate::dir::LOCK_FILE)).and_then(|()| std::fs::remove_dir(&dir));
+    let fs = &*settings.fs;
+    let removed = fs
+        .remove(&dir.join(crate::dir::LOCK_FILE))
+        .and_then(|()| crate::storage::remove_if_present(fs, &dir.join(crate::identity::TYPE_FILE)))
+        .and_then(|()| fs.remove_dir(&dir));
     if let Err(err) = removed {
         tracing::warn!(dir = %dir.display(), error = %err, "left a shard directory that holds other files");
     }
@@ -422,15 +429,14 @@ where
 
 /// One more than the highest `shard-NNN` directory in `root`; 0 when there
 /// is none.
-fn highest_shard_dir(root: &Path) -> io::Result<usize> {
+fn highest_shard_dir(fs: &dyn crate::storage::Storage, root: &Path) -> io::Result<usize> {
     let mut count = 0;
-    for entry in std::fs::read_dir(root)? {
-        let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else { continue };
+    for entry in fs.list(root)? {
+        let Ok(name) = entry.name.into_string() else { continue };
         let Some(index) = name.strip_prefix("shard-").and_then(|digits| digits.parse::<usize>().ok()) else {
             continue;
         };
-        if shard_name(index) == name && entry.file_type()?.is_dir() {
+        if shard_name(index) == name && entry.kind == crate::storage::Kind::Dir {
             count = count.max(index + 1);
         }
     }
