@@ -1,8 +1,10 @@
 //! Read-only inspection of a channel's files, for the `sump` command-line
 //! tool and for anyone who wants to look at a channel from outside.
 //!
-//! Nothing here takes the channel's lock or writes a byte, so a live
-//! channel can be inspected while it runs. Files are read with positioned
+//! Nothing here but [`salvage`] and [`purge`] takes the channel's lock or
+//! writes a byte, so a live channel can be inspected while it runs; those
+//! two change the channel's files and refuse to run while it is open.
+//! Files are read with positioned
 //! reads (never memory maps), up to the length they had when inspection
 //! started, so a segment that grows or shrinks meanwhile can only make
 //! the inspection stop early with an error, never crash it.
@@ -153,4 +155,155 @@ pub fn read_segment(
     }
     on_progress(file.bytes);
     Ok(report)
+}
+
+/// Where [`salvage`] puts the intact records of set-aside files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SalvageTarget<'a> {
+    /// Back into the channel, as a new segment in front of its backlog
+    /// (set-aside records are older than the segments still there), so
+    /// the next open delivers them first. The set-aside files are removed
+    /// once the new segment is on stable storage.
+    Channel,
+    /// Out, into a new segment file at this path (which must not exist),
+    /// readable by [`read_segment`] and by `sump dump`; the set-aside
+    /// files stay.
+    File(&'a Path),
+}
+
+/// What [`salvage`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SalvageReport {
+    /// Set-aside files read.
+    pub files: usize,
+    /// Intact records recovered from them.
+    pub records: u64,
+    /// Damaged stretches skipped.
+    pub damaged: usize,
+    /// The segment file the records were written to; `None` when there
+    /// was nothing to salvage.
+    pub written_to: Option<PathBuf>,
+}
+
+/// Takes the channel's lock, for the commands that change its files.
+fn lock(dir: &Path, name: &str) -> io::Result<crate::dir::ChannelDir> {
+    crate::dir::ChannelDir::open(&crate::storage::os(), dir, name).map_err(|err| match err {
+        crate::OpenError::Locked { .. } => {
+            io::Error::new(io::ErrorKind::ResourceBusy, format!("{err}; close the channel before repairing it"))
+        }
+        crate::OpenError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    })
+}
+
+/// Recovers the intact records of every set-aside file of channel `name`
+/// in `dir`, in order (oldest file first), into `target`. Every header
+/// and CRC is checked as the channel itself would; damaged stretches are
+/// skipped and counted.
+///
+/// # Errors
+///
+/// When the channel is open (its lock is held), or a file cannot be read
+/// or written. Nothing is removed unless the salvaged records are safely
+/// written.
+pub fn salvage(dir: impl AsRef<Path>, name: &str, target: SalvageTarget<'_>) -> io::Result<SalvageReport> {
+    let dir = dir.as_ref();
+    let channel = lock(dir, name)?;
+    let fs = std::sync::Arc::clone(channel.fs());
+    let set_aside = channel.set_aside_files()?;
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut report = SalvageReport { files: set_aside.len(), records: 0, damaged: 0, written_to: None };
+    for file in &set_aside {
+        let path = channel.path().join(&file.name);
+        let segment = SegmentFile { id: file.id, path, bytes: file.bytes, state: SegmentState::SetAside };
+        let found = read_segment(
+            &segment,
+            |record| {
+                let mut frame = vec![0; crate::segment::format::FRAME_HEADER_LEN];
+                frame.extend_from_slice(&record.payload);
+                if crate::segment::format::seal_frame(&mut frame).is_some() {
+                    frames.push(frame);
+                }
+            },
+            |_| {},
+        )?;
+        report.records += found.records;
+        report.damaged += found.damage.len();
+    }
+    if frames.is_empty() {
+        return Ok(report);
+    }
+    let (segments, highest) = channel.scan().map_err(|err| io::Error::other(err.to_string()))?;
+    let (segment_dir, id, path) = match target {
+        SalvageTarget::File(path) => {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            (parent.to_path_buf(), None, path.to_path_buf())
+        }
+        SalvageTarget::Channel => {
+            // In front of the backlog: below the oldest segment, or past
+            // every id in use when there is no backlog.
+            let id = match segments.first() {
+                Some(&oldest) => oldest.checked_sub(1).ok_or_else(|| io::Error::other("no segment id is free"))?,
+                None => highest.map_or(crate::recover::FIRST_DURABLE_ID, |id| id.saturating_add(1)),
+            };
+            (channel.path().to_path_buf(), Some(id), crate::segment::segment_path(channel.path(), id))
+        }
+    };
+    let written = write_salvaged(&fs, &segment_dir, id, &path, &frames)?;
+    if target == SalvageTarget::Channel {
+        for file in &set_aside {
+            fs.remove(&channel.path().join(&file.name))?;
+        }
+        fs.sync_dir(channel.path())?;
+    }
+    report.written_to = Some(written);
+    Ok(report)
+}
+
+/// Writes `frames` as a sealed, synced segment at `path` (segment `id` of
+/// a channel, or a file of its own).
+fn write_salvaged(
+    fs: &crate::storage::Fs,
+    dir: &Path,
+    id: Option<u64>,
+    path: &Path,
+    frames: &[Vec<u8>],
+) -> io::Result<PathBuf> {
+    use crate::storage::{write_all, Open};
+    let file = fs.open(path, Open::CreateNew)?;
+    let mut bytes = crate::segment::format::encode_header(0).to_vec();
+    for frame in frames {
+        bytes.extend_from_slice(frame);
+    }
+    let written = write_all(&**fs, path, &file, &bytes).and_then(|()| fs.sync(path, &file));
+    if let Err(err) = written {
+        drop(file);
+        let _ = fs.remove(path);
+        return Err(err);
+    }
+    if id.is_some() {
+        fs.set_readonly(path, true)?;
+    }
+    fs.sync_dir(dir)?;
+    Ok(path.to_path_buf())
+}
+
+/// Removes every set-aside file of channel `name` in `dir`; returns how
+/// many files and bytes were removed.
+///
+/// # Errors
+///
+/// When the channel is open (its lock is held), or a file cannot be
+/// removed (those before it are gone).
+pub fn purge(dir: impl AsRef<Path>, name: &str) -> io::Result<(usize, u64)> {
+    let channel = lock(dir.as_ref(), name)?;
+    let files = channel.set_aside_files()?;
+    let fs = channel.fs();
+    let mut bytes = 0;
+    for file in &files {
+        fs.remove(&channel.path().join(&file.name))?;
+        bytes += file.bytes;
+    }
+    fs.sync_dir(channel.path())?;
+    Ok((files.len(), bytes))
 }

@@ -107,3 +107,102 @@ fn the_inspector_reads_lz4_compressed_segments() {
         .unwrap()
         .ends_with(&"job number 099".bytes().map(|b| format!("{b:02x}")).collect::<String>()));
 }
+
+/// A channel whose first segment was damaged and set aside by a read.
+fn with_a_set_aside_segment(dir: &Path) -> u64 {
+    let (tx, rx) = filled(dir);
+    drop((tx, rx));
+    let first = sump::inspect::segment_files(dir, "jobs").unwrap().remove(0);
+    let mut permissions = std::fs::metadata(&first.path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(&first.path, permissions).unwrap();
+    let mut bytes = std::fs::read(&first.path).unwrap();
+    bytes[16 + 8 + 3] ^= 0x20; // the first record's payload
+    std::fs::write(&first.path, bytes).unwrap();
+    let (tx, rx) = Builder::new("jobs", dir).durability(Durability::WriteAhead).open::<String>().unwrap();
+    drop(tx);
+    let read: Vec<String> = rx.iter().collect();
+    assert_eq!(read.len(), 99, "the damaged record is skipped");
+    assert_eq!(rx.stats().set_aside_files, 1);
+    first.id
+}
+
+#[test]
+fn salvage_puts_the_intact_records_of_set_aside_files_back_in_front_of_the_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    with_a_set_aside_segment(dir.path());
+    let (tx, rx) = Builder::new("jobs", dir.path()).durability(Durability::WriteAhead).open::<String>().unwrap();
+    tx.send("newer".to_string()).unwrap();
+    let refused = sump(&["salvage"], dir.path());
+    assert_eq!(refused.status.code(), Some(2), "salvage refuses an open channel");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("close the channel"));
+    drop((tx, rx));
+
+    let output = sump(&["salvage"], dir.path());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = text(&output);
+    assert!(said.contains("records from 1 set-aside files (1 damaged stretches skipped)"), "{said}");
+    let (tx, rx) = Builder::new("jobs", dir.path()).durability(Durability::WriteAhead).open::<String>().unwrap();
+    drop(tx);
+    let got: Vec<String> = rx.iter().collect();
+    assert_eq!(got.last().map(String::as_str), Some("newer"), "salvaged records come first: {got:?}");
+    assert!(got.len() > 1 && got[0].starts_with("job number 0"), "{got:?}");
+    assert!(!got.contains(&"job number 000".to_string()), "the damaged record stays lost");
+    assert_eq!(rx.stats().set_aside_files, 0, "the set-aside file is gone");
+}
+
+#[test]
+fn salvage_can_write_a_file_of_its_own_and_purge_removes_set_aside_files() {
+    let dir = tempfile::tempdir().unwrap();
+    with_a_set_aside_segment(dir.path());
+    let out = dir.path().join("rescued.seg");
+    let output = Command::new(env!("CARGO_BIN_EXE_sump"))
+        .args(["salvage", "--out"])
+        .arg(&out)
+        .arg(dir.path())
+        .arg("jobs")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let file = sump::inspect::SegmentFile {
+        id: 0,
+        path: out.clone(),
+        bytes: std::fs::metadata(&out).unwrap().len(),
+        state: sump::inspect::SegmentState::Sealed,
+    };
+    let report = sump::inspect::read_segment(&file, |_| {}, |_| {}).unwrap();
+    assert!(report.records > 0 && report.damage.is_empty(), "{report:?}");
+
+    let output = sump(&["purge"], dir.path());
+    assert!(output.status.success());
+    assert!(text(&output).starts_with("removed 1 set-aside files"), "{}", text(&output));
+    let listing = sump::inspect::segment_files(dir.path(), "jobs").unwrap();
+    assert!(listing.iter().all(|f| f.state != sump::inspect::SegmentState::SetAside));
+}
+
+#[test]
+fn a_closed_output_pipe_ends_dump_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("jobs", dir.path()).durability(Durability::Persistent).open::<String>().unwrap();
+    for i in 0..20_000 {
+        tx.send(format!("job number {i:05}")).unwrap();
+    }
+    drop((tx, rx));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sump"))
+        .args(["dump"])
+        .arg(dir.path())
+        .arg("jobs")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap(); // then the pipe closes
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

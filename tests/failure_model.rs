@@ -19,12 +19,8 @@ fn segments(channel: &Path) -> Vec<PathBuf> {
 }
 
 fn spilled(dir: &Path, mode: Durability) -> (sump::Sender<u64>, sump::Receiver<u64>) {
-    let (tx, rx) = Builder::new("touched", dir)
-        .durability(mode)
-        .memory_capacity(0)
-        .segment_bytes(200)
-        .open::<u64>()
-        .unwrap();
+    let (tx, rx) =
+        Builder::new("touched", dir).durability(mode).memory_capacity(0).segment_bytes(200).open::<u64>().unwrap();
     for i in 0..100 {
         tx.send(i).unwrap();
     }

@@ -4,7 +4,14 @@
 //! sump ls DIR NAME       segments with their records, bytes and state
 //! sump verify DIR NAME   check every header and CRC; exit 0 only if all is clean
 //! sump dump DIR NAME     every record: segment, offset, length, payload as hex
+//! sump salvage DIR NAME  the intact records of set-aside files, back into the channel
+//!                        (or, with --out FILE, into a segment file of their own)
+//! sump purge DIR NAME    remove the set-aside files
 //! ```
+//!
+//! `salvage` (into the channel) and `purge` change the channel's files and
+//! refuse to run while it is open. A closed output pipe (`sump dump | head`)
+//! ends the command quietly.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -49,6 +56,26 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         max_bytes: usize,
     },
+    /// Recover the intact records of set-aside (damaged) segments: back into
+    /// the channel, in front of its backlog, or with --out into a new
+    /// segment file. The channel must be closed.
+    Salvage {
+        /// The directory the channel was opened in.
+        dir: PathBuf,
+        /// The channel's name.
+        name: String,
+        /// Write the records to this new file instead of the channel (the
+        /// set-aside files then stay).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Remove the set-aside segments. The channel must be closed.
+    Purge {
+        /// The directory the channel was opened in.
+        dir: PathBuf,
+        /// The channel's name.
+        name: String,
+    },
 }
 
 fn state_name(state: SegmentState) -> &'static str {
@@ -65,9 +92,12 @@ fn main() -> ExitCode {
         Command::Ls { dir, name } => ls(&dir, &name),
         Command::Verify { dir, name } => verify(&dir, &name),
         Command::Dump { dir, name, max_bytes } => dump(&dir, &name, max_bytes),
+        Command::Salvage { dir, name, out } => salvage(&dir, &name, out.as_deref()),
+        Command::Purge { dir, name } => purge(&dir, &name),
     };
     match result {
         Ok(code) => code,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("sump: {err}");
             ExitCode::from(2)
@@ -184,5 +214,30 @@ fn dump(dir: &std::path::Path, name: &str, max_bytes: usize) -> std::io::Result<
             return Err(err);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn salvage(dir: &std::path::Path, name: &str, out: Option<&std::path::Path>) -> std::io::Result<ExitCode> {
+    let target = match out {
+        Some(path) => sump::inspect::SalvageTarget::File(path),
+        None => sump::inspect::SalvageTarget::Channel,
+    };
+    let report = sump::inspect::salvage(dir, name, target)?;
+    match &report.written_to {
+        Some(path) => println!(
+            "salvaged {} records from {} set-aside files ({} damaged stretches skipped) into {}",
+            report.records,
+            report.files,
+            report.damaged,
+            path.display()
+        ),
+        None => println!("nothing to salvage: {} set-aside files, no intact record", report.files),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn purge(dir: &std::path::Path, name: &str) -> std::io::Result<ExitCode> {
+    let (files, bytes) = sump::inspect::purge(dir, name)?;
+    println!("removed {files} set-aside files, {bytes} bytes");
     Ok(ExitCode::SUCCESS)
 }
