@@ -162,6 +162,11 @@ pub(crate) struct Settings {
     /// Every file operation goes through here: the OS, or a test's
     /// fault-injecting stand-in.
     pub(crate) fs: crate::storage::Fs,
+    /// Whether a segment that cannot be read is retried rather than given
+    /// up (its records counted as lost): for the channels a reshard moves
+    /// items through, where a loss would go unseen; the reshard fails
+    /// with an error instead, and the next open tries again.
+    pub(crate) retry_unreadable: bool,
 }
 
 /// Opens a channel with every setting spelled out.
@@ -214,6 +219,7 @@ impl Builder {
                 max_set_aside_bytes: DEFAULT_MAX_SET_ASIDE_BYTES,
                 identity: crate::identity::TypeIdentity::default(),
                 fs: crate::storage::os(),
+                retry_unreadable: false,
             },
         }
     }
@@ -228,8 +234,8 @@ impl Builder {
 
     /// Seals the active segment and starts a new one before it would grow
     /// past `bytes` (default [`DEFAULT_SEGMENT_BYTES`]). It also bounds the
-    /// largest item that can go to disk, and the memory map the receiver
-    /// holds while it reads a segment.
+    /// largest item that can go to disk, and so the receiver's read buffer
+    /// at its largest.
     pub fn segment_bytes(mut self, bytes: u64) -> Builder {
         self.settings.segment_bytes = bytes;
         self

@@ -313,6 +313,8 @@ pub(crate) struct Shared<T> {
     round_trip_checked: AtomicBool,
     /// Bound on `State::in_memory`.
     capacity: usize,
+    /// Whether a read error is retried rather than given up (reshards).
+    retry_unreadable: bool,
     /// Most records the receiver decodes from disk at once: [`PREFETCH`]
     /// in `Overflow` mode, but no more than memory itself may hold, so
     /// the memory bound stays what the settings say, give or take one
@@ -395,6 +397,7 @@ where
         queued: CachePadded::default(),
         round_trip_checked: AtomicBool::new(false),
         capacity: settings.memory_capacity,
+        retry_unreadable: settings.retry_unreadable,
         read_ahead: if settings.durability == Durability::Overflow {
             PREFETCH.min(settings.memory_capacity.max(1))
         } else {
@@ -753,7 +756,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 Taken::Skipped
             }
             // Try again later: a transient error says nothing of the file.
-            Err(err) if crate::storage::transient(&err) => {
+            Err(err) if self.retry_unreadable || crate::storage::transient(&err) => {
                 tracing::warn!(error = %err, "cannot read the disk backlog yet; retrying");
                 Taken::Nothing
             }

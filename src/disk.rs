@@ -88,6 +88,9 @@ pub(crate) struct DiskQueue {
     /// Records lost since open to segments that vanished or could not be
     /// read.
     lost: u64,
+    /// Whether every error opening or reading a segment counts as
+    /// transient (see `Settings::retry_unreadable`).
+    retry_unreadable: bool,
     /// Whether segments survive the channel (`Persistent`, `WriteAhead`)
     /// rather than being scratch space (`Overflow`).
     durable: bool,
@@ -162,6 +165,7 @@ impl DiskQueue {
             undeleted: Vec::new(),
             dir_unsynced: false,
             lost: 0,
+            retry_unreadable: settings.retry_unreadable,
             free_space: FreeSpace { min_free: settings.min_free_bytes, checked_at: None, free: u64::MAX, written: 0 },
             durable,
             sync_always: settings.sync == SyncPolicy::Always,
@@ -532,7 +536,7 @@ impl DiskQueue {
                             self.reading = Some(front.id);
                             return Ok(freed);
                         }
-                        Err(err) if storage::transient(&err) => return Err(err),
+                        Err(err) if self.retry_unreadable || storage::transient(&err) => return Err(err),
                         Err(err) => {
                             self.give_up_front(&err);
                             freed = true;
@@ -559,7 +563,7 @@ impl DiskQueue {
                         *cursor = Some(open);
                         self.reading = Some(writer.id());
                     }
-                    Err(err) if storage::transient(&err) => return Err(err),
+                    Err(err) if self.retry_unreadable || storage::transient(&err) => return Err(err),
                     Err(err) => {
                         self.give_up_active(&err);
                         return Ok(true);

@@ -64,6 +64,12 @@ struct Scenario {
     prepare: fn(&Path, &Scenario),
     /// The run itself, on the faulty storage.
     body: fn(&Path, &Scenario, &Fs) -> Run,
+    /// Reopens on a working disk and drains: the items, and the records
+    /// reported lost or corrupt.
+    drain: fn(&Path, &Scenario) -> (Vec<u64>, u64),
+    /// Whether an item may come twice even after a clean close (a reshard
+    /// that fails half-way may move some items twice).
+    may_repeat: bool,
 }
 
 impl Scenario {
@@ -79,6 +85,71 @@ impl Scenario {
 }
 
 fn nothing(_: &Path, _: &Scenario) {}
+
+/// Reopens a plain channel on a working disk and drains it.
+fn drain_plain(dir: &Path, scenario: &Scenario) -> (Vec<u64>, u64) {
+    let (tx, rx) = scenario
+        .builder(dir, &crate::storage::os())
+        .open::<u64>()
+        .unwrap_or_else(|err| panic!("{}: the reopen on a working disk failed: {err}", scenario.name));
+    drop(tx);
+    let mut after = Run::default();
+    receive_some(&rx, usize::MAX, &mut after);
+    let stats = rx.stats();
+    (after.received, stats.lost + stats.corrupt)
+}
+
+/// Items of the sharded scenario: `key << 32 | seq`, five keys.
+fn keyed(seq: u64) -> u64 {
+    item(seq % 5, seq)
+}
+
+type ShardedPair = (crate::ShardedSender<u64>, crate::ShardedReceiver<u64>);
+
+fn open_sharded(dir: &Path, scenario: &Scenario, fs: &Fs, shards: usize) -> Result<ShardedPair, crate::OpenError> {
+    scenario.builder(dir, fs).sharded::<u64>(shards).key(|item: &u64| item >> 32).open()
+}
+
+/// A sharded channel of two shards holding a backlog.
+fn two_shards(dir: &Path, scenario: &Scenario) {
+    let (tx, rx) = open_sharded(dir, scenario, &crate::storage::os(), 2).expect("setup open");
+    tx.send_batch((0..40).map(keyed)).expect("setup send");
+    drop((tx, rx));
+}
+
+/// Reshards two shards to three under faults, then receives some.
+fn reshard(dir: &Path, scenario: &Scenario, fs: &Fs) -> Run {
+    let mut run = Run::default();
+    run.acked.extend((0..40).map(keyed));
+    let Ok((tx, rx)) = open_sharded(dir, scenario, fs, 3) else { return run };
+    drop(tx);
+    while run.received.len() < 15 {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(item) => run.received.push(item),
+            Err(_) => break,
+        }
+    }
+    let stats = rx.stats();
+    run.reported_lost += stats.lost + stats.corrupt;
+    if let Err(err) = rx.close() {
+        run.close_failed = true;
+        run.unpersisted += err.unpersisted() as u64;
+    }
+    run
+}
+
+/// Reopens the sharded channel with three shards on a working disk.
+fn drain_sharded(dir: &Path, scenario: &Scenario) -> (Vec<u64>, u64) {
+    let (tx, rx) = open_sharded(dir, scenario, &crate::storage::os(), 3)
+        .unwrap_or_else(|err| panic!("{}: the reopen on a working disk failed: {err}", scenario.name));
+    drop(tx);
+    let stats = rx.stats();
+    let mut items = Vec::new();
+    while let Ok(item) = rx.recv_timeout(Duration::from_millis(200)) {
+        items.push(item);
+    }
+    (items, stats.lost + stats.corrupt)
+}
 
 /// Sends `count` items from sender 0, noting which were acknowledged.
 fn send_all(tx: &Sender<u64>, sender: u64, count: u64, run: &mut Run) {
@@ -233,6 +304,8 @@ fn scenarios() -> Vec<Scenario> {
             compression: plain,
             prepare: nothing,
             body: spill_and_rotate,
+            drain: drain_plain,
+            may_repeat: false,
         },
         Scenario {
             name: "drain, delete, clean close and reopen",
@@ -241,6 +314,8 @@ fn scenarios() -> Vec<Scenario> {
             compression: plain,
             prepare: nothing,
             body: drain_and_close,
+            drain: drain_plain,
+            may_repeat: false,
         },
         Scenario {
             name: "write-ahead group commit with three senders",
@@ -249,6 +324,8 @@ fn scenarios() -> Vec<Scenario> {
             compression: plain,
             prepare: nothing,
             body: group_commit,
+            drain: drain_plain,
+            may_repeat: false,
         },
         Scenario {
             name: "recovery of a damaged directory",
@@ -257,6 +334,8 @@ fn scenarios() -> Vec<Scenario> {
             compression: plain,
             prepare: damaged_backlog,
             body: recover_damaged,
+            drain: drain_plain,
+            may_repeat: false,
         },
         Scenario {
             name: "drainer put-back at shutdown",
@@ -265,6 +344,18 @@ fn scenarios() -> Vec<Scenario> {
             compression: plain,
             prepare: nothing,
             body: drainer_put_back,
+            drain: drain_plain,
+            may_repeat: false,
+        },
+        Scenario {
+            name: "reshard from two shards to three",
+            mode: Durability::Persistent,
+            sync: SyncPolicy::Never,
+            compression: plain,
+            prepare: two_shards,
+            body: reshard,
+            drain: drain_sharded,
+            may_repeat: true,
         },
     ];
     #[cfg(feature = "lz4")]
@@ -275,6 +366,8 @@ fn scenarios() -> Vec<Scenario> {
         compression: crate::Compression::Lz4,
         prepare: nothing,
         body: drain_and_close,
+        drain: drain_plain,
+        may_repeat: false,
     });
     all
 }
@@ -323,17 +416,9 @@ fn check(scenario: &Scenario, dir: &Path, run: &Run, crashed: bool, what: &str) 
     let mut delivered = run.received.clone();
     let mut reported = run.unpersisted + run.reported_lost;
     if scenario.mode != Durability::Overflow {
-        let (tx, rx) = scenario
-            .builder(dir, &crate::storage::os())
-            .open::<u64>()
-            .unwrap_or_else(|err| panic!("{what}: the reopen on a working disk failed: {err}"));
-        drop(tx);
-        let mut after = Run::default();
-        receive_some(&rx, usize::MAX, &mut after);
-        let stats = rx.stats();
-        reported += stats.lost + stats.corrupt;
-        drop(rx);
-        delivered.extend(after.received);
+        let (after, lost) = (scenario.drain)(dir, scenario);
+        reported += lost;
+        delivered.extend(after);
     }
     let failed: BTreeSet<u64> = run.failed.iter().copied().collect();
     let acked: BTreeSet<u64> = run.acked.iter().copied().collect();
@@ -356,7 +441,7 @@ fn check(scenario: &Scenario, dir: &Path, run: &Run, crashed: bool, what: &str) 
         }
         last.insert(sender, seq);
     }
-    let window = crashed || run.close_failed;
+    let window = crashed || run.close_failed || scenario.may_repeat;
     assert!(duplicates == 0 || window, "{what}: {duplicates} items delivered twice after a clean close");
     let missing = acked.difference(&seen).count() as u64;
     let power_safe = scenario.mode == Durability::WriteAhead && scenario.sync == SyncPolicy::Always;
@@ -369,15 +454,50 @@ fn check(scenario: &Scenario, dir: &Path, run: &Run, crashed: bool, what: &str) 
     }
 }
 
-/// Runs the sweep of one scenario with a deadline on each run.
-fn sweep(scenario: &Scenario) -> (u64, u64) {
+/// How long one faulted run may take before the sweep calls it a hang.
+const HANG: Duration = Duration::from_secs(60);
+
+/// Watches the sweep: if a run takes longer than [`HANG`], prints which
+/// one and aborts the test process (a hang must fail, not stall CI).
+struct Watchdog {
+    /// The run in progress and when it started.
+    current: Arc<std::sync::Mutex<(String, std::time::Instant)>>,
+}
+
+impl Watchdog {
+    fn start() -> Watchdog {
+        let current = Arc::new(std::sync::Mutex::new((String::new(), std::time::Instant::now())));
+        let watched = Arc::downgrade(&current);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let Some(current) = watched.upgrade() else { return };
+            let Ok((what, since)) = current.lock().map(|c| c.clone()) else { continue };
+            if since.elapsed() > HANG {
+                eprintln!("fault sweep: a run hangs: {what}");
+                std::process::abort();
+            }
+        });
+        Watchdog { current }
+    }
+
+    fn running(&self, what: String) {
+        if let Ok(mut current) = self.current.lock() {
+            *current = (what, std::time::Instant::now());
+        }
+    }
+}
+
+/// Runs the sweep of one scenario, every run watched for a hang.
+fn sweep(scenario: &Scenario, watchdog: &Watchdog) -> (u64, u64) {
     let full = std::env::var("SUMP_FAULT_SWEEP").is_ok_and(|value| value == "full");
+    watchdog.running(format!("{}, counting run", scenario.name));
     let ops = run_once(scenario, Injection::None);
     let errnos = [ENOSPC, EIO, ENOENT, EMFILE];
     let mut runs = 0;
     let stride = if full { 1 } else { 3 };
     for at in (0..ops).step_by(stride) {
         let chosen: Vec<i32> = if full { errnos.to_vec() } else { vec![errnos[(at / 3) as usize % errnos.len()]] };
+        watchdog.running(format!("{}, faults at operation {at}", scenario.name));
         for errno in chosen {
             run_once(scenario, Injection::Fail { at, errno });
             runs += 1;
@@ -399,8 +519,9 @@ fn sweep(scenario: &Scenario) -> (u64, u64) {
 fn every_storage_operation_of_every_scenario_can_fail_without_breaking_the_failure_model() {
     let mut total_ops = 0;
     let mut total_runs = 0;
+    let watchdog = Watchdog::start();
     for scenario in scenarios() {
-        let (ops, runs) = sweep(&scenario);
+        let (ops, runs) = sweep(&scenario, &watchdog);
         assert!(ops > 20, "{}: the scenario made only {ops} storage operations", scenario.name);
         total_ops += ops;
         total_runs += runs;

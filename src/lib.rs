@@ -65,8 +65,8 @@
 //!
 //! Memory holds at most [`Builder::memory_capacity`] items, plus a write
 //! buffer and a read window of fixed size (in [`Durability::Overflow`],
-//! up to 64 items decoded ahead from disk), plus the memory map of the one
-//! segment the receiver is reading. Disk holds at most
+//! up to 64 items decoded ahead from disk), plus the receiver's read
+//! buffer (256 KiB, or one record if larger). Disk holds at most
 //! [`Builder::max_disk_bytes`] bytes in at most [`Builder::max_segments`]
 //! files. When both are full, [`WhenFull`] decides: block the sender
 //! (the default), drop the new item, or drop the oldest segment. Every

@@ -11,9 +11,9 @@
 //! - a record never spans two segments; a segment is sealed (flushed and
 //!   made read-only) before the next one is started, and a sealed segment
 //!   never changes again;
-//! - sealed segments are read through a memory map; the active segment is
-//!   read with positioned reads into a bounded buffer, up to the bytes the
-//!   writer has flushed;
+//! - every segment is read with positioned reads into a bounded buffer: a
+//!   sealed one up to its final length, the active one up to the bytes the
+//!   writer has flushed (under `SyncPolicy::Always`, synced);
 //! - every record carries a CRC32C over its length and payload, and the
 //!   reader checks it before it trusts either.
 //!

@@ -593,6 +593,9 @@ fn sum_stats(shards: impl Iterator<Item = Stats>) -> Stats {
         total.spilled += shard.spilled;
         total.dropped += shard.dropped;
         total.corrupt += shard.corrupt;
+        total.lost += shard.lost;
+        total.set_aside_files += shard.set_aside_files;
+        total.set_aside_bytes += shard.set_aside_bytes;
         total
     })
 }

@@ -165,6 +165,7 @@ fn moving(settings: &Settings) -> Settings {
         when_full: WhenFull::Block,
         durability: Durability::Persistent,
         sync: SyncPolicy::Never,
+        retry_unreadable: true,
         ..settings.clone()
     }
 }

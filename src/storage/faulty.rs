@@ -71,7 +71,7 @@ struct Plan {
     /// Faults injected so far.
     injected: u64,
     /// The operations the faults hit, for messages.
-    hits: Vec<Op>,
+    hits: Vec<(Op, PathBuf)>,
 }
 
 /// The real filesystem with faults on demand.
@@ -99,7 +99,7 @@ impl FaultyStorage {
     }
 
     /// Faults injected so far, and the kinds of operation they hit.
-    pub(crate) fn injected(&self) -> (u64, Vec<Op>) {
+    pub(crate) fn injected(&self) -> (u64, Vec<(Op, PathBuf)>) {
         let plan = self.plan.lock();
         (plan.injected, plan.hits.clone())
     }
@@ -182,7 +182,7 @@ impl FaultyStorage {
     }
 
     /// Counts an operation and decides whether it fails.
-    fn check(&self, op: Op) -> io::Result<()> {
+    fn check(&self, op: Op, path: &Path) -> io::Result<()> {
         let mut plan = self.plan.lock();
         plan.ops += 1;
         if plan.power_off_at.is_some_and(|at| plan.ops > at) {
@@ -203,7 +203,7 @@ impl FaultyStorage {
         plan.matched += 1;
         if index == fault.at || (fault.sticky && index > fault.at) {
             plan.injected += 1;
-            plan.hits.push(op);
+            plan.hits.push((op, path.to_owned()));
             return Err(errno(fault.errno));
         }
         Ok(())
@@ -236,12 +236,12 @@ fn force_len(path: &Path, len: u64) {
 
 impl Storage for FaultyStorage {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.check(Op::CreateDir)?;
+        self.check(Op::CreateDir, path)?;
         Os.create_dir_all(path)
     }
 
     fn open(&self, path: &Path, how: Open) -> io::Result<File> {
-        self.check(Op::Open)?;
+        self.check(Op::Open, path)?;
         let existed = std::fs::symlink_metadata(path).is_ok();
         let replaced = match how {
             Open::Replace if existed => Self::synced_bytes(&self.plan.lock(), path),
@@ -268,17 +268,17 @@ impl Storage for FaultyStorage {
     }
 
     fn read_at(&self, path: &Path, file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
-        self.check(Op::Read)?;
+        self.check(Op::Read, path)?;
         Os.read_at(path, file, buf, at)
     }
 
     fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.check(Op::Read)?;
+        self.check(Op::Read, path)?;
         Os.read_all(path)
     }
 
     fn write(&self, path: &Path, file: &File, buf: &[u8]) -> io::Result<usize> {
-        self.check(Op::Write)?;
+        self.check(Op::Write, path)?;
         let mut plan = self.plan.lock();
         let mut allowed = match plan.space_left {
             Some(0) => return Err(errno(super::ENOSPC)),
@@ -302,7 +302,7 @@ impl Storage for FaultyStorage {
     }
 
     fn sync(&self, path: &Path, file: &File) -> io::Result<()> {
-        self.check(Op::Sync)?;
+        self.check(Op::Sync, path)?;
         let mut plan = self.plan.lock();
         if plan.fail_syncs {
             return Err(errno(super::EIO));
@@ -314,7 +314,7 @@ impl Storage for FaultyStorage {
     }
 
     fn set_len(&self, path: &Path, file: &File, len: u64) -> io::Result<()> {
-        self.check(Op::SetLen)?;
+        self.check(Op::SetLen, path)?;
         let mut plan = self.plan.lock();
         if !plan.synced.contains_key(path) {
             let before = file.metadata().map_or(0, |meta| meta.len());
@@ -328,7 +328,7 @@ impl Storage for FaultyStorage {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check(Op::Rename)?;
+        self.check(Op::Rename, from)?;
         let replaced = Self::synced_bytes(&self.plan.lock(), to);
         Os.rename(from, to)?;
         let mut plan = self.plan.lock();
@@ -341,7 +341,7 @@ impl Storage for FaultyStorage {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
-        self.check(Op::Remove)?;
+        self.check(Op::Remove, path)?;
         let bytes = Self::synced_bytes(&self.plan.lock(), path);
         Os.remove(path)?;
         let mut plan = self.plan.lock();
@@ -353,32 +353,32 @@ impl Storage for FaultyStorage {
     }
 
     fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        self.check(Op::Remove)?;
+        self.check(Op::Remove, path)?;
         Os.remove_dir(path)
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<Entry>> {
-        self.check(Op::List)?;
+        self.check(Op::List, dir)?;
         Os.list(dir)
     }
 
     fn metadata(&self, path: &Path) -> io::Result<Meta> {
-        self.check(Op::Metadata)?;
+        self.check(Op::Metadata, path)?;
         Os.metadata(path)
     }
 
     fn file_metadata(&self, path: &Path, file: &File) -> io::Result<Meta> {
-        self.check(Op::Metadata)?;
+        self.check(Op::Metadata, path)?;
         Os.file_metadata(path, file)
     }
 
     fn set_readonly(&self, path: &Path, readonly: bool) -> io::Result<()> {
-        self.check(Op::SetReadonly)?;
+        self.check(Op::SetReadonly, path)?;
         Os.set_readonly(path, readonly)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.check(Op::SyncDir)?;
+        self.check(Op::SyncDir, dir)?;
         Os.sync_dir(dir)?;
         let mut plan = self.plan.lock();
         plan.unsynced.retain(|change| {
@@ -392,12 +392,12 @@ impl Storage for FaultyStorage {
     }
 
     fn available_space(&self, dir: &Path) -> io::Result<u64> {
-        self.check(Op::FreeSpace)?;
+        self.check(Op::FreeSpace, dir)?;
         Os.available_space(dir)
     }
 
     fn try_lock(&self, path: &Path, file: &File) -> io::Result<bool> {
-        self.check(Op::Lock)?;
+        self.check(Op::Lock, path)?;
         Os.try_lock(path, file)
     }
 }
