@@ -226,3 +226,52 @@ fn set_aside_files_are_bounded_oldest_first_and_reported() {
     assert_eq!(left, [format!("{:020}.seg.corrupt", 4), format!("{:020}.seg.corrupt", 5)], "the oldest went first");
     drop((tx, rx));
 }
+
+/// A `tracing` subscriber that keeps the messages of warnings.
+#[derive(Default)]
+struct Warnings(std::sync::Mutex<Vec<String>>);
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={value:?} ", field.name()));
+            }
+        }
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push(text.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn open_warns_when_max_disk_bytes_exceeds_the_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = fs4::available_space(dir.path()).unwrap();
+    let warnings = Arc::new(Warnings::default());
+    let open = |max: u64| {
+        tracing::subscriber::with_default(Arc::clone(&warnings), || {
+            drop(Builder::new("roomy", dir.path()).max_disk_bytes(max).open::<u64>().unwrap());
+        })
+    };
+    open(free / 2);
+    assert!(warnings.0.lock().unwrap().iter().all(|w| !w.contains("free space")), "no warning when it fits");
+    open(free.saturating_mul(4));
+    let seen = warnings.0.lock().unwrap();
+    let warning = seen.iter().find(|w| w.contains("larger than the free space")).expect("a warning");
+    assert!(warning.contains(&format!("max_disk_bytes={}", free.saturating_mul(4))), "{warning}");
+    assert!(warning.contains("free="), "both numbers: {warning}");
+}
