@@ -445,18 +445,30 @@ where
     Builder::new(name, dir).open()
 }
 
+/// hopper's floor on the size of one of its queue files (1 MiB), applied by
+/// [`channel_with_explicit_capacity`].
+const HOPPER_MIN_FILE_BYTES: u64 = 1 << 20;
+
 /// Opens the channel `name` in `dir` with hopper's three limits.
 ///
-/// - `max_memory_bytes` becomes the in-memory bound in items:
-///   `max_memory_bytes / size_of::<T>()`, at least one. Only the inline
-///   size of `T` counts; heap data an item owns (a `String`'s bytes) does
-///   not.
-/// - `max_segment_bytes` is [`Builder::segment_bytes`].
-/// - `max_segments` is [`Builder::max_segments`], and the disk bound is
-///   `max_segment_bytes * max_segments`.
+/// A drop-in for hopper 0.4's function of the same name: every argument
+/// set hopper accepts is accepted, and where sump cannot use a value
+/// literally, hopper's own floor (or the nearest one sump can use) applies:
+///
+/// | argument | becomes | floor |
+/// |---|---|---|
+/// | `max_memory_bytes` | the in-memory bound in items: `max_memory_bytes / size_of::<T>()` | 1 item (hopper's) |
+/// | `max_segment_bytes` (hopper: `max_disk_bytes`, per file) | [`Builder::segment_bytes`] | 1 MiB (hopper's) |
+/// | `max_segments` (hopper: `max_disk_files`) | [`Builder::max_segments`] | 1, the active segment (hopper accepts 0) |
+///
+/// The disk bound is then segment bytes times segments. Only the inline
+/// size of `T` counts against memory; heap data an item owns (a
+/// `String`'s bytes) does not. A zero-sized `T` counts as one byte.
 ///
 /// Unlike hopper, an item is never lost at the disk limit: the send blocks
-/// ([`WhenFull::Block`]) until the receiver frees space.
+/// ([`WhenFull::Block`]) until the receiver frees space; and the channel
+/// keeps hopper's semantics of disk as scratch space
+/// ([`Durability::Overflow`]).
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
@@ -466,12 +478,17 @@ where
 /// }
 /// assert!(tx.stats().spilled > 0);
 /// assert_eq!(rx.try_iter().count(), 100);
+///
+/// // hopper's own tests use limits like these, below what a segment needs:
+/// let (tx, rx) = sump::channel_with_explicit_capacity::<u64>("tiny", dir.path(), 8, 8, 0)?;
+/// tx.send(7)?;
+/// assert_eq!(rx.recv()?, 7);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// # Errors
 ///
-/// As [`Builder::open`].
+/// As [`Builder::open`], except that no limit is refused.
 pub fn channel_with_explicit_capacity<T>(
     name: &str,
     dir: impl AsRef<Path>,
@@ -483,7 +500,8 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
     let items = (max_memory_bytes / std::mem::size_of::<T>().max(1)).max(1);
-    let segment_bytes = max_segment_bytes as u64;
+    let segment_bytes = (max_segment_bytes as u64).max(HOPPER_MIN_FILE_BYTES);
+    let max_segments = max_segments.max(1);
     Builder::new(name, dir)
         .memory_capacity(items)
         .segment_bytes(segment_bytes)

@@ -192,6 +192,8 @@ fn max_segments_counts_the_active_segment_too() {
     tx.try_send(8).unwrap();
 }
 
+/// Changed when the hopper mapping took hopper's floors: 52-byte files
+/// became hopper's 1 MiB minimum, so the bound is two 1 MiB segments.
 #[test]
 fn hopper_style_capacity_bounds_disk_by_segments_times_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -200,9 +202,29 @@ fn hopper_style_capacity_bounds_disk_by_segments_times_size() {
     while tx.try_send(sent).is_ok() {
         sent += 1;
     }
-    assert_eq!(sent, 2 + 8, "16 bytes of memory hold two u64s; two 52-byte segments hold eight");
+    let stats = tx.stats();
+    assert_eq!(stats.in_memory, 2, "16 bytes of memory hold two u64s");
+    assert!(stats.disk_bytes <= 2 << 20 && stats.disk_bytes > (2 << 20) - 64, "{stats:?}");
+    assert_eq!(stats.segments, 2);
     drop(tx);
-    assert_eq!(rx.iter().count(), 10);
+    assert_eq!(rx.iter().count() as u64, sent);
+}
+
+#[test]
+fn every_argument_set_hopper_accepts_opens_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    for (index, (memory, file_bytes, files)) in
+        [(0, 0, 0), (8, 8, 0), (1, 8, 5), (1 << 20, 1, 1), (usize::MAX, usize::MAX, usize::MAX)].into_iter().enumerate()
+    {
+        let (tx, rx) =
+            sump::channel_with_explicit_capacity::<u64>(&format!("h{index}"), dir.path(), memory, file_bytes, files)
+                .unwrap_or_else(|err| panic!("({memory}, {file_bytes}, {files}): {err}"));
+        for i in 0..1_000 {
+            tx.send(i).unwrap();
+        }
+        drop(tx);
+        assert!(rx.iter().eq(0..1_000), "({memory}, {file_bytes}, {files})");
+    }
 }
 
 #[test]
