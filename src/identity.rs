@@ -13,17 +13,8 @@
 //! releases; a new compiler that spells a type differently needs
 //! [`Builder::allow_type_change`](crate::Builder::allow_type_change) once.
 //!
-//! ```text
-//! TypeFile (24 + len bytes)
-//!   offset  size  field
-//!   0       8     magic     b"SUMPTYPE"
-//!   8       2     version   u16, 1
-//!   10      2     reserved  u16, 0
-//!   12      4     schema    u32, the schema version
-//!   16      4     len       u32, length of `name`
-//!   20      len   name      UTF-8, the item type's name
-//!   20+len  4     crc32c    CRC32C of every byte before it
-//! ```
+//! The byte layout is in `FORMAT.md` ("Type file"), pinned by
+//! `tests::type_file_bytes_are_pinned_and_damage_is_refused`.
 //!
 //! In `Overflow` mode the old items are discarded at open anyway, so the
 //! file is simply replaced. A damaged type file is replaced with a

@@ -132,6 +132,8 @@ mod fault_sweep;
 mod fault_tests;
 mod identity;
 pub mod inspect;
+#[doc = include_str!("../FORMAT.md")]
+pub mod on_disk {}
 #[cfg(test)]
 mod model_tests;
 mod progress;

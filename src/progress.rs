@@ -11,22 +11,9 @@
 //! deleting them failed: recovery deletes them (or, if that fails again,
 //! skips them and lists them anew), and never delivers their records.
 //!
-//! ```text
-//! ProgressFile, version 2 (40 + 8 * count bytes)
-//!   offset  size  field
-//!   0       8     magic     b"SUMPPROG"
-//!   8       2     version   u16, 2
-//!   10      2     skip      u16, records of the block at `offset` already read (compressed segments; else 0)
-//!   12      8     segment   u64, id of the segment being read
-//!   20      8     offset    u64, offset of the next record in it
-//!   28      4     flags     u32, bit 0: `segment`, `offset` and `skip` hold a read position
-//!   32      4     count     u32, number of read segments listed
-//!   36      8*n   read      u64 each, ids of segments read to the end
-//!   36+8n   4     crc32c    CRC32C of every byte before it
-//! ```
-//!
-//! Version 1 (32 bytes: the fields up to `offset`, always a position, then
-//! the CRC32C of bytes 0..28) is still read.
+//! The byte layout (version 2, and version 1, still read) is in
+//! `FORMAT.md` ("Progress file"), pinned by
+//! `tests::progress_bytes_are_pinned_and_round_trip`.
 //!
 //! A missing file means nothing was read from the remaining segments; a
 //! damaged one is ignored with a warning, which can only deliver items

@@ -1,17 +1,10 @@
 //! Compressed blocks: how a compressed segment packs many records into one
 //! frame.
 //!
-//! In a segment whose header names a codec, every frame is a block. Its
-//! payload is a 9-byte block header followed by the block's data:
-//!
-//! ```text
-//! BlockHeader (9 bytes, at the start of the frame's payload)
-//!   offset  size  field
-//!   0       1     method     0 stored, 1 LZ4 (block format), 2 Zstandard
-//!   1       4     records    u32, record frames in the block
-//!   5       4     raw_len    u32, bytes of those frames, uncompressed
-//!   9       ..    data       the frames, compressed by `method`
-//! ```
+//! In a segment whose header names a codec, every frame is a block: a
+//! 9-byte block header (method, record count, uncompressed length) and the
+//! block's data. The byte layout is in `FORMAT.md` ("Compressed block"),
+//! pinned by `tests::block_bytes_are_pinned`.
 //!
 //! Uncompressed, the data is ordinary record frames back to back, each
 //! with its own length and CRC32C. The block's frame CRC covers the
@@ -192,6 +185,38 @@ fn decompress(method: u8, data: &[u8], out: &mut [u8]) -> Result<usize, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bitwise CRC32C, independent of the `crc32c` crate the code uses.
+    fn bitwise_crc32c(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn block_bytes_are_pinned() {
+        assert_eq!(bitwise_crc32c(b"123456789"), 0xE306_9283, "the CRC32C check value");
+        let mut record = vec![2, 0, 0, 0];
+        record.extend_from_slice(&bitwise_crc32c(&[2, 0, 0, 0, b'h', b'i']).to_le_bytes());
+        record.extend_from_slice(b"hi");
+        let mut block = Vec::new();
+        Packer::new(Compression::None).pack(&record, 1, &mut block).unwrap();
+        let mut payload = vec![0]; // method: stored
+        payload.extend_from_slice(&[1, 0, 0, 0]); // records
+        payload.extend_from_slice(&[10, 0, 0, 0]); // raw_len
+        payload.extend_from_slice(&record);
+        let mut expected = vec![19, 0, 0, 0]; // the block frame's len
+        let mut covered = expected.clone();
+        covered.extend_from_slice(&payload);
+        expected.extend_from_slice(&bitwise_crc32c(&covered).to_le_bytes());
+        expected.extend_from_slice(&payload);
+        assert_eq!(block, expected, "got {block:02x?}");
+    }
 
     fn frames(count: usize) -> Vec<u8> {
         let mut raw = Vec::new();

@@ -1,24 +1,11 @@
 //! The byte layout of a segment file: its header and its record frames.
 //!
-//! This module is the only place that knows where bytes go. Everything is
-//! little-endian and independent of the host and of any library's memory
-//! layout; the format version in the header changes whenever the layout
-//! does. `tests::segment_bytes_are_pinned` pins the exact bytes.
-//!
-//! ```text
-//! SegmentHeader (16 bytes, at offset 0)
-//!   offset  size  field
-//!   0       8     magic      b"SUMPSEG\0"
-//!   8       2     version    u16, currently 1
-//!   10      2     flags      u16, the codec: 0 none, 1 LZ4, 2 Zstandard
-//!   12      4     crc32c     CRC32C of bytes 0..12
-//!
-//! RecordFrame (8 + len bytes, back to back after the header)
-//!   offset  size  field
-//!   0       4     len        u32, payload length in bytes
-//!   4       4     crc32c     CRC32C of the 4 `len` bytes followed by the payload
-//!   8       len   payload    the item, encoded with bincode 2 (serde, standard config)
-//! ```
+//! This module is the only place that knows where a segment's bytes go.
+//! Everything is little-endian and independent of the host and of any
+//! library's memory layout; the format version in the header changes
+//! whenever the layout does. The layout is in `FORMAT.md` ("Segment
+//! header" and "Record frame"); `tests::segment_bytes_are_pinned` pins the
+//! exact bytes.
 //!
 //! In a segment with a codec, each frame's payload is a block of records
 //! (see [`super::block`]) rather than one record.
@@ -64,8 +51,8 @@ pub(crate) enum HeaderError {
     BadMagic,
     /// The header CRC does not match its bytes.
     BadChecksum,
-    /// A version or flags value this build does not understand.
-    Unsupported { version: u16, flags: u16 },
+    /// A version or codec this build does not understand.
+    Unsupported { version: u16, codec: u16 },
 }
 
 impl std::fmt::Display for HeaderError {
@@ -74,8 +61,8 @@ impl std::fmt::Display for HeaderError {
             HeaderError::Short => write!(f, "segment is shorter than its {HEADER_LEN}-byte header"),
             HeaderError::BadMagic => write!(f, "segment does not start with the sump magic number"),
             HeaderError::BadChecksum => write!(f, "segment header fails its CRC32C"),
-            HeaderError::Unsupported { version, flags } => {
-                write!(f, "segment format version {version} with flags {flags:#x} is not supported")
+            HeaderError::Unsupported { version, codec } => {
+                write!(f, "segment format version {version} with codec {codec} is not supported")
             }
         }
     }
@@ -93,11 +80,11 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<u16, HeaderError> {
         return Err(HeaderError::BadChecksum);
     }
     let version = u16::from_le_bytes([header[8], header[9]]);
-    let flags = u16::from_le_bytes([header[10], header[11]]);
-    if version != VERSION || flags > MAX_CODEC {
-        return Err(HeaderError::Unsupported { version, flags });
+    let codec = u16::from_le_bytes([header[10], header[11]]);
+    if version != VERSION || codec > MAX_CODEC {
+        return Err(HeaderError::Unsupported { version, codec });
     }
-    Ok(flags)
+    Ok(codec)
 }
 
 /// Turns an already-encoded payload, placed at `frame[FRAME_HEADER_LEN..]`,
@@ -183,7 +170,7 @@ mod tests {
         let expected: Vec<u8> = vec![
             b'S', b'U', b'M', b'P', b'S', b'E', b'G', 0, // magic
             1, 0, // version 1
-            0, 0, // flags
+            0, 0, // codec: plain records
             0xd7, 0xd6, 0x65, 0x7a, // header crc32c
             2, 0, 0, 0, // len 2
             0x59, 0x72, 0x5a, 0x88, // crc32c(len ++ "hi")
@@ -210,7 +197,7 @@ mod tests {
         bad[8] = 2;
         let crc = crc32c::crc32c(&bad[0..12]);
         bad[12..16].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_header(&bad), Err(HeaderError::Unsupported { version: 2, flags: 0 }));
+        assert_eq!(decode_header(&bad), Err(HeaderError::Unsupported { version: 2, codec: 0 }));
     }
 
     #[test]

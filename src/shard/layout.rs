@@ -2,19 +2,9 @@
 //! sharded channel has, how it dispatches, and whether a reshard is under
 //! way.
 //!
-//! # Format
-//!
-//! 24 bytes, little-endian:
-//!
-//! | offset | size | field |
-//! |---|---|---|
-//! | 0 | 8 | magic `SUMPSHRD` |
-//! | 8 | 2 | format version, 1 |
-//! | 10 | 1 | dispatch: 0 key, 1 round-robin, 2 broadcast, 255 unknown |
-//! | 11 | 1 | state: 0 stable, 1 collecting, 2 distributing |
-//! | 12 | 4 | shard count the shard directories are laid out for |
-//! | 16 | 4 | shard count a reshard is moving to (0 when stable) |
-//! | 20 | 4 | CRC32C of bytes 0..20 |
+//! The byte layout (24 bytes: magic, version, dispatch, reshard step, shard
+//! count, target count, CRC32C) is in `FORMAT.md` ("Shard layout file"),
+//! pinned by `tests::layouts_round_trip_and_damage_is_refused`.
 //!
 //! The file is replaced whole: written to a temporary name, synced, and
 //! renamed over the old one, so a crash leaves either version.
@@ -190,7 +180,10 @@ mod tests {
         let mut bytes = fs::read(path(dir.path())).unwrap();
         assert_eq!(&bytes[..8], MAGIC);
         assert_eq!(bytes[10..12], [1, 2]);
+        assert_eq!(bytes[8..10], [1, 0], "version 1");
         assert_eq!(bytes[12..20], [3, 0, 0, 0, 7, 0, 0, 0]);
+        assert_eq!(bytes[20..24], crc32c::crc32c(&bytes[..20]).to_le_bytes());
+        assert_eq!(bytes.len(), 24);
         bytes[12] = 4;
         fs::write(path(dir.path()), &bytes).unwrap();
         let err = read(&Os, dir.path()).unwrap_err();
