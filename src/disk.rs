@@ -15,8 +15,11 @@
 //! - the cursor reads the oldest segment first, and no segment is deleted
 //!   while the cursor has it open, except when everything in it has been
 //!   consumed;
-//! - when `items` reaches zero every segment is deleted, so an idle channel
-//!   holds no files but its lock;
+//! - when `items` reaches zero every sealed segment is deleted and the
+//!   active one is kept, with the cursor at its end, so the next spill
+//!   appends to it: an idle channel holds at most one segment, and a
+//!   channel whose receiver keeps catching up does not create a file per
+//!   spill episode;
 //! - a segment read to the end whose deletion fails is recorded as read
 //!   (in the progress file, at once in the durable modes), so it is never
 //!   delivered again;
@@ -706,9 +709,31 @@ impl DiskQueue {
         if self.hold {
             self.retire_all(cursor);
         } else {
-            self.release_all(cursor);
+            self.release_consumed(cursor);
         }
         true
+    }
+
+    /// Everything on disk was consumed: sealed segments are deleted, and
+    /// the active segment is kept with the cursor at its end, so the next
+    /// spill appends to it instead of creating a file (with its create,
+    /// header write and directory syncs): an idle channel holds at most one
+    /// segment. A damaged active segment, or one the cursor is not on, goes
+    /// the way of [`release_all`](Self::release_all).
+    fn release_consumed(&mut self, cursor: &mut Option<SegmentCursor>) {
+        let keep = match (&self.active, cursor.as_ref()) {
+            (Some(writer), Some(open)) => open.id() == writer.id() && !open.damaged() && !writer.tail_unknown(),
+            _ => false,
+        };
+        if !keep {
+            return self.release_all(cursor);
+        }
+        self.release_retired();
+        for meta in std::mem::take(&mut self.sealed) {
+            self.bytes -= meta.bytes;
+            self.delete_segment(meta.id);
+        }
+        self.items = 0;
     }
 
     /// The record the cursor is at decoded to garbage: counts it, and marks
@@ -799,6 +824,19 @@ impl DiskQueue {
     ) -> Result<(), (usize, io::Error)> {
         let mut unpersisted = 0u64;
         let mut first_error = None;
+        // Every record read and nothing held for a drainer: the active
+        // segment kept for the next spill holds nothing worth keeping.
+        let drained = self.items == 0 && self.retired.is_empty();
+        let cursor = if drained {
+            if let Some(writer) = self.active.take() {
+                let id = writer.id();
+                drop(writer);
+                self.delete_segment(id);
+            }
+            None
+        } else {
+            cursor
+        };
         if let Some(writer) = self.active.as_mut() {
             let synced = match writer.flush() {
                 Err(err) => Err((writer.unwritten_records(), err)),

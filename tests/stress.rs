@@ -39,7 +39,10 @@ fn run(producers: u64, per_producer: u64, capacity: usize, segment_bytes: u64) {
     let stats = rx.stats();
     assert_eq!(stats.received, total);
     assert_eq!(stats.sent, total);
-    assert_eq!((stats.in_memory, stats.on_disk, stats.segments), (0, 0, 0));
+    assert_eq!((stats.in_memory, stats.on_disk), (0, 0));
+    // Changed when segments became reused across spill episodes: the
+    // drained channel keeps at most its active segment.
+    assert!(stats.segments <= 1, "{stats:?}");
 }
 
 #[test]
