@@ -316,19 +316,43 @@ impl DiskQueue {
         if !self.check_dir(false) {
             return Fit::Gone;
         }
-        let (more_bytes, more_segments) = match &self.active {
-            Some(writer) if writer.len() + writer.growth(frame_len) <= self.segment_bytes => {
-                (writer.growth(frame_len), 0)
+        loop {
+            let (more_bytes, more_segments) = match &self.active {
+                Some(writer) if writer.len() + writer.growth(frame_len) <= self.segment_bytes => {
+                    (writer.growth(frame_len), 0)
+                }
+                _ => (alone, 1),
+            };
+            let full = self.bytes() + more_bytes > self.max_disk_bytes
+                || self.segments() + more_segments > self.max_segments
+                || !self.free_space.allows(&*self.fs, self.dir.path(), more_bytes);
+            if !full {
+                return Fit::Fits;
             }
-            _ => (alone, 1),
-        };
-        if self.bytes() + more_bytes > self.max_disk_bytes || self.segments() + more_segments > self.max_segments {
-            return Fit::Full;
+            // A segment kept only for reuse makes room by going.
+            if !self.discard_drained_active() {
+                return Fit::Full;
+            }
         }
-        if !self.free_space.allows(&*self.fs, self.dir.path(), more_bytes) {
-            return Fit::Full;
+    }
+
+    /// Deletes the active segment when every record in it was consumed, to
+    /// make room: it was kept only so the next spill could reuse it. The
+    /// receiver's cursor on it is replaced when it next looks. Returns
+    /// whether a segment went.
+    fn discard_drained_active(&mut self) -> bool {
+        if self.items > 0 || self.hold {
+            return false;
         }
-        Fit::Fits
+        let Some(writer) = self.active.take() else { return false };
+        let id = writer.id();
+        drop(writer);
+        if self.reading == Some(id) {
+            self.reading = None;
+        }
+        self.delete_segment(id);
+        tracing::debug!(segment = id, "drained segment deleted to make room");
+        true
     }
 
     /// The error a send gets for a frame that [`fit`](Self::fit) called
@@ -359,10 +383,22 @@ impl DiskQueue {
         let Some(writer) = self.active.as_mut() else {
             return Err(io::Error::other("no active segment after rotation"));
         };
-        if through {
-            writer.append_through(frame)?;
-        } else {
-            writer.append(frame)?;
+        let appended = if through { writer.append_through(frame) } else { writer.append(frame) };
+        if let Err(err) = appended {
+            // A full disk whose only segment was read to the end: that
+            // segment goes, and the record goes to a fresh one.
+            if !self.discard_drained_active() {
+                return Err(err);
+            }
+            self.rotate()?;
+            let Some(writer) = self.active.as_mut() else {
+                return Err(io::Error::other("no active segment after rotation"));
+            };
+            if through {
+                writer.append_through(frame)?;
+            } else {
+                writer.append(frame)?;
+            }
         }
         self.items += 1;
         self.free_space.written += frame.len() as u64;
@@ -732,6 +768,9 @@ impl DiskQueue {
         for meta in std::mem::take(&mut self.sealed) {
             self.bytes -= meta.bytes;
             self.delete_segment(meta.id);
+        }
+        if let Some(open) = cursor.as_mut() {
+            open.park();
         }
         self.items = 0;
     }

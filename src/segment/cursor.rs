@@ -55,8 +55,9 @@ struct Source {
     fs: Fs,
     /// The file's path, for the storage seam and for messages.
     path: PathBuf,
-    /// The segment file, open for reading.
-    file: File,
+    /// The segment file, open for reading; `None` while parked (see
+    /// [`SegmentCursor::park`]), reopened by the next read.
+    file: Option<File>,
     /// Bytes read from the file.
     buffer: Vec<u8>,
     /// File offset of `buffer[0]`.
@@ -190,6 +191,15 @@ impl SegmentCursor {
         let end = self.block.end?;
         let rest = self.block.frames.get(self.block.next..)?;
         Some((rest, self.block.records.saturating_sub(self.block.read), end))
+    }
+
+    /// Closes the file, keeping the position: the cursor of a drained
+    /// segment kept for reuse must not keep the file's space allocated if
+    /// the segment is deleted to make room. The next read reopens it.
+    pub(crate) fn park(&mut self) {
+        self.source.file = None;
+        self.source.buffer = Vec::new();
+        self.source.base = self.pos;
     }
 
     /// Whether every byte below the limit has been read.
@@ -474,18 +484,29 @@ fn find_block(bytes: &[u8], mut from: usize) -> Option<usize> {
 impl Source {
     fn open(fs: &Fs, path: &Path) -> io::Result<Source> {
         let file = fs.open(path, Open::Read)?;
-        Ok(Source { fs: std::sync::Arc::clone(fs), path: path.to_owned(), file, buffer: Vec::new(), base: 0 })
+        Ok(Source {
+            fs: std::sync::Arc::clone(fs),
+            path: path.to_owned(),
+            file: Some(file),
+            buffer: Vec::new(),
+            base: 0,
+        })
     }
 
     /// Replaces the buffer with up to `len` bytes of the file from `pos`:
     /// fewer only where the file ends sooner.
     fn fill(&mut self, pos: u64, len: usize) -> io::Result<()> {
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => self.fs.open(&self.path, Open::Read)?,
+        };
+        let file = self.file.insert(file);
         self.buffer.clear();
         self.buffer.resize(len, 0);
         self.base = pos;
         let mut got = 0;
         while got < len {
-            match self.fs.read_at(&self.path, &self.file, &mut self.buffer[got..], pos + got as u64) {
+            match self.fs.read_at(&self.path, file, &mut self.buffer[got..], pos + got as u64) {
                 Ok(0) => break,
                 Ok(read) => got += read,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
