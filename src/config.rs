@@ -373,7 +373,7 @@ impl Builder {
                 ),
             });
         }
-        crate::core::open(&self.dir, &self.name, self.settings)
+        crate::open::open(&self.dir, &self.name, self.settings)
     }
 
     /// The name, the directory and the settings.

@@ -117,12 +117,12 @@
 #![warn(missing_docs)]
 
 mod channel;
-mod codec;
 mod config;
 mod core;
 mod dir;
 mod disk;
 mod drain;
+mod encoding;
 mod err;
 #[cfg(test)]
 mod failure_tests;
@@ -136,6 +136,7 @@ pub mod inspect;
 pub mod on_disk {}
 #[cfg(test)]
 mod model_tests;
+mod open;
 mod progress;
 mod recover;
 mod segment;

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::breaker::{Backoff, Breaker};
 use super::{Control, DrainSettings, Sink, SinkError};
 use crate::channel::Receiver;
-use crate::codec;
+use crate::encoding;
 use crate::err::RecvTimeoutError;
 use crate::sync::Arc;
 
@@ -145,7 +145,7 @@ where
 
     fn size_of(&self, item: &T) -> u64 {
         match self.settings.batch_bytes {
-            Some(_) => codec::encoded_len(item).unwrap_or(0) as u64,
+            Some(_) => encoding::encoded_len(item).unwrap_or(0) as u64,
             None => 0,
         }
     }

@@ -290,7 +290,7 @@ impl<T> ShardedBuilder<T> {
         let mut senders = Vec::with_capacity(self.shards);
         let mut receivers = Vec::with_capacity(self.shards);
         for shard in 0..self.shards {
-            let (tx, rx) = crate::core::open(root.path(), &shard_name(shard), self.settings.clone())?;
+            let (tx, rx) = crate::open::open(root.path(), &shard_name(shard), self.settings.clone())?;
             senders.push(tx);
             receivers.push(rx);
         }

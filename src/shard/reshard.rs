@@ -175,7 +175,7 @@ fn open_moving<T>(root: &Path, name: &str, settings: &Settings) -> Result<(Sende
 where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
-    crate::core::open(root, name, moving(settings))
+    crate::open::open(root, name, moving(settings))
 }
 
 /// Appends `item` to a channel being filled by a reshard. On failure the
@@ -415,7 +415,7 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
     let scratch = Settings { durability: Durability::Overflow, ..moving(settings) };
-    drop(crate::core::open::<T>(root, name, scratch)?);
+    drop(crate::open::open::<T>(root, name, scratch)?);
     let dir = root.join(name);
     let fs = &*settings.fs;
     let removed = fs

@@ -1,0 +1,303 @@
+//! The receive path: the receiver's local batch, items decoded ahead,
+//! the segment cursor, memory, then the disk (in that order, which is
+//! what makes the channel FIFO; see the parent module), and how the
+//! receiver waits: a short spin on a hint, then a park.
+
+use std::mem;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{ReceiverSide, RecvFailure, Shared, Wait};
+use crate::encoding;
+use crate::segment::Peek;
+use crate::sync::{yield_now, Ordering};
+
+/// What the receiver got from its segment cursor.
+enum Taken<T> {
+    /// The next item.
+    Item(T),
+    /// A damaged record or segment was skipped; look again.
+    Skipped,
+    /// Nothing readable under the cursor.
+    Nothing,
+}
+
+/// How long a receiver waits before retrying a disk backlog it could not
+/// read (its bytes could not be flushed, or a segment could not be opened).
+const STUCK_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Spins a receiver briefly before it parks: a few rounds of busy-waiting
+/// that double each time, then a few yields.
+#[derive(Debug, Default)]
+struct Spin {
+    /// Rounds spun so far.
+    round: u32,
+}
+
+impl Spin {
+    /// Rounds that busy-wait (`2^round` spin hints each).
+    const SPIN_ROUNDS: u32 = 6;
+    /// Rounds in all, the later ones yielding the thread. None under loom:
+    /// spinning only multiplies the interleavings to explore.
+    const ROUNDS: u32 = if cfg!(loom) { 0 } else { 10 };
+
+    fn may_spin(&self) -> bool {
+        self.round < Self::ROUNDS
+    }
+
+    fn spin(&mut self) {
+        if self.round < Self::SPIN_ROUNDS {
+            for _ in 0..1u32 << self.round {
+                std::hint::spin_loop();
+            }
+        } else {
+            yield_now();
+        }
+        self.round += 1;
+    }
+}
+
+/// Spin hints a receiver that found memory empty waits, once an item has
+/// arrived, before it takes the lock to swap memory out, so that items
+/// arriving close together are taken in one swap.
+const GATHER_SPINS: u32 = if cfg!(loom) { 0 } else { 128 };
+
+/// Smallest memory bound at which the receiver waits for items to gather.
+const GATHER_MIN_CAPACITY: usize = 1024;
+
+impl<T: Serialize + DeserializeOwned> Shared<T> {
+    /// Receives one item, waiting as `wait` allows.
+    pub(crate) fn recv(&self, side: &mut ReceiverSide<T>, wait: Wait) -> Result<T, RecvFailure> {
+        let mut spin = Spin::default();
+        loop {
+            if let Some(item) = side.local.pop_front() {
+                side.put_back = side.put_back.saturating_sub(1);
+                self.taken.fetch_add(1, Ordering::Release);
+                self.count_received();
+                return Ok(item);
+            }
+            if let Some(item) = side.prefetched.pop_front() {
+                self.prefetched.store(side.prefetched.len(), Ordering::Relaxed);
+                self.count_received();
+                return Ok(item);
+            }
+            match self.take_from_cursor(side) {
+                Taken::Item(item) => return Ok(item),
+                Taken::Skipped => continue,
+                Taken::Nothing => {}
+            }
+            let mut state = self.state.lock();
+            self.fold_taken(&mut state);
+            // Memory is empty from here on (swapped out, or found empty).
+            self.queued.store(false, Ordering::Relaxed);
+            if !state.memory.is_empty() {
+                mem::swap(&mut side.local, &mut state.memory);
+                continue;
+            }
+            // Records on disk that cannot be reached right now (the writer
+            // cannot flush them to a full disk, say): retry shortly.
+            let mut stuck = false;
+            if state.disk.items() > 0 && !state.disk.awaiting_sync() {
+                let before = side.cursor.as_ref().map(|c| (c.id(), c.pos(), c.limit()));
+                match state.disk.position(&mut side.cursor) {
+                    Ok(freed) => {
+                        if freed {
+                            self.after_disk_change(&mut state);
+                        }
+                        let after = side.cursor.as_ref().map(|c| (c.id(), c.pos(), c.limit()));
+                        let moved = after != before || freed;
+                        if (moved && side.cursor.as_ref().is_some_and(|c| !c.at_limit())) || state.disk.items() == 0 {
+                            continue;
+                        }
+                        stuck = true;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot read the disk backlog yet; retrying");
+                        stuck = true;
+                    }
+                }
+            }
+            if !stuck && state.senders == 0 {
+                return Err(RecvFailure::Disconnected);
+            }
+            if state.disk.orphaned() && state.disk.items() == 0 {
+                // The directory is gone: what could be delivered was, and
+                // nothing more can arrive.
+                return Err(RecvFailure::Disconnected);
+            }
+            let mut deadline = match wait {
+                Wait::Never => return Err(RecvFailure::Empty),
+                Wait::Until(deadline) if Instant::now() >= deadline => return Err(RecvFailure::Empty),
+                Wait::Until(deadline) => Some(deadline),
+                Wait::Forever => None,
+            };
+            if stuck {
+                let retry = Instant::now() + STUCK_RETRY;
+                deadline = Some(deadline.map_or(retry, |d| d.min(retry)));
+            } else if spin.may_spin() {
+                // An item is often only a moment away: a short spin costs
+                // less than parking and being woken. It watches the hint,
+                // and takes the lock again only once the hint says memory
+                // has items or the spinning is over.
+                drop(state);
+                spin.spin();
+                while spin.may_spin() && !self.queued.load(Ordering::Relaxed) {
+                    spin.spin();
+                }
+                if self.queued.load(Ordering::Relaxed) && self.capacity >= GATHER_MIN_CAPACITY {
+                    // Let a few more items join before taking them all at
+                    // once: every swap pulls the lock away from the senders.
+                    // Not with a small memory bound, which the senders
+                    // could fill meanwhile and spill.
+                    for _ in 0..GATHER_SPINS {
+                        std::hint::spin_loop();
+                    }
+                }
+                continue;
+            }
+            state.receiver_waiting = true;
+            match deadline {
+                Some(deadline) => {
+                    self.ready.wait_until(&mut state, deadline);
+                }
+                None => self.ready.wait(&mut state),
+            }
+            state.receiver_waiting = false;
+        }
+    }
+
+    /// Reads, decodes and consumes the record under the cursor, if there
+    /// is one below its limit. Damaged records are consumed and counted,
+    /// never returned.
+    fn take_from_cursor(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
+        let Some(cursor) = side.cursor.as_mut() else {
+            return Taken::Nothing;
+        };
+        match cursor.peek() {
+            Ok(Peek::Record(_)) => self.take_records(side),
+            Ok(Peek::Exhausted) => Taken::Nothing,
+            Ok(Peek::Damaged { reason, resume }) => {
+                tracing::error!(%reason, "damaged record in segment; skipping it");
+                cursor.mark_damaged();
+                cursor.skip_to(resume.unwrap_or(cursor.limit()));
+                Taken::Skipped
+            }
+            Ok(Peek::DamagedActive { reason }) => {
+                // Seal the segment so the damage can be told from a write
+                // in progress; the records it cost are counted when the
+                // cursor leaves the segment.
+                tracing::error!(%reason, "damaged record in the active segment; sealing it");
+                let mut state = self.state.lock();
+                if let Err(err) = state.disk.seal_active(&mut side.cursor) {
+                    state.disk.abandon(&mut side.cursor, &format!("{reason}; and sealing failed: {err}"));
+                    self.after_disk_change(&mut state);
+                }
+                Taken::Skipped
+            }
+            // Try again later: a transient error says nothing of the file.
+            Err(err) if self.retry_unreadable || crate::storage::transient(&err) => {
+                tracing::warn!(error = %err, "cannot read the disk backlog yet; retrying");
+                Taken::Nothing
+            }
+            Err(err) => {
+                let mut state = self.state.lock();
+                state.disk.abandon(&mut side.cursor, &format!("cannot read segment: {err}"));
+                self.after_disk_change(&mut state);
+                Taken::Skipped
+            }
+        }
+    }
+
+    /// Decodes up to `read_ahead` intact records from under the cursor
+    /// (the first of them known to be there) into `side.prefetched`, and
+    /// accounts for them, undecodable ones counted as corrupt, under one
+    /// lock; returns the first item, or `Skipped` when none decoded.
+    fn take_records(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
+        let ReceiverSide { prefetched, cursor, .. } = side;
+        let Some(open) = cursor.as_mut() else { return Taken::Nothing };
+        let mut read = 0;
+        let mut undecodable = Vec::new();
+        while read < self.read_ahead {
+            let decoded = match open.peek() {
+                Ok(Peek::Record(payload)) => encoding::decode::<T>(payload),
+                _ => break,
+            };
+            open.commit();
+            read += 1;
+            match decoded {
+                Ok(item) => prefetched.push_back(item),
+                Err(reason) => undecodable.push(reason),
+            }
+        }
+        let mut state = self.state.lock();
+        if let Some(open) = cursor.as_mut() {
+            for reason in &undecodable {
+                state.disk.undecodable(open, reason);
+            }
+        }
+        if state.disk.consumed(read as u64, cursor) {
+            self.after_disk_change(&mut state);
+        }
+        // Under the lock, so that stats never miss the items in hand.
+        let first = prefetched.pop_front();
+        self.prefetched.store(prefetched.len(), Ordering::Relaxed);
+        drop(state);
+        match first {
+            Some(item) => {
+                self.count_received();
+                Taken::Item(item)
+            }
+            None => Taken::Skipped,
+        }
+    }
+
+    fn count_received(&self) {
+        // Single writer: a plain load and store, no read-modify-write.
+        let received = self.received.load(Ordering::Relaxed);
+        self.received.store(received + 1, Ordering::Relaxed);
+    }
+}
+
+impl<T> Shared<T> {
+    /// Keeps segments the receiver has read until [`release_retired`](Self::release_retired)
+    /// (a drainer's peek-and-commit), or goes back to deleting them at once.
+    pub(crate) fn set_hold(&self, hold: bool) {
+        self.state.lock().disk.set_hold(hold);
+    }
+
+    /// Deletes the segments kept by `set_hold`: their items were delivered.
+    /// Not while items put back are still waiting: they came from those
+    /// segments.
+    pub(crate) fn release_retired(&self, side: &ReceiverSide<T>) {
+        if side.put_back > 0 {
+            return;
+        }
+        let mut state = self.state.lock();
+        if state.disk.release_retired() {
+            self.wake_senders(&state);
+        }
+    }
+
+    /// Returns items the receiver took but could not hand on (a drainer
+    /// whose sink refused them) to the front of the channel, oldest first,
+    /// so they are the next to be received. They count as in memory again
+    /// and no longer as received.
+    pub(crate) fn put_back(&self, side: &mut ReceiverSide<T>, items: Vec<T>) {
+        if items.is_empty() {
+            return;
+        }
+        let count = items.len();
+        let mut state = self.state.lock();
+        self.fold_taken(&mut state);
+        state.in_memory += count;
+        let received = self.received.load(Ordering::Relaxed);
+        self.received.store(received - count as u64, Ordering::Relaxed);
+        drop(state);
+        side.put_back += count;
+        for item in items.into_iter().rev() {
+            side.local.push_front(item);
+        }
+    }
+}

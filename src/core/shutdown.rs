@@ -1,0 +1,69 @@
+//! The receiver leaving: in `Overflow` mode everything in the channel
+//! goes; in the durable modes what is in memory is written to disk, in
+//! front of the backlog, and read progress is recorded.
+
+use std::collections::VecDeque;
+use std::mem;
+
+use super::{ReceiverSide, Shared};
+use crate::disk::DiskQueue;
+use crate::err::CloseError;
+use crate::sync::Ordering;
+
+impl<T> Shared<T> {
+    /// The receiver is gone: later sends fail and waiting senders wake. In
+    /// `Overflow` mode everything in the channel is dropped (memory) and
+    /// deleted (disk); in the durable modes the items in memory are written
+    /// to disk, in front of the backlog, and read progress is recorded.
+    pub(crate) fn remove_receiver(&self, side: &mut ReceiverSide<T>) -> Result<(), CloseError> {
+        let (memory, result) = {
+            let mut state = self.state.lock();
+            state.receiver_alive = false;
+            self.fold_taken(&mut state);
+            let memory = mem::take(&mut state.memory);
+            let result = if self.durable {
+                self.persist(&mut state.disk, side, &memory)
+            } else {
+                state.disk.release_all(&mut side.cursor);
+                Ok(())
+            };
+            self.spilling.store(false, Ordering::Relaxed);
+            state.in_memory = 0;
+            self.taken.store(0, Ordering::Relaxed);
+            self.space.notify_all();
+            (memory, result)
+        };
+        // Items are dropped outside the lock: their `Drop` may use the channel.
+        drop(memory);
+        drop(mem::take(&mut side.local));
+        drop(mem::take(&mut side.prefetched));
+        self.prefetched.store(0, Ordering::Relaxed);
+        side.cursor = None;
+        result
+    }
+
+    /// Writes the receiver's batch and the memory queue, oldest first, to
+    /// disk, and records read progress.
+    fn persist(&self, disk: &mut DiskQueue, side: &ReceiverSide<T>, memory: &VecDeque<T>) -> Result<(), CloseError> {
+        let mut frames = Vec::with_capacity(side.local.len() + memory.len());
+        let mut first_error = None;
+        for item in side.local.iter().chain(memory) {
+            match (self.encode)(item) {
+                Ok(frame) => frames.push(frame),
+                Err(err) => {
+                    tracing::error!(error = %err, "an item in memory cannot be encoded; it is lost at shutdown");
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        let unencodable = side.local.len() + memory.len() - frames.len();
+        match (disk.shutdown(side.cursor.as_ref(), &frames), first_error) {
+            (Ok(()), None) => Ok(()),
+            (Ok(()), Some(source)) => Err(CloseError { unpersisted: unencodable, source }),
+            (Err((unwritten, source)), _) => {
+                tracing::error!(error = %source, unwritten, "items in memory could not be written at shutdown");
+                Err(CloseError { unpersisted: unwritten + unencodable, source })
+            }
+        }
+    }
+}
