@@ -24,6 +24,7 @@ use std::io;
 
 use crate::dir::ChannelDir;
 use crate::err::OpenError;
+pub(crate) use crate::options::TypeIdentity;
 use crate::storage::write_file;
 
 /// Name of the type file in a channel's directory.
@@ -33,17 +34,6 @@ const MAGIC: [u8; 8] = *b"SUMPTYPE";
 const VERSION: u16 = 1;
 /// Longest type name recorded, in bytes; longer names are cut.
 const MAX_NAME: usize = 4096;
-
-/// The item type a channel is opened with.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct TypeIdentity {
-    /// `std::any::type_name` of the item type; set by the open path.
-    pub(crate) name: String,
-    /// The user's schema version.
-    pub(crate) schema: u32,
-    /// Whether an open with another identity replaces the recorded one.
-    pub(crate) allow_change: bool,
-}
 
 impl TypeIdentity {
     fn describe(name: &str, schema: u32) -> String {

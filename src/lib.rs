@@ -116,8 +116,8 @@
 
 #![warn(missing_docs)]
 
+mod builder;
 mod channel;
-mod config;
 mod core;
 mod dir;
 mod disk;
@@ -137,6 +137,7 @@ pub mod on_disk {}
 #[cfg(test)]
 mod model_tests;
 mod open;
+mod options;
 mod progress;
 mod recover;
 mod segment;
@@ -145,12 +146,8 @@ mod stats;
 mod storage;
 mod sync;
 
+pub use crate::builder::{channel, channel_with_explicit_capacity, Builder};
 pub use crate::channel::{IntoIter, Iter, Receiver, Sender, TryIter};
-pub use crate::config::{
-    channel, channel_with_explicit_capacity, Builder, Compression, Durability, SyncPolicy, WhenFull,
-    DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS, DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY,
-    DEFAULT_SEGMENT_BYTES, FREE_SPACE_CHECK_INTERVAL,
-};
 pub use crate::drain::{
     BoxError, BreakerState, ChannelSink, DrainError, DrainHandle, DrainStats, Drainer, JsonLinesSink, Sink, SinkError,
     DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_BATCH_SIZE, DEFAULT_BREAKER_OPEN_FOR,
@@ -160,6 +157,10 @@ pub use crate::drain::{
 pub use crate::drain::{RedisSink, DEFAULT_REDIS_FIELD, DEFAULT_REDIS_TIMEOUT};
 pub use crate::err::{
     CloseError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+pub use crate::options::{
+    Compression, Durability, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS,
+    DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES, FREE_SPACE_CHECK_INTERVAL,
 };
 pub use crate::shard::{
     Dispatch, ShardedBuilder, ShardedDrainHandle, ShardedDrainer, ShardedReceiver, ShardedSender, MAX_SHARDS,

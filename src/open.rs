@@ -9,10 +9,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::channel::{Receiver, Sender};
-use crate::config::Settings;
 use crate::core::{ReceiverSide, Shared};
 use crate::disk::DiskQueue;
 use crate::err::OpenError;
+use crate::options::Settings;
 use crate::sync::Arc;
 
 /// Opens the channel `name` in `dir` with `settings`, already checked.
@@ -25,7 +25,7 @@ where
     let disk = DiskQueue::open(dir, name, &settings)?;
     let shared = Arc::new(Shared::new(disk, &settings));
     #[cfg(not(loom))]
-    if let crate::config::SyncPolicy::Interval(every) = settings.sync {
+    if let crate::options::SyncPolicy::Interval(every) = settings.sync {
         crate::core::start_interval_sync(Arc::downgrade(&shared), every)
             .map_err(|err| OpenError::io(dir.join(name), err))?;
     }

@@ -39,9 +39,9 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 
-use crate::config::Compression;
 use crate::dir::ChannelDir;
 use crate::err::OpenError;
+use crate::options::Compression;
 use crate::progress::{self, Progress};
 use crate::segment::block::{codec_readable, Packer};
 use crate::segment::format::{decode_header, encode_header, HEADER_LEN};

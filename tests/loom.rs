@@ -98,7 +98,9 @@ fn concurrent_senders_appending_and_rotating_lose_nothing() {
         let mut got: Vec<u32> = rx.iter().collect();
         got.sort_unstable();
         assert_eq!(got, vec![10, 20]);
-        assert_eq!(rx.stats().segments, 0);
+        // Changed when segments became reused across spill episodes: the
+        // drained channel keeps at most its active segment.
+        assert!(rx.stats().segments <= 1);
     });
 }
 

@@ -55,8 +55,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::Instant;
 
-use crate::config::{Settings, WhenFull};
 use crate::disk::DiskQueue;
+use crate::options::{Settings, WhenFull};
 use crate::segment::SegmentCursor;
 use crate::stats::Stats;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, Mutex, Ordering};
@@ -230,7 +230,7 @@ impl<T: serde::Serialize> Shared<T> {
     /// The core of a new channel over `disk`, with one sender and the
     /// receiver alive.
     pub(crate) fn new(disk: DiskQueue, settings: &Settings) -> Shared<T> {
-        use crate::config::{Durability, SyncPolicy};
+        use crate::options::{Durability, SyncPolicy};
         Shared {
             state: Mutex::new(State {
                 memory: VecDeque::new(),

@@ -9,9 +9,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{SendFailure, Shared, State, Wait};
-use crate::config::WhenFull;
 use crate::disk::Fit;
 use crate::encoding;
+use crate::options::WhenFull;
 use crate::sync::{MutexGuard, Ordering};
 
 /// What the spill path decided, under the lock.

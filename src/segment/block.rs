@@ -16,7 +16,7 @@
 use std::io;
 
 use super::format::{read_frame, seal_frame, Frame, FRAME_HEADER_LEN};
-use crate::config::Compression;
+use crate::options::Compression;
 
 /// Length of the block header inside a block frame's payload.
 pub(crate) const BLOCK_HEADER_LEN: usize = 9;

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use super::block::{codec_id, Packer, BLOCK_OVERHEAD, MAX_BLOCK_RECORDS};
 use super::format::{encode_header, HEADER_LEN};
 use super::{segment_path, SegmentMeta};
-use crate::config::Compression;
+use crate::options::Compression;
 use crate::storage::{write_all, Fs, Open, SyncHandle};
 
 /// Size of the write buffer in bytes. Frames at least this large bypass it.

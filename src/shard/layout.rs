@@ -14,7 +14,27 @@ use std::io;
 use crate::storage::{write_file, Storage};
 use std::path::{Path, PathBuf};
 
-use crate::shard::Dispatch;
+/// Most shards a sharded channel can have (`shard-000` to `shard-999`).
+pub const MAX_SHARDS: usize = 1000;
+
+/// How a sharded channel picks the shard of an item.
+///
+/// By key is the default mode, but it needs the key function, so `open`
+/// refuses a builder given none of [`ShardedBuilder::key`](crate::ShardedBuilder::key),
+/// [`round_robin`](crate::ShardedBuilder::round_robin) and
+/// [`broadcast`](crate::ShardedBuilder::broadcast).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Dispatch {
+    /// By the XXH3 hash of the item's key: equal keys, same shard, same
+    /// order. The default; chosen by [`ShardedBuilder::key`](crate::ShardedBuilder::key).
+    #[default]
+    Key,
+    /// Each send to the next shard in turn. No order holds between items
+    /// of different shards.
+    RoundRobin,
+    /// Every item to every shard, for fan-out. Needs `T: Clone`.
+    Broadcast,
+}
 
 /// Name of the layout file inside a sharded channel's directory.
 pub(crate) const LAYOUT_FILE: &str = "sump.shards";
@@ -123,10 +143,10 @@ impl Layout {
             other => return Err(format!("it names an unknown reshard state {other}")),
         };
         let (count, target) = (word(12) as usize, word(16) as usize);
-        if count > crate::shard::MAX_SHARDS {
-            return Err(format!("it records {count} shards, more than {}", crate::shard::MAX_SHARDS));
+        if count > MAX_SHARDS {
+            return Err(format!("it records {count} shards, more than {}", MAX_SHARDS));
         }
-        if phase != Phase::Stable && !(1..=crate::shard::MAX_SHARDS).contains(&target) {
+        if phase != Phase::Stable && !(1..=MAX_SHARDS).contains(&target) {
             return Err(format!("it records a reshard to {target} shards"));
         }
         Ok(Layout { dispatch, phase, count, target })
@@ -161,6 +181,12 @@ pub(crate) fn write(fs: &dyn Storage, root: &Path, layout: &Layout) -> io::Resul
     write_file(fs, &temp, &layout.encode(), true)?;
     fs.rename(&temp, &path(root))?;
     fs.sync_dir(root)
+}
+
+/// Whether `path` is the directory of a sharded channel, for the plain
+/// `open`, which refuses one.
+pub(crate) fn is_sharded(fs: &dyn Storage, channel_dir: &Path) -> bool {
+    fs.metadata(&path(channel_dir)).is_ok()
 }
 
 #[cfg(test)]

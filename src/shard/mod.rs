@@ -32,7 +32,7 @@ mod reshard;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,35 +40,17 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::builder::Builder;
 use crate::channel::{Receiver, Sender};
-use crate::config::{Builder, Settings};
 use crate::dir::ChannelDir;
 use crate::err::{CloseError, OpenError, RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
+use crate::options::Settings;
 use crate::stats::Stats;
 
 pub use drain::{ShardedDrainHandle, ShardedDrainer};
+pub use layout::Dispatch;
 
-/// Most shards a sharded channel can have (`shard-000` to `shard-999`).
-pub const MAX_SHARDS: usize = 1000;
-
-/// How a sharded channel picks the shard of an item.
-///
-/// By key is the default mode, but it needs the key function, so `open`
-/// refuses a builder given none of [`ShardedBuilder::key`],
-/// [`round_robin`](ShardedBuilder::round_robin) and
-/// [`broadcast`](ShardedBuilder::broadcast).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum Dispatch {
-    /// By the XXH3 hash of the item's key: equal keys, same shard, same
-    /// order. The default; chosen by [`ShardedBuilder::key`].
-    #[default]
-    Key,
-    /// Each send to the next shard in turn. No order holds between items
-    /// of different shards.
-    RoundRobin,
-    /// Every item to every shard, for fan-out. Needs `T: Clone`.
-    Broadcast,
-}
+pub use layout::MAX_SHARDS;
 
 /// Maps an item to the hash of its key.
 type KeyHash<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
@@ -781,10 +763,4 @@ impl<T> fmt::Debug for ShardedReceiver<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardedReceiver").field("shards", &self.shards.len()).finish()
     }
-}
-
-/// Whether `path` is the directory of a sharded channel, for the plain
-/// `open`, which refuses one.
-pub(crate) fn is_sharded(fs: &dyn crate::storage::Storage, channel_dir: &Path) -> bool {
-    fs.metadata(&layout::path(channel_dir)).is_ok()
 }

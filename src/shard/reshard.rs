@@ -51,8 +51,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::channel::{Receiver, Sender};
-use crate::config::{Durability, Settings, SyncPolicy, WhenFull};
 use crate::err::OpenError;
+use crate::options::{Durability, Settings, SyncPolicy, WhenFull};
 use crate::shard::layout::{self, Layout, Phase};
 use crate::shard::{shard_name, Dispatch, Route, Target};
 

@@ -1,0 +1,278 @@
+//! [`DiskQueue`]: the disk tier of one channel, kept under the channel's
+//! lock.
+//!
+//! It owns the active [`SegmentWriter`], the list of sealed segments
+//! (oldest first), and the counts the bounds are checked against. The
+//! receiver's [`SegmentCursor`] lives outside the lock; the queue only
+//! moves it from segment to segment and learns what it consumed.
+//!
+//! Invariants:
+//! - `items` is the number of records written and not yet consumed,
+//!   dropped or lost to damage; `bytes` the total length of the segment
+//!   files the queue still owns, active included;
+//! - every limit is checked by [`DiskQueue::fit`] before anything is
+//!   written, so a refused record changes nothing on disk;
+//! - the cursor reads the oldest segment first, and no segment is deleted
+//!   while the cursor has it open, except when everything in it has been
+//!   consumed;
+//! - when `items` reaches zero every sealed segment is deleted and the
+//!   active one is kept, with the cursor at its end, so the next spill
+//!   appends to it: an idle channel holds at most one segment, and a
+//!   channel whose receiver keeps catching up does not create a file per
+//!   spill episode;
+//! - a segment read to the end whose deletion fails is recorded as read
+//!   (in the progress file, at once in the durable modes), so it is never
+//!   delivered again;
+//! - a segment that vanished or cannot be read costs its unread records,
+//!   counted in `Stats::lost` and logged with the file name, and reading
+//!   goes on with the next one; a transient error (see
+//!   [`storage::transient`]) only makes the receiver retry;
+//! - under `SyncPolicy::Always` the receiver reads only records on stable
+//!   storage, so a failed sync can take its records back
+//!   ([`DiskQueue::roll_back_unsynced`]) before anyone saw them;
+//! - once the directory is found deleted (or replaced) behind the channel's
+//!   back, nothing more is written to disk ([`Fit::Gone`]).
+//!
+//! # Files
+//!
+//! This module holds the queue's state, opening, the accessors and the
+//! directory check; [`write`] is the log writer's side (limits, append,
+//! rotate, drop-oldest, sync points), [`read`] positions the receiver's
+//! cursor and gives up unreadable segments, [`release`] decides which
+//! segments may be deleted (consumed, retired for a drainer, set aside,
+//! recorded as read), and [`shutdown`] writes a clean shutdown.
+
+mod read;
+mod release;
+mod shutdown;
+mod write;
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::dir::ChannelDir;
+use crate::err::OpenError;
+use crate::options::{Compression, Durability, Settings, SyncPolicy};
+use crate::recover::{recover, Recovered};
+use crate::segment::{segment_path, SegmentMeta, SegmentWriter};
+use crate::storage::Fs;
+use write::FreeSpace;
+
+/// Whether a record of some size can be written now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fit {
+    /// It can.
+    Fits,
+    /// Not until the receiver frees space (or a policy drops something).
+    Full,
+    /// Never: it is larger than a segment or than the whole disk bound.
+    TooLarge,
+    /// Never: the channel's directory was deleted or replaced.
+    Gone,
+}
+
+/// The disk tier of one channel.
+#[derive(Debug)]
+pub(crate) struct DiskQueue {
+    /// The channel's directory and lock.
+    dir: ChannelDir,
+    /// Size at which the active segment is sealed, in bytes.
+    segment_bytes: u64,
+    /// Bound on `bytes`.
+    max_disk_bytes: u64,
+    /// Bound on segment files, the active one included.
+    max_segments: usize,
+    /// Free space the filesystem must keep, checked now and then.
+    free_space: FreeSpace,
+    /// Every file operation goes through here (the directory's storage).
+    fs: Fs,
+    /// When the directory was last checked to still be the channel's.
+    checked_dir_at: std::time::Instant,
+    /// Whether the directory was found deleted or replaced.
+    orphaned: bool,
+    /// Segments read to the end whose deletion failed, recorded as read.
+    undeleted: Vec<u64>,
+    /// Whether a segment was created since the directory was last synced
+    /// (only `SyncPolicy::Always` syncs it at once): the next sync of the
+    /// active segment syncs the directory first, or a power loss could
+    /// forget the file itself.
+    dir_unsynced: bool,
+    /// Records lost since open to segments that vanished or could not be
+    /// read.
+    lost: u64,
+    /// Whether every error opening or reading a segment counts as
+    /// transient (see `Settings::retry_unreadable`).
+    retry_unreadable: bool,
+    /// Whether segments survive the channel (`Persistent`, `WriteAhead`)
+    /// rather than being scratch space (`Overflow`).
+    durable: bool,
+    /// Whether every append is followed by an fsync.
+    sync_always: bool,
+    /// Codec of new segments.
+    compression: Compression,
+    /// Whether read segments are kept until [`release_retired`](Self::release_retired)
+    /// instead of deleted at once: a drainer's items are not delivered when
+    /// the cursor leaves their segment, only when the sink accepts them.
+    hold: bool,
+    /// Segments read to the end but kept while `hold` is set, oldest first.
+    retired: Vec<SegmentMeta>,
+    /// The segment being appended to, if any.
+    active: Option<SegmentWriter>,
+    /// Sealed segments still owned, oldest first.
+    sealed: VecDeque<SegmentMeta>,
+    /// The segment the receiver's cursor has open, if any.
+    reading: Option<u64>,
+    /// Records written and not yet consumed, dropped or lost.
+    items: u64,
+    /// Bytes of all owned segment files but the active one, which counts
+    /// as its writer's `len()`.
+    bytes: u64,
+    /// Records skipped as damaged since open.
+    corrupt: u64,
+    /// Id of the next segment to create.
+    next_id: u64,
+}
+
+impl DiskQueue {
+    /// Opens the channel directory. In `Overflow` mode the segments a
+    /// previous run left are discarded (disk is scratch space); in the
+    /// durable modes they are recovered.
+    pub(crate) fn open(dir: &std::path::Path, name: &str, settings: &Settings) -> Result<DiskQueue, OpenError> {
+        let mut dir = ChannelDir::open(&settings.fs, dir, name)?;
+        let fs = Arc::clone(dir.fs());
+        let durable = settings.durability != Durability::Overflow;
+        crate::identity::check(&dir, &settings.identity, durable)?;
+        let recovered = if durable {
+            recover(&mut dir)?
+        } else {
+            let (old_segments, highest) = dir.scan()?;
+            for id in old_segments {
+                let path = segment_path(dir.path(), id);
+                if let Err(err) = fs.remove(&path) {
+                    // Scratch space: a leftover is skipped, never read.
+                    tracing::warn!(path = %path.display(), error = %err, "could not delete an old overflow segment");
+                }
+            }
+            Recovered { next_id: highest.map_or(0, |id| id.saturating_add(1)), ..Recovered::default() }
+        };
+        dir.bound_set_aside(settings.max_set_aside_bytes);
+        match fs.available_space(dir.path()) {
+            Ok(free) if settings.max_disk_bytes != u64::MAX && settings.max_disk_bytes > free => {
+                tracing::warn!(path = %dir.path().display(), max_disk_bytes = settings.max_disk_bytes, free,
+                    "max_disk_bytes is larger than the free space of the channel's filesystem");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot read the free space of the channel's filesystem"),
+        }
+        let items = recovered.segments.iter().map(|meta| meta.records).sum();
+        let bytes = recovered.segments.iter().map(|meta| meta.bytes).sum();
+        Ok(DiskQueue {
+            dir,
+            segment_bytes: settings.segment_bytes,
+            max_disk_bytes: settings.max_disk_bytes,
+            max_segments: settings.max_segments,
+            fs,
+            checked_dir_at: std::time::Instant::now(),
+            orphaned: false,
+            undeleted: Vec::new(),
+            dir_unsynced: false,
+            lost: 0,
+            retry_unreadable: settings.retry_unreadable,
+            free_space: FreeSpace { min_free: settings.min_free_bytes, checked_at: None, free: u64::MAX, written: 0 },
+            durable,
+            sync_always: settings.sync == SyncPolicy::Always,
+            compression: settings.compression,
+            hold: false,
+            retired: Vec::new(),
+            active: None,
+            sealed: recovered.segments,
+            reading: None,
+            items,
+            bytes,
+            corrupt: recovered.corrupt,
+            next_id: recovered.next_id,
+        })
+    }
+    /// Records on disk not yet consumed.
+    pub(crate) fn items(&self) -> u64 {
+        self.items
+    }
+
+    /// Bytes of all segment files, the active one's buffered bytes
+    /// included.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes + self.active.as_ref().map_or(0, SegmentWriter::len)
+    }
+
+    /// Segment files, the active one and retired ones included.
+    pub(crate) fn segments(&self) -> usize {
+        self.sealed.len() + self.retired.len() + usize::from(self.active.is_some())
+    }
+    /// Records skipped as damaged since open.
+    pub(crate) fn corrupt(&self) -> u64 {
+        self.corrupt
+    }
+
+    /// Records lost since open to segments that vanished or could not be
+    /// read.
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Set-aside files and their bytes.
+    pub(crate) fn set_aside_totals(&self) -> (usize, u64) {
+        self.dir.set_aside_totals()
+    }
+
+    /// Whether the channel's directory was found deleted or replaced.
+    pub(crate) fn orphaned(&self) -> bool {
+        self.orphaned
+    }
+
+    /// Checks, at most every [`DIR_CHECK_INTERVAL`] unless `now`, that the
+    /// directory is still the channel's; returns whether it is.
+    pub(crate) fn check_dir(&mut self, now: bool) -> bool {
+        if self.orphaned {
+            return false;
+        }
+        if now || self.checked_dir_at.elapsed() >= DIR_CHECK_INTERVAL {
+            self.checked_dir_at = std::time::Instant::now();
+            if !self.dir.still_ours() {
+                tracing::error!(path = %self.dir.path().display(),
+                    "the channel's directory was deleted or replaced; nothing more is written to disk");
+                self.orphaned = true;
+            }
+        }
+        !self.orphaned
+    }
+
+    /// The error a send gets once the directory is gone.
+    pub(crate) fn gone(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "the channel directory {} was deleted or replaced while the channel was open; \
+                 nothing more can be written to it",
+                self.dir.path().display()
+            ),
+        )
+    }
+
+    fn path_of(&self, id: u64) -> PathBuf {
+        segment_path(self.dir.path(), id)
+    }
+}
+
+impl Drop for DiskQueue {
+    fn drop(&mut self) {
+        if !self.durable {
+            // Overflow mode: segments are scratch space, gone with the channel.
+            self.release_all(&mut None);
+        }
+    }
+}
+/// How often a channel that writes to disk checks that its directory is
+/// still its own.
+const DIR_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
