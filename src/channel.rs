@@ -260,7 +260,7 @@ impl<T> Monitor<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Receiver<T> {
-    fn recv_with(&self, wait: Wait) -> Result<T, RecvFailure> {
+    pub(crate) fn recv_with(&self, wait: Wait) -> Result<T, RecvFailure> {
         self.shared.recv(&mut self.side.borrow_mut(), wait)
     }
 

@@ -116,6 +116,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod builder;
 mod channel;
 mod core;
