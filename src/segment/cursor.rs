@@ -198,8 +198,8 @@ impl SegmentCursor {
     /// the segment is deleted to make room. The next read reopens it.
     pub(crate) fn park(&mut self) {
         self.source.file = None;
-        self.source.buffer = Vec::new();
-        self.source.base = self.pos;
+        // Nothing buffered counts as read any more; the allocation stays.
+        self.source.base = u64::MAX;
     }
 
     /// Whether every byte below the limit has been read.
@@ -501,7 +501,8 @@ impl Source {
             None => self.fs.open(&self.path, Open::Read)?,
         };
         let file = self.file.insert(file);
-        self.buffer.clear();
+        // Resized, not cleared: only bytes past the old length are zeroed,
+        // and every byte kept is overwritten by the read or cut off below.
         self.buffer.resize(len, 0);
         self.base = pos;
         let mut got = 0;
