@@ -91,8 +91,9 @@ impl DiskQueue {
         let Some(writer) = self.active.as_mut() else {
             return Err(io::Error::other("no active segment after rotation"));
         };
-        let appended = if through { writer.append_through(frame) } else { writer.append(frame) };
-        if let Err(err) = appended {
+        let write =
+            |writer: &mut SegmentWriter| if through { writer.append_through(frame) } else { writer.append(frame) };
+        if let Err(err) = write(writer) {
             // A full disk whose only segment was read to the end: that
             // segment goes, and the record goes to a fresh one.
             if !self.discard_drained_active() {
@@ -102,11 +103,7 @@ impl DiskQueue {
             let Some(writer) = self.active.as_mut() else {
                 return Err(io::Error::other("no active segment after rotation"));
             };
-            if through {
-                writer.append_through(frame)?;
-            } else {
-                writer.append(frame)?;
-            }
+            write(writer)?;
         }
         self.items += 1;
         self.free_space.written += frame.len() as u64;
