@@ -13,7 +13,7 @@ use crate::options::{
     Compression, Durability, Settings, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS,
     DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES,
 };
-use crate::segment::format::{FRAME_HEADER_LEN, HEADER_LEN};
+use crate::segment::format::{FRAME_OVERHEAD, HEADER_LEN};
 
 /// Opens a channel with every setting spelled out.
 ///
@@ -233,7 +233,7 @@ impl Settings {
     pub(crate) fn check(&self) -> Result<(), OpenError> {
         let settings = self;
         let block = if settings.compression == Compression::None { 0 } else { crate::segment::block::BLOCK_OVERHEAD };
-        let smallest = (HEADER_LEN + FRAME_HEADER_LEN) as u64 + block;
+        let smallest = (HEADER_LEN + FRAME_OVERHEAD) as u64 + block;
         let invalid = |reason: String| Err(OpenError::InvalidConfig { reason });
         if settings.segment_bytes < smallest {
             return invalid(format!(

@@ -147,8 +147,8 @@ impl<T: Serialize + DeserializeOwned> Sender<T> {
     /// // Room for one item in memory and one small segment on disk.
     /// let (tx, _rx) = Builder::new("tiny", dir.path())
     ///     .memory_capacity(1)
-    ///     .segment_bytes(32)
-    ///     .max_disk_bytes(32)
+    ///     .segment_bytes(40)
+    ///     .max_disk_bytes(40)
     ///     .open::<u8>()?;
     /// tx.try_send(1)?; // memory
     /// tx.try_send(2)?; // disk
@@ -218,24 +218,10 @@ impl<T> Receiver<T> {
         self.shared.stats()
     }
 
-    /// Puts items taken from this receiver back at the front of the
-    /// channel, oldest first: the peek-and-commit a drainer needs.
-    pub(crate) fn put_back(&self, items: Vec<T>) {
-        self.shared.put_back(&mut self.side.borrow_mut(), items);
-    }
-
-    /// Keeps the segments this receiver has read until
-    /// [`release_delivered`](Self::release_delivered), so that a crash
-    /// before delivery reads them again; or goes back to deleting them as
-    /// soon as they are read.
-    pub(crate) fn hold_segments(&self, hold: bool) {
-        self.shared.set_hold(hold);
-    }
-
-    /// Everything received so far has been delivered: deletes the segments
-    /// kept since `hold_segments(true)`.
-    pub(crate) fn release_delivered(&self) {
-        self.shared.release_retired(&self.side.borrow());
+    /// The channel core and the receiver's own state, for the
+    /// acknowledgement API ([`crate::Peeked`]).
+    pub(crate) fn core(&self) -> (&Shared<T>, std::cell::RefMut<'_, ReceiverSide<T>>) {
+        (&self.shared, self.side.borrow_mut())
     }
 
     /// A handle that reads the channel's stats from another thread without

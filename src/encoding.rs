@@ -11,7 +11,7 @@ use std::io;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::segment::format::{seal_frame, FRAME_HEADER_LEN};
+use crate::segment::format::{seal_frame, FRAME_HEADER_LEN, SEQ_LEN};
 
 /// A thread's encode buffer is shrunk back to this many bytes after an
 /// unusually large item, so one big item does not pin memory forever.
@@ -26,14 +26,16 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// Encodes `item` as a complete record frame and hands the frame's bytes to
-/// `use_frame`. The bytes live in a per-thread buffer that is reused.
+/// Encodes `item` as a record frame and hands the frame's bytes to
+/// `use_frame`, for it to give the frame its sequence number
+/// ([`stamp_frame`](crate::segment::format::stamp_frame)). The bytes live
+/// in a per-thread buffer that is reused.
 ///
 /// # Errors
 ///
 /// `InvalidData` when serde refuses the item, `InvalidInput` when the
 /// encoding is larger than a frame can describe.
-pub(crate) fn with_frame<T: Serialize, R>(item: &T, use_frame: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
+pub(crate) fn with_frame<T: Serialize, R>(item: &T, use_frame: impl FnOnce(&mut [u8]) -> R) -> io::Result<R> {
     ENCODE_BUFFER.with(|cell| {
         // A re-entrant call (an item whose Serialize sends on a channel)
         // gets a fresh buffer instead of a borrow panic.
@@ -53,7 +55,16 @@ pub(crate) fn with_frame<T: Serialize, R>(item: &T, use_frame: impl FnOnce(&[u8]
 fn encode_into<T: Serialize>(item: &T, buffer: &mut Vec<u8>) -> io::Result<()> {
     bincode::serde::encode_into_std_write(item, buffer, config())
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("cannot encode item: {err}")))?;
+    buffer.extend_from_slice(&[0; SEQ_LEN]);
     seal_frame(buffer).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "item encodes to more than 4 GiB"))
+}
+
+/// A copy of `item`, made by encoding and decoding it: for a type that
+/// is not `Clone`, such as an item still in the channel that must also go
+/// elsewhere.
+pub(crate) fn duplicate<T: Serialize + DeserializeOwned>(item: &T) -> io::Result<T> {
+    with_frame(item, |frame| decode::<T>(&frame[FRAME_HEADER_LEN..frame.len() - SEQ_LEN]))?
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("cannot read the item back: {err}")))
 }
 
 /// The number of bytes `item` encodes to, without encoding it anywhere.
@@ -95,16 +106,20 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::format::{read_frame, Frame};
+    use crate::segment::format::{read_frame, stamp_frame, Frame, VERSION};
 
     #[test]
     fn frames_round_trip_through_the_reader() {
         let item = (7u32, String::from("seven"), vec![1u8, 2, 3]);
-        let frame = with_frame(&item, |frame| frame.to_vec()).unwrap();
-        let Frame::Record { payload, next } = read_frame(&frame, 0, frame.len()) else {
+        let frame = with_frame(&item, |frame| {
+            stamp_frame(frame, 9);
+            frame.to_vec()
+        })
+        .unwrap();
+        let Frame::Record { payload, seq, next } = read_frame(&frame, 0, frame.len(), VERSION) else {
             panic!("frame not readable");
         };
-        assert_eq!(next, frame.len());
+        assert_eq!((next, seq), (frame.len(), Some(9)));
         assert_eq!(decode::<(u32, String, Vec<u8>)>(payload).unwrap(), item);
     }
 
@@ -119,13 +134,17 @@ mod tests {
         }
         let big = "x".repeat(100_000);
         let frame = with_frame(&big, |frame| frame.to_vec()).unwrap();
-        assert_eq!(decode::<String>(&frame[FRAME_HEADER_LEN..]).unwrap(), big, "real strings still decode");
+        assert_eq!(
+            decode::<String>(&frame[FRAME_HEADER_LEN..frame.len() - SEQ_LEN]).unwrap(),
+            big,
+            "real strings still decode"
+        );
         let numbers: Vec<u64> = (0..10_000).collect();
         let frame = with_frame(&numbers, |frame| frame.to_vec()).unwrap();
-        assert_eq!(decode::<Vec<u64>>(&frame[FRAME_HEADER_LEN..]).unwrap(), numbers);
+        assert_eq!(decode::<Vec<u64>>(&frame[FRAME_HEADER_LEN..frame.len() - SEQ_LEN]).unwrap(), numbers);
         let wide = vec![0u128; 10_000]; // one byte each on the wire, sixteen in memory
         let frame = with_frame(&wide, |frame| frame.to_vec()).unwrap();
-        assert_eq!(decode::<Vec<u128>>(&frame[FRAME_HEADER_LEN..]).unwrap(), wide);
+        assert_eq!(decode::<Vec<u128>>(&frame[FRAME_HEADER_LEN..frame.len() - SEQ_LEN]).unwrap(), wide);
     }
 
     #[test]

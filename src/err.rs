@@ -383,3 +383,31 @@ impl Error for CloseError {
         Some(&self.source)
     }
 }
+
+/// An error returned by [`Peeked::commit`](crate::Peeked::commit) and
+/// [`Peeked::commit_first`](crate::Peeked::commit_first): the items are
+/// committed (they are not received again by this receiver), but a
+/// segment they were read from could neither be deleted nor recorded as
+/// read, so they may be delivered again after a restart: at least once,
+/// never lost.
+#[derive(Debug)]
+pub struct CommitError {
+    /// Why.
+    pub(crate) source: io::Error,
+}
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the commit could not be recorded on disk, so its items may come again after a restart: {}",
+            self.source
+        )
+    }
+}
+
+impl Error for CommitError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.source)
+    }
+}

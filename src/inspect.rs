@@ -84,6 +84,9 @@ pub fn segment_files(dir: impl AsRef<Path>, name: &str) -> io::Result<Vec<Segmen
 pub struct Record {
     /// Offset of its frame in the file.
     pub offset: u64,
+    /// The item's sequence number; `None` in a file written by segment
+    /// format version 1, whose records carry none.
+    pub seq: Option<u64>,
     /// The payload (the encoded item), CRC checked.
     pub payload: Vec<u8>,
 }
@@ -131,10 +134,10 @@ pub fn read_segment(
     loop {
         let offset = cursor.pos().max(HEADER_LEN as u64);
         match cursor.peek()? {
-            Peek::Record(payload) => {
+            Peek::Record { payload, seq } => {
                 report.records += 1;
                 report.payload_bytes += payload.len() as u64;
-                let record = Record { offset, payload: payload.to_vec() };
+                let record = Record { offset, seq, payload: payload.to_vec() };
                 cursor.commit();
                 on_record(record);
             }
@@ -219,9 +222,8 @@ pub fn salvage(dir: impl AsRef<Path>, name: &str, target: SalvageTarget<'_>) -> 
         let found = read_segment(
             &segment,
             |record| {
-                let mut frame = vec![0; crate::segment::format::FRAME_HEADER_LEN];
-                frame.extend_from_slice(&record.payload);
-                if crate::segment::format::seal_frame(&mut frame).is_some() {
+                // A record of a version 1 file has no number to keep.
+                if let Some(frame) = crate::segment::format::frame_of(&record.payload, record.seq.unwrap_or(0)) {
                     frames.push(frame);
                 }
             },

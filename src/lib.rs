@@ -139,9 +139,11 @@ pub mod on_disk {}
 mod model_tests;
 mod open;
 mod options;
+mod peeked;
 mod progress;
 mod recover;
 mod segment;
+mod sequence;
 mod shard;
 mod stats;
 mod storage;
@@ -157,12 +159,14 @@ pub use crate::drain::{
 #[cfg(feature = "redis")]
 pub use crate::drain::{RedisSink, DEFAULT_REDIS_FIELD, DEFAULT_REDIS_TIMEOUT};
 pub use crate::err::{
-    CloseError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+    CloseError, CommitError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
+    TrySendError,
 };
 pub use crate::options::{
     Compression, Durability, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS,
     DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES, FREE_SPACE_CHECK_INTERVAL,
 };
+pub use crate::peeked::Peeked;
 pub use crate::shard::{
     Dispatch, ShardedBuilder, ShardedDrainHandle, ShardedDrainer, ShardedReceiver, ShardedSender, MAX_SHARDS,
 };

@@ -23,11 +23,12 @@ where
     let mut settings = settings;
     settings.identity.name = std::any::type_name::<T>().to_string();
     let disk = DiskQueue::open(dir, name, &settings)?;
+    let side = ReceiverSide::new(&disk);
     let shared = Arc::new(Shared::new(disk, &settings));
     #[cfg(not(loom))]
     if let crate::options::SyncPolicy::Interval(every) = settings.sync {
         crate::core::start_interval_sync(Arc::downgrade(&shared), every)
             .map_err(|err| OpenError::io(dir.join(name), err))?;
     }
-    Ok((Sender::from_shared(Arc::clone(&shared)), Receiver::from_shared(shared, ReceiverSide::new())))
+    Ok((Sender::from_shared(Arc::clone(&shared)), Receiver::from_shared(shared, side)))
 }

@@ -44,7 +44,7 @@ use crate::err::OpenError;
 use crate::options::Compression;
 use crate::progress::{self, Progress};
 use crate::segment::block::{codec_readable, Packer};
-use crate::segment::format::{decode_header, encode_header, HEADER_LEN};
+use crate::segment::format::{decode_header, encode_header_as, HEADER_LEN};
 use crate::segment::{segment_path, Peek, SegmentCursor, SegmentMeta};
 use crate::storage::{read_exact_at, remove_if_present, write_all, Fs, Kind, Open};
 
@@ -62,6 +62,12 @@ pub(crate) struct Recovered {
     pub(crate) corrupt: u64,
     /// Id for the next segment to create.
     pub(crate) next_id: u64,
+    /// The highest sequence number found on a record.
+    pub(crate) last_seq: Option<u64>,
+    /// Bytes of the segments kept that were written by format version 1,
+    /// whose records carry no sequence number (see
+    /// [`crate::disk::DiskQueue`] for how they are numbered).
+    pub(crate) unnumbered_bytes: u64,
 }
 
 /// Recovers the backlog in `dir`.
@@ -97,8 +103,9 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
                 // next open to set aside.
                 let _ = dir.set_aside(&path);
             }
-            Scan::Segment { meta, corrupt } => {
+            Scan::Segment { meta, corrupt, version, last_seq } => {
                 recovered.corrupt += corrupt;
+                recovered.last_seq = recovered.last_seq.max(last_seq);
                 if meta.records == 0 && corrupt == 0 {
                     remove_if_present(&**fs, &path).map_err(io_error)?;
                     continue;
@@ -108,6 +115,9 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
                 } else {
                     meta
                 };
+                if version < crate::segment::format::VERSION {
+                    recovered.unnumbered_bytes += meta.bytes;
+                }
                 tracing::info!(segment = id, records = meta.records, corrupt, "segment recovered");
                 recovered.segments.push_back(meta);
             }
@@ -141,7 +151,7 @@ fn drop_read_records(
     skip: u16,
 ) -> io::Result<SegmentMeta> {
     let bytes = fs.read_all(path)?;
-    let codec = decode_header(&bytes).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
+    let header = decode_header(&bytes).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
     let end = usize::try_from(meta.bytes).unwrap_or(usize::MAX).min(bytes.len());
     let mut start = usize::try_from(start).unwrap_or(usize::MAX).min(end);
     let mut rest_of_block = Vec::new();
@@ -150,7 +160,7 @@ fn drop_read_records(
         cursor.skip_to(start as u64);
         cursor.pass_records(skip)?;
         if let Some((rest, records, block_end)) = cursor.block_rest() {
-            Packer::new(Compression::None).pack(rest, records, &mut rest_of_block)?;
+            Packer::new(Compression::None).pack_as(rest, records, &mut rest_of_block, header.version)?;
             start = usize::try_from(block_end).unwrap_or(usize::MAX).min(end);
         } else {
             start = usize::try_from(cursor.pos()).unwrap_or(usize::MAX).min(end);
@@ -159,7 +169,7 @@ fn drop_read_records(
     let temp = path.with_extension("seg.rewrite");
     {
         let file = fs.open(&temp, Open::Replace)?;
-        write_all(&**fs, &temp, &file, &encode_header(codec))?;
+        write_all(&**fs, &temp, &file, &encode_header_as(header))?;
         write_all(&**fs, &temp, &file, &rest_of_block)?;
         write_all(&**fs, &temp, &file, &bytes[start..end])?;
         fs.sync(&temp, &file)?;
@@ -180,9 +190,10 @@ enum Scan {
     Unborn,
     /// The header is damaged; the reason says how.
     BadHeader(String),
-    /// The segment, with its records from the start offset on, and how
-    /// many damaged stretches it has.
-    Segment { meta: SegmentMeta, corrupt: u64 },
+    /// The segment, with its records from the start offset on, how many
+    /// damaged stretches it has, its format version and the highest
+    /// sequence number on its records.
+    Segment { meta: SegmentMeta, corrupt: u64, version: u16, last_seq: Option<u64> },
 }
 
 fn recover_segment(fs: &Fs, path: &Path, id: u64, start: u64, skip: u16, last: bool) -> io::Result<Scan> {
@@ -202,11 +213,11 @@ fn recover_segment(fs: &Fs, path: &Path, id: u64, start: u64, skip: u16, last: b
         let file = fs.open(path, Open::Read)?;
         read_exact_at(&**fs, path, &file, &mut header, 0)?;
     }
-    let codec = match decode_header(&header) {
-        Ok(codec) => codec,
+    let header = match decode_header(&header) {
+        Ok(header) => header,
         Err(err) => return Ok(Scan::BadHeader(err.to_string())),
     };
-    if let Err(feature) = codec_readable(codec) {
+    if let Err(feature) = codec_readable(header.codec) {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!(
@@ -219,10 +230,12 @@ fn recover_segment(fs: &Fs, path: &Path, id: u64, start: u64, skip: u16, last: b
     cursor.pass_records(skip)?;
     let mut records = 0;
     let mut corrupt = 0;
+    let mut last_seq = None;
     let mut end = len;
     loop {
         match cursor.peek()? {
-            Peek::Record(_) => {
+            Peek::Record { seq, .. } => {
+                last_seq = last_seq.max(seq);
                 cursor.commit();
                 records += 1;
             }
@@ -248,7 +261,7 @@ fn recover_segment(fs: &Fs, path: &Path, id: u64, start: u64, skip: u16, last: b
     if end < len {
         truncate(fs, path, end)?;
     }
-    Ok(Scan::Segment { meta: SegmentMeta { id, bytes: end, records }, corrupt })
+    Ok(Scan::Segment { meta: SegmentMeta { id, bytes: end, records }, corrupt, version: header.version, last_seq })
 }
 
 /// Cuts a segment file to `len` bytes, even if it was sealed read-only.

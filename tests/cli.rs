@@ -70,9 +70,11 @@ fn dump_prints_every_record_with_its_offset_length_and_hex() {
     assert_eq!(lines.len(), 100);
     let fields: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(fields[1], "16", "the first record follows the 16-byte header");
-    assert_eq!(fields[2], "15", "a 14-character string encodes to 15 bytes");
+    assert_eq!(fields[2], "0", "the first item sent has sequence number 0");
+    assert_eq!(fields[3], "15", "a 14-character string encodes to 15 bytes");
     let expected: String = std::iter::once(14u8).chain(*b"job number 000").map(|b| format!("{b:02x}")).collect();
-    assert_eq!(fields[3], expected);
+    assert_eq!(fields[4], expected);
+    assert_eq!(lines[99].split_whitespace().nth(2), Some("99"), "numbers follow send order");
 }
 
 #[test]

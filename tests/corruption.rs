@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use sump::Builder;
 
 const HEADER: usize = 16;
-/// A 10-character string encodes to 11 bytes: a 19-byte frame.
-const FRAME: usize = 8 + 11;
+/// A 10-character string encodes to 11 bytes: a 27-byte frame (length,
+/// CRC, payload, sequence number; segment format 2 added the number).
+const FRAME: usize = 8 + 11 + 8;
 
 fn item(i: u32) -> String {
     format!("item-{i:05}")
@@ -33,7 +34,7 @@ fn edit(path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// Five records per 111-byte segment.
+/// Five records per 151-byte segment.
 fn open(dir: &Path) -> (sump::Sender<String>, sump::Receiver<String>) {
     Builder::new("c", dir).memory_capacity(0).segment_bytes((HEADER + 5 * FRAME) as u64).open().unwrap()
 }
@@ -144,8 +145,9 @@ fn a_bad_length_in_the_segment_being_written_does_not_hang_try_recv() {
     }
     tx.flush().unwrap();
     let active = segments(&dir.path().join("c"), ".seg");
-    // The second record's length field (each record here is 8 + 1 bytes).
-    edit(&active[0], |bytes| bytes[HEADER + 9..HEADER + 13].copy_from_slice(&1_000u32.to_le_bytes()));
+    // The second record's length field (each record here is 8 + 1 + 8
+    // bytes: segment format 2 added the sequence number).
+    edit(&active[0], |bytes| bytes[HEADER + 17..HEADER + 21].copy_from_slice(&1_000u32.to_le_bytes()));
     let receiver = std::thread::spawn(move || {
         let got: Vec<u32> = (0..3).filter_map(|_| rx.try_recv().ok()).collect();
         (got, rx.stats().corrupt)

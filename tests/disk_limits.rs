@@ -18,12 +18,14 @@ fn bytes_on_disk(dir: &Path) -> u64 {
 }
 
 fn small(dir: &Path, policy: WhenFull) -> (sump::Sender<u64>, sump::Receiver<u64>) {
-    // u64 values below 251 encode in one byte: 9-byte frames, 16-byte headers.
-    // A 52-byte segment holds 4 records; two segments fit in 104 bytes.
+    // u64 values below 251 encode in one byte: 17-byte frames (length, CRC,
+    // payload, sequence number), 16-byte headers. An 84-byte segment holds
+    // 4 records; two segments fit in 168 bytes. (Segment format 2 added the
+    // 8-byte sequence number, so these sizes grew from 52 and 104.)
     Builder::new("capped", dir)
         .memory_capacity(2)
-        .segment_bytes(52)
-        .max_disk_bytes(104)
+        .segment_bytes(84)
+        .max_disk_bytes(168)
         .when_full(policy)
         .open()
         .unwrap()
@@ -46,7 +48,7 @@ fn block_refuses_try_send_at_the_cap_and_loses_nothing() {
     }
     assert_eq!(accepted.len(), 2 + 8, "two in memory, eight on disk");
     let stats = tx.stats();
-    assert!(stats.disk_bytes <= 104);
+    assert!(stats.disk_bytes <= 168);
     assert_eq!(stats.dropped, 0);
     tx.flush().unwrap();
     assert_eq!(bytes_on_disk(&dir.path().join("capped")), stats.disk_bytes);
@@ -96,7 +98,7 @@ fn blocked_senders_resume_as_the_receiver_frees_segments_and_nothing_is_lost() {
     for producer in producers {
         producer.join().unwrap();
     }
-    assert!(max_bytes <= 104, "disk bound exceeded: {max_bytes}");
+    assert!(max_bytes <= 168, "disk bound exceeded: {max_bytes}");
     assert_eq!(received.len(), 600);
     for p in 0..3 {
         let mine: Vec<u64> = received.iter().copied().filter(|v| v / 1_000 == p).collect();
@@ -127,8 +129,8 @@ fn drop_oldest_deletes_the_oldest_sealed_segment_and_keeps_the_newest_items() {
     // Room for three segments of four records each.
     let (tx, rx) = Builder::new("oldest", dir.path())
         .memory_capacity(2)
-        .segment_bytes(52)
-        .max_disk_bytes(156)
+        .segment_bytes(84)
+        .max_disk_bytes(252)
         .when_full(WhenFull::DropOldest)
         .open::<u64>()
         .unwrap();
@@ -137,7 +139,7 @@ fn drop_oldest_deletes_the_oldest_sealed_segment_and_keeps_the_newest_items() {
     }
     let stats = tx.stats();
     assert!(stats.dropped > 0);
-    assert!(stats.disk_bytes <= 156);
+    assert!(stats.disk_bytes <= 252);
     assert_eq!(stats.sent, 40);
     drop(tx);
     let kept: Vec<u64> = rx.iter().collect();
@@ -153,8 +155,8 @@ fn drop_oldest_never_deletes_the_segment_the_receiver_is_reading() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = Builder::new("reading", dir.path())
         .memory_capacity(0)
-        .segment_bytes(52)
-        .max_disk_bytes(104)
+        .segment_bytes(84)
+        .max_disk_bytes(168)
         .when_full(WhenFull::DropOldest)
         .open::<u64>()
         .unwrap();
@@ -176,7 +178,7 @@ fn drop_oldest_never_deletes_the_segment_the_receiver_is_reading() {
 fn max_segments_counts_the_active_segment_too() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) =
-        Builder::new("segs", dir.path()).memory_capacity(0).segment_bytes(52).max_segments(2).open::<u64>().unwrap();
+        Builder::new("segs", dir.path()).memory_capacity(0).segment_bytes(84).max_segments(2).open::<u64>().unwrap();
     let mut sent = 0;
     while tx.try_send(sent).is_ok() {
         sent += 1;

@@ -45,7 +45,7 @@ fn one_thread_random_sends_and_receives_match_a_queue_model() {
         let mut rng = Rng::new(seed);
         let dir = tempfile::tempdir().unwrap();
         let capacity = rng.below(4) as usize;
-        let segment = 32 + 16 * rng.below(8);
+        let segment = 40 + 16 * rng.below(8); // the smallest holds one record of up to 19 bytes
         let (tx, rx) =
             Builder::new("model", dir.path()).memory_capacity(capacity).segment_bytes(segment).open::<u32>().unwrap();
         let mut senders = vec![tx];
@@ -95,7 +95,7 @@ fn concurrent_producers_keep_their_order_across_the_boundary() {
         let per_producer = 600u32;
         let (tx, rx) = Builder::new("threads", dir.path())
             .memory_capacity(rng.below(3) as usize)
-            .segment_bytes(32 + 32 * rng.below(4))
+            .segment_bytes(48 + 32 * rng.below(4))
             .open::<(u32, u32)>()
             .unwrap();
         let handles: Vec<_> = (0..producers)

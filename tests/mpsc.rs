@@ -16,10 +16,11 @@ where
 }
 
 /// A channel already at its limits: one item in memory, one segment of
-/// 32 bytes holding one more.
+/// 40 bytes holding one more (a 16-byte header and a 17-byte record; 32
+/// before segment format 2 added the 8-byte sequence number).
 fn full(dir: &tempfile::TempDir) -> (sump::Sender<u8>, sump::Receiver<u8>) {
     let (tx, rx) =
-        sump::Builder::new("full", dir.path()).memory_capacity(1).segment_bytes(32).max_disk_bytes(32).open().unwrap();
+        sump::Builder::new("full", dir.path()).memory_capacity(1).segment_bytes(40).max_disk_bytes(40).open().unwrap();
     tx.send(1).unwrap();
     tx.send(2).unwrap();
     (tx, rx)

@@ -86,15 +86,17 @@ fn overflow_open_discards_old_segments_but_never_foreign_files() {
         assert_eq!(std::fs::read(channel_dir.join(name)).unwrap(), b"keep me", "{name} must be untouched");
     }
     let mut expected: Vec<String> = foreign.iter().map(|s| s.to_string()).collect();
-    // The channel's own files: its lock and the record of its item type.
+    // The channel's own files: its lock, the record of its item type and
+    // the sequence numbers reserved (added with segment format 2).
     expected.push("sump.lock".to_string());
+    expected.push("sump.seq".to_string());
     expected.push("sump.type".to_string());
     expected.sort();
     assert_eq!(names_in(&channel_dir), expected);
 }
 
 #[test]
-fn closing_the_channel_deletes_its_segments_but_keeps_the_lock_and_type_files() {
+fn closing_the_channel_deletes_its_segments_but_keeps_the_lock_type_and_sequence_files() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = Builder::new("c", dir.path()).memory_capacity(0).open::<u8>().unwrap();
     for i in 0..10 {
@@ -102,6 +104,6 @@ fn closing_the_channel_deletes_its_segments_but_keeps_the_lock_and_type_files() 
     }
     assert!(names_in(&dir.path().join("c")).iter().any(|n| n.ends_with(".seg")));
     rx.close().unwrap();
-    assert_eq!(names_in(&dir.path().join("c")), vec!["sump.lock".to_string(), "sump.type".to_string()]);
+    assert_eq!(names_in(&dir.path().join("c")), ["sump.lock", "sump.seq", "sump.type"]);
     assert!(tx.send(1).unwrap_err().is_disconnected());
 }

@@ -174,12 +174,12 @@ fn a_damaged_record_found_at_open_is_counted_and_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = open(dir.path(), Durability::WriteAhead, 0);
     for i in 0..40 {
-        tx.send(1_000 + i).unwrap(); // 3-byte varints: 11-byte frames
+        tx.send(1_000 + i).unwrap(); // 3-byte varints: 19-byte frames (11 before the sequence number)
     }
     drop((tx, rx));
     let first = segment_files(dir.path()).remove(0);
     let mut bytes = std::fs::read(&first).unwrap();
-    bytes[16 + 2 * 11 + 9] ^= 0x55; // the third record's payload
+    bytes[16 + 2 * 19 + 9] ^= 0x55; // the third record's payload
     make_writable(&first);
     std::fs::write(&first, bytes).unwrap();
     let (tx, rx) = open(dir.path(), Durability::WriteAhead, 0);

@@ -3,7 +3,7 @@
 //! ```text
 //! sump ls DIR NAME       segments with their records, bytes and state
 //! sump verify DIR NAME   check every header and CRC; exit 0 only if all is clean
-//! sump dump DIR NAME     every record: segment, offset, length, payload as hex
+//! sump dump DIR NAME     every record: segment, offset, sequence number, length, payload as hex
 //! sump salvage DIR NAME  the intact records of set-aside files, back into the channel
 //!                        (or, with --out FILE, into a segment file of their own)
 //! sump purge DIR NAME    remove the set-aside files
@@ -45,7 +45,7 @@ enum Command {
         /// The channel's name.
         name: String,
     },
-    /// Print every intact record: segment, offset, length and payload bytes
+    /// Print every intact record: segment, offset, sequence number, length and payload bytes
     /// as hex.
     Dump {
         /// The directory the channel was opened in.
@@ -202,9 +202,9 @@ fn dump(dir: &std::path::Path, name: &str, max_bytes: usize) -> std::io::Result<
                 let shown = &record.payload[..record.payload.len().min(max_bytes)];
                 let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
                 let more = if shown.len() < record.payload.len() { "…" } else { "" };
-                if let Err(err) =
-                    writeln!(out, "{} {:>10} {:>8} {hex}{more}", file.id, record.offset, record.payload.len())
-                {
+                let seq = record.seq.map_or_else(|| "-".to_string(), |seq| seq.to_string());
+                let (id, offset, len) = (file.id, record.offset, record.payload.len());
+                if let Err(err) = writeln!(out, "{id} {offset:>10} {seq:>10} {len:>8} {hex}{more}") {
                     failed = Some(err);
                 }
             },

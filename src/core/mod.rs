@@ -43,6 +43,8 @@
 //! a receiver leaving does).
 
 mod commit;
+mod numbered;
+mod peek;
 mod recv;
 mod send;
 mod shutdown;
@@ -50,8 +52,9 @@ mod shutdown;
 #[cfg(not(loom))]
 pub(crate) use commit::start_interval_sync;
 use commit::CommitFailures;
+pub(crate) use numbered::Numbered;
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::io;
 use std::time::Instant;
 
@@ -104,7 +107,9 @@ pub(crate) enum RecvFailure {
 /// State guarded by the channel lock.
 struct State<T> {
     /// The memory tier: items not yet taken by the receiver.
-    memory: VecDeque<T>,
+    memory: Numbered<T>,
+    /// The sequence number the next item accepted gets.
+    next_seq: u64,
     /// Items counted against the memory bound: `memory` plus the
     /// receiver's local batch as of the last fold of `Shared::taken`.
     in_memory: usize,
@@ -197,25 +202,34 @@ pub(crate) struct Shared<T> {
     write_ahead: bool,
     /// `Persistent` or `WriteAhead`: a clean shutdown writes memory to disk.
     durable: bool,
-    /// Encodes an item as a frame; kept here so that shutdown, which runs
-    /// in `Drop` where `T: Serialize` cannot be named, can persist memory.
-    encode: fn(&T) -> io::Result<Vec<u8>>,
+    /// Encodes an item as a frame with the given sequence number; kept
+    /// here so that shutdown, which runs in `Drop` where `T: Serialize`
+    /// cannot be named, can persist memory.
+    encode: fn(&T, u64) -> io::Result<Vec<u8>>,
 }
 
 /// The receiver's own state, outside the lock.
 pub(crate) struct ReceiverSide<T> {
     /// Items swapped out of memory in one batch, oldest first.
-    local: VecDeque<T>,
-    /// How many items at the front of `local` a drainer put back. Segments
-    /// held for the drainer are not released while any remain: they may be
+    local: Numbered<T>,
+    /// How many items at the front of `local` were peeked and given back
+    /// uncommitted. Segments read while any remain are held: they may be
     /// the only durable copy of those items.
     put_back: usize,
+    /// The first sequence number of every peeked batch not yet committed
+    /// or given back, with how many batches start there.
+    peeks: BTreeMap<u64, usize>,
+    /// The number the next record of format version 1 gets, as it is read.
+    unnumbered_next: u64,
+    /// Whether the disk tier holds read segments (`DiskQueue::set_hold`)
+    /// because something taken is not committed.
+    holding: bool,
     /// Items decoded ahead from the disk backlog, oldest first, in
     /// `Overflow` mode only: read and accounted for in batches of up to
     /// [`PREFETCH`] records, so the receiver takes the channel lock once
     /// per batch rather than once per record. They are newer than `local`
     /// and older than anything still on disk or in memory.
-    prefetched: VecDeque<T>,
+    prefetched: Numbered<T>,
     /// Read position on disk.
     cursor: Option<SegmentCursor>,
 }
@@ -233,7 +247,8 @@ impl<T: serde::Serialize> Shared<T> {
         use crate::options::{Durability, SyncPolicy};
         Shared {
             state: Mutex::new(State {
-                memory: VecDeque::new(),
+                memory: Numbered::default(),
+                next_seq: disk.first_seq(),
                 in_memory: 0,
                 disk,
                 senders: 1,
@@ -271,15 +286,40 @@ impl<T: serde::Serialize> Shared<T> {
             sync_always: settings.sync == SyncPolicy::Always,
             write_ahead: settings.durability == Durability::WriteAhead,
             durable: settings.durability != Durability::Overflow,
-            encode: |item| crate::encoding::with_frame(item, <[u8]>::to_vec),
+            encode: |item, seq| {
+                crate::encoding::with_frame(item, |frame| {
+                    crate::segment::format::stamp_frame(frame, seq);
+                    frame.to_vec()
+                })
+            },
         }
     }
 }
 
 impl<T> ReceiverSide<T> {
-    /// A receiver that has taken nothing yet.
-    pub(crate) fn new() -> ReceiverSide<T> {
-        ReceiverSide { local: VecDeque::new(), put_back: 0, prefetched: VecDeque::new(), cursor: None }
+    /// A receiver that has taken nothing yet from a channel over `disk`.
+    pub(crate) fn new(disk: &DiskQueue) -> ReceiverSide<T> {
+        ReceiverSide {
+            local: Numbered::default(),
+            put_back: 0,
+            peeks: BTreeMap::new(),
+            holding: false,
+            unnumbered_next: disk.unnumbered_from(),
+            prefetched: Numbered::default(),
+            cursor: None,
+        }
+    }
+
+    /// The number of the oldest item taken from the channel and not yet
+    /// committed: the first of a peeked batch still out, or of the items
+    /// given back. `None` when everything taken is committed.
+    fn oldest_uncommitted(&self) -> Option<u64> {
+        let peeked = self.peeks.keys().next().copied();
+        let given_back = if self.put_back > 0 { self.local.front_seq() } else { None };
+        match (peeked, given_back) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

@@ -16,8 +16,8 @@ use crate::sync::{yield_now, Ordering};
 
 /// What the receiver got from its segment cursor.
 enum Taken<T> {
-    /// The next item.
-    Item(T),
+    /// The next item and its number.
+    Item((u64, T)),
     /// A damaged record or segment was skipped; look again.
     Skipped,
     /// Nothing readable under the cursor.
@@ -70,6 +70,17 @@ const GATHER_MIN_CAPACITY: usize = 1024;
 impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// Receives one item, waiting as `wait` allows.
     pub(crate) fn recv(&self, side: &mut ReceiverSide<T>, wait: Wait) -> Result<T, RecvFailure> {
+        let (_, item) = self.recv_numbered(side, wait)?;
+        if side.put_back == 0 && side.peeks.is_empty() && side.holding {
+            // The last item given back uncommitted was taken, and nothing
+            // peeked is out: everything read is committed.
+            self.release_committed(side);
+        }
+        Ok(item)
+    }
+
+    /// Receives one item and its sequence number, waiting as `wait` allows.
+    pub(crate) fn recv_numbered(&self, side: &mut ReceiverSide<T>, wait: Wait) -> Result<(u64, T), RecvFailure> {
         let mut spin = Spin::default();
         loop {
             if let Some(item) = side.local.pop_front() {
@@ -176,7 +187,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             return Taken::Nothing;
         };
         match cursor.peek() {
-            Ok(Peek::Record(_)) => self.take_records(side),
+            Ok(Peek::Record { .. }) => self.take_records(side),
             Ok(Peek::Exhausted) => Taken::Nothing,
             Ok(Peek::Damaged { reason, resume }) => {
                 tracing::error!(%reason, "damaged record in segment; skipping it");
@@ -215,19 +226,25 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// accounts for them, undecodable ones counted as corrupt, under one
     /// lock; returns the first item, or `Skipped` when none decoded.
     fn take_records(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
-        let ReceiverSide { prefetched, cursor, .. } = side;
+        let ReceiverSide { prefetched, cursor, unnumbered_next, .. } = side;
         let Some(open) = cursor.as_mut() else { return Taken::Nothing };
         let mut read = 0;
         let mut undecodable = Vec::new();
         while read < self.read_ahead {
-            let decoded = match open.peek() {
-                Ok(Peek::Record(payload)) => encoding::decode::<T>(payload),
+            let (decoded, seq) = match open.peek() {
+                Ok(Peek::Record { payload, seq }) => (encoding::decode::<T>(payload), seq),
                 _ => break,
             };
             open.commit();
             read += 1;
+            // A record of format version 1 carries no number: it gets the
+            // next of the range kept for them.
+            let seq = seq.unwrap_or_else(|| {
+                *unnumbered_next += 1;
+                *unnumbered_next - 1
+            });
             match decoded {
-                Ok(item) => prefetched.push_back(item),
+                Ok(item) => prefetched.push_back(seq, item),
                 Err(reason) => undecodable.push(reason),
             }
         }
@@ -257,47 +274,5 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         // Single writer: a plain load and store, no read-modify-write.
         let received = self.received.load(Ordering::Relaxed);
         self.received.store(received + 1, Ordering::Relaxed);
-    }
-}
-
-impl<T> Shared<T> {
-    /// Keeps segments the receiver has read until [`release_retired`](Self::release_retired)
-    /// (a drainer's peek-and-commit), or goes back to deleting them at once.
-    pub(crate) fn set_hold(&self, hold: bool) {
-        self.state.lock().disk.set_hold(hold);
-    }
-
-    /// Deletes the segments kept by `set_hold`: their items were delivered.
-    /// Not while items put back are still waiting: they came from those
-    /// segments.
-    pub(crate) fn release_retired(&self, side: &ReceiverSide<T>) {
-        if side.put_back > 0 {
-            return;
-        }
-        let mut state = self.state.lock();
-        if state.disk.release_retired() {
-            self.wake_senders(&state);
-        }
-    }
-
-    /// Returns items the receiver took but could not hand on (a drainer
-    /// whose sink refused them) to the front of the channel, oldest first,
-    /// so they are the next to be received. They count as in memory again
-    /// and no longer as received.
-    pub(crate) fn put_back(&self, side: &mut ReceiverSide<T>, items: Vec<T>) {
-        if items.is_empty() {
-            return;
-        }
-        let count = items.len();
-        let mut state = self.state.lock();
-        self.fold_taken(&mut state);
-        state.in_memory += count;
-        let received = self.received.load(Ordering::Relaxed);
-        self.received.store(received - count as u64, Ordering::Relaxed);
-        drop(state);
-        side.put_back += count;
-        for item in items.into_iter().rev() {
-            side.local.push_front(item);
-        }
     }
 }

@@ -98,7 +98,8 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         if self.round_trip_checked.load(Ordering::Relaxed) {
             return Ok(());
         }
-        match encoding::decode::<T>(&frame[crate::segment::format::FRAME_HEADER_LEN..]) {
+        use crate::segment::format::{FRAME_HEADER_LEN, SEQ_LEN};
+        match encoding::decode::<T>(&frame[FRAME_HEADER_LEN..frame.len() - SEQ_LEN]) {
             Ok(_) => {
                 self.round_trip_checked.store(true, Ordering::Relaxed);
                 Ok(())
@@ -129,15 +130,28 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     }
 
     fn push_memory(&self, state: &mut State<T>, item: T) {
-        state.memory.push_back(item);
+        let seq = self.take_seq(state);
+        state.memory.push_back(seq, item);
         state.in_memory += 1;
         state.sent += 1;
         self.wake_receiver(state);
     }
 
+    /// The next sequence number, reserving more in the sequence file when
+    /// the reserved ones run out (once every [`RESERVE`](crate::sequence::RESERVE)
+    /// items).
+    fn take_seq(&self, state: &mut State<T>) -> u64 {
+        let seq = state.next_seq;
+        if seq >= state.disk.seq_checkpoint() {
+            state.disk.reserve_seqs(seq);
+        }
+        state.next_seq += 1;
+        seq
+    }
+
     /// The spill path: decides, under the lock, what happens to an item
     /// whose encoded frame is `frame`, and returns the lock still held.
-    fn spill(&self, frame: &[u8], wait: Wait) -> (Spill, MutexGuard<'_, State<T>>) {
+    fn spill(&self, frame: &mut [u8], wait: Wait) -> (Spill, MutexGuard<'_, State<T>>) {
         let mut state = self.state.lock();
         loop {
             if !state.receiver_alive {
@@ -151,9 +165,13 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                     // Write-ahead without `Always` writes each record through
                     // to the OS here; with `Always`, the group commit writes
                     // and syncs everyone's records at once before `send`
-                    // returns.
+                    // returns. The number is taken back if the append fails:
+                    // the item is handed back, never delivered.
+                    let seq = state.next_seq;
+                    crate::segment::format::stamp_frame(frame, seq);
                     let outcome = match state.disk.append(frame, self.write_ahead && !self.sync_always) {
                         Ok(()) => {
+                            self.take_seq(&mut state);
                             if state.spilled == 0 || !self.spilling.load(Ordering::Relaxed) {
                                 tracing::debug!(in_memory = state.in_memory, "spill to disk started");
                             }

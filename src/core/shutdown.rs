@@ -2,10 +2,9 @@
 //! goes; in the durable modes what is in memory is written to disk, in
 //! front of the backlog, and read progress is recorded.
 
-use std::collections::VecDeque;
 use std::mem;
 
-use super::{ReceiverSide, Shared};
+use super::{Numbered, ReceiverSide, Shared};
 use crate::disk::DiskQueue;
 use crate::err::CloseError;
 use crate::sync::Ordering;
@@ -44,11 +43,11 @@ impl<T> Shared<T> {
 
     /// Writes the receiver's batch and the memory queue, oldest first, to
     /// disk, and records read progress.
-    fn persist(&self, disk: &mut DiskQueue, side: &ReceiverSide<T>, memory: &VecDeque<T>) -> Result<(), CloseError> {
+    fn persist(&self, disk: &mut DiskQueue, side: &ReceiverSide<T>, memory: &Numbered<T>) -> Result<(), CloseError> {
         let mut frames = Vec::with_capacity(side.local.len() + memory.len());
         let mut first_error = None;
-        for item in side.local.iter().chain(memory) {
-            match (self.encode)(item) {
+        for (seq, item) in side.local.iter().chain(memory.iter()) {
+            match (self.encode)(item, seq) {
                 Ok(frame) => frames.push(frame),
                 Err(err) => {
                     tracing::error!(error = %err, "an item in memory cannot be encoded; it is lost at shutdown");

@@ -116,8 +116,10 @@ pub(crate) struct DiskQueue {
     /// instead of deleted at once: a drainer's items are not delivered when
     /// the cursor leaves their segment, only when the sink accepts them.
     hold: bool,
-    /// Segments read to the end but kept while `hold` is set, oldest first.
-    retired: Vec<SegmentMeta>,
+    /// Segments read to the end but kept while `hold` is set, oldest first,
+    /// each with the number of the last record read from it (`None` in a
+    /// version 1 segment).
+    retired: Vec<(SegmentMeta, Option<u64>)>,
     /// The segment being appended to, if any.
     active: Option<SegmentWriter>,
     /// Sealed segments still owned, oldest first.
@@ -133,6 +135,17 @@ pub(crate) struct DiskQueue {
     corrupt: u64,
     /// Id of the next segment to create.
     next_id: u64,
+    /// The number the first item sent after open gets.
+    first_seq: u64,
+    /// The number the first record of format version 1 read after open
+    /// gets: such records carry none, and are numbered as they are read,
+    /// from a range below `first_seq` kept for them.
+    unnumbered_from: u64,
+    /// When the channel's next number reaches this, numbers are reserved
+    /// anew in the sequence file.
+    seq_checkpoint: u64,
+    /// Whether the sequence file is synced when written (`SyncPolicy::Always`).
+    sync_seq: bool,
 }
 
 impl DiskQueue {
@@ -166,6 +179,15 @@ impl DiskQueue {
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "cannot read the free space of the channel's filesystem"),
         }
+        // Numbers go on after every number the sequence file reserved and
+        // every number on a record; records of format version 1 get a range
+        // of their own first, at most one number per 16-bit fraction of a
+        // byte (a compressed block packs up to 65,535 records into a few
+        // bytes), which is never exhausted.
+        let reserved = crate::sequence::read(&*fs, dir.path());
+        let unnumbered_from = reserved.max(recovered.last_seq.map_or(0, |seq| seq.saturating_add(1)));
+        let first_seq = unnumbered_from.saturating_add(recovered.unnumbered_bytes.saturating_mul(1 << 16));
+        let sync_seq = settings.sync == SyncPolicy::Always;
         let items = recovered.segments.iter().map(|meta| meta.records).sum();
         let bytes = recovered.segments.iter().map(|meta| meta.bytes).sum();
         Ok(DiskQueue {
@@ -193,7 +215,46 @@ impl DiskQueue {
             bytes,
             corrupt: recovered.corrupt,
             next_id: recovered.next_id,
+            first_seq,
+            unnumbered_from,
+            seq_checkpoint: first_seq,
+            sync_seq,
         })
+        .map(|mut queue| {
+            queue.reserve_seqs(first_seq);
+            queue
+        })
+    }
+
+    /// The number the first item sent after open gets.
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// The number the first record of format version 1 read gets.
+    pub(crate) fn unnumbered_from(&self) -> u64 {
+        self.unnumbered_from
+    }
+
+    /// When the channel's next number reaches this, call
+    /// [`reserve_seqs`](Self::reserve_seqs).
+    pub(crate) fn seq_checkpoint(&self) -> u64 {
+        self.seq_checkpoint
+    }
+
+    /// Reserves the next block of numbers from `next` on in the sequence
+    /// file. A failure (a full disk) is logged and tried again a sixteenth
+    /// of a block later; meanwhile the records on disk still bound the
+    /// numbers a restart goes on from, so a send is never refused for it.
+    pub(crate) fn reserve_seqs(&mut self, next: u64) {
+        let end = next.saturating_add(crate::sequence::RESERVE);
+        match crate::sequence::write(&*self.fs, self.dir.path(), end, self.sync_seq) {
+            Ok(()) => self.seq_checkpoint = end,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not reserve sequence numbers; trying again later");
+                self.seq_checkpoint = next.saturating_add(crate::sequence::RESERVE / 16);
+            }
+        }
     }
     /// Records on disk not yet consumed.
     pub(crate) fn items(&self) -> u64 {

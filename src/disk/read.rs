@@ -34,8 +34,9 @@ impl DiskQueue {
                             self.lose(missing, front.id, "segment ended before all its records were read");
                         }
                         let damaged = open.damaged() || missing > 0;
+                        let last_seq = open.last_seq();
                         *cursor = None;
-                        self.release_front(damaged);
+                        self.release_front(damaged, last_seq);
                         freed = true;
                     }
                     _ => match SegmentCursor::open_sealed(&self.fs, &self.path_of(front.id), front.id, front.bytes) {
@@ -184,7 +185,7 @@ impl DiskQueue {
         if self.sealed.front().map(|meta| meta.id) == Some(open.id()) {
             let total = self.sealed.front().map_or(0, |meta| meta.records);
             self.lose(total.saturating_sub(open.records_read()), open.id(), reason);
-            self.release_front(true);
+            self.release_front(true, None);
         } else if let Some(writer) = self.active.take_if(|writer| writer.id() == open.id()) {
             self.lose(writer.records().saturating_sub(open.records_read()), open.id(), reason);
             let id = writer.id();

@@ -1,6 +1,7 @@
-//! Which segments may be deleted: those consumed, those a drainer
-//! retired once it delivered their items, damaged ones set aside, and read
-//! ones that could not be deleted, recorded as read instead.
+//! Which segments may be deleted: those consumed, those retired while
+//! items read from them were not yet committed (see
+//! [`crate::Receiver::peek_batch`]) once they are, damaged ones set aside,
+//! and read ones that could not be deleted, recorded as read instead.
 
 use std::io;
 use std::sync::Arc;
@@ -18,31 +19,54 @@ impl DiskQueue {
         self.hold = hold;
     }
 
-    /// Deletes the segments retired while `hold` was set: everything read
-    /// from them has been delivered. Returns whether anything was freed.
-    pub(crate) fn release_retired(&mut self) -> bool {
-        let freed = !self.retired.is_empty();
-        for meta in std::mem::take(&mut self.retired) {
+    /// Deletes the retired segments whose every record is committed: all of
+    /// them when `oldest_uncommitted` is `None`, else those whose last
+    /// record is numbered below it (a segment of format version 1, whose
+    /// records carry no number, only with all of them). Returns whether
+    /// anything was freed, or the error that kept a failed deletion from
+    /// being recorded as read: its items may then come again after a
+    /// restart.
+    pub(crate) fn release_retired(&mut self, oldest_uncommitted: Option<u64>) -> io::Result<bool> {
+        let committed = |last: Option<u64>| match (oldest_uncommitted, last) {
+            (None, _) => true,
+            (Some(oldest), Some(last)) => last < oldest,
+            (Some(_), None) => false,
+        };
+        let mut freed = false;
+        let mut first_error = None;
+        while let Some(&(meta, last)) = self.retired.first() {
+            if !committed(last) {
+                break;
+            }
+            self.retired.remove(0);
+            freed = true;
             self.bytes -= meta.bytes;
-            tracing::debug!(segment = meta.id, "delivered segment deleted");
-            self.delete_segment(meta.id);
+            tracing::debug!(segment = meta.id, "committed segment deleted");
+            if let Err(err) = self.delete_segment(meta.id) {
+                first_error.get_or_insert(err);
+            }
         }
-        freed
+        match first_error {
+            None => Ok(freed),
+            Some(err) => Err(err),
+        }
     }
 
     /// Deletes a segment file whose records are all consumed. If that
     /// fails, the segment is recorded as read, so no restart delivers it
     /// again: in the durable modes in the progress file at once (a crash
-    /// must not deliver it either), and again at shutdown.
-    pub(super) fn delete_segment(&mut self, id: u64) {
+    /// must not deliver it either), and again at shutdown. The error is
+    /// that of recording it, when that failed too.
+    pub(super) fn delete_segment(&mut self, id: u64) -> io::Result<()> {
         self.free_space.checked_at = None;
         let path = self.path_of(id);
-        let Err(err) = storage::remove_if_present(&*self.fs, &path) else { return };
+        let Err(err) = storage::remove_if_present(&*self.fs, &path) else { return Ok(()) };
         tracing::warn!(path = %path.display(), error = %err, "could not delete a read segment; recorded as read");
         self.undeleted.push(id);
         if self.durable {
-            let _ = self.record_undeleted(None);
+            return self.record_undeleted(None);
         }
+        Ok(())
     }
 
     /// Tries again to delete the read segments whose deletion failed.
@@ -73,8 +97,9 @@ impl DiskQueue {
         }
     }
     /// Removes the front sealed segment, which the cursor has finished:
-    /// deleted if clean, set aside if damaged.
-    pub(super) fn release_front(&mut self, damaged: bool) {
+    /// deleted if clean, set aside if damaged, retired while `hold` is set
+    /// (`last_seq` is the number of its last record).
+    pub(super) fn release_front(&mut self, damaged: bool, last_seq: Option<u64>) {
         let Some(meta) = self.sealed.pop_front() else { return };
         if self.reading == Some(meta.id) {
             self.reading = None;
@@ -83,11 +108,11 @@ impl DiskQueue {
             self.bytes -= meta.bytes;
             self.set_aside(meta.id);
         } else if self.hold {
-            self.retired.push(meta);
+            self.retired.push((meta, last_seq));
         } else {
             self.bytes -= meta.bytes;
             tracing::debug!(segment = meta.id, "segment consumed and deleted");
-            self.delete_segment(meta.id);
+            let _ = self.delete_segment(meta.id);
         }
     }
     /// Notes that the cursor consumed `records` records (delivered them, or
@@ -121,10 +146,10 @@ impl DiskQueue {
         if !keep {
             return self.release_all(cursor);
         }
-        self.release_retired();
+        let _ = self.release_retired(None);
         for meta in std::mem::take(&mut self.sealed) {
             self.bytes -= meta.bytes;
-            self.delete_segment(meta.id);
+            let _ = self.delete_segment(meta.id);
         }
         if let Some(open) = cursor.as_mut() {
             open.park();
@@ -134,7 +159,7 @@ impl DiskQueue {
     /// Deletes every segment (setting aside the one the cursor marked
     /// damaged) and closes the cursor.
     pub(crate) fn release_all(&mut self, cursor: &mut Option<SegmentCursor>) {
-        self.release_retired();
+        let _ = self.release_retired(None);
         let damaged = cursor.take().filter(|open| open.damaged()).map(|open| open.id());
         self.reading = None;
         let ids: Vec<u64> =
@@ -143,7 +168,7 @@ impl DiskQueue {
             if Some(id) == damaged {
                 self.set_aside(id);
             } else {
-                self.delete_segment(id);
+                let _ = self.delete_segment(id);
             }
         }
         self.items = 0;
@@ -162,14 +187,20 @@ impl DiskQueue {
             if let Some(writer) = self.active.take() {
                 let meta = SegmentMeta { id: writer.id(), bytes: writer.len(), records: writer.records() };
                 self.bytes += meta.bytes;
-                self.retired.push(meta);
+                let last_seq = cursor.as_ref().filter(|open| open.id() == meta.id).and_then(SegmentCursor::last_seq);
+                self.retired.push((meta, last_seq));
             }
         }
+        let last_read = cursor.as_ref().map(|open| (open.id(), open.last_seq()));
         let damaged = cursor.take().filter(|open| open.damaged()).map(|open| open.id());
         self.reading = None;
         while let Some(meta) = self.sealed.front() {
             let damaged = Some(meta.id) == damaged;
-            self.release_front(damaged);
+            // Only the segment under the cursor can be unread in part, and
+            // every segment before it was read to the end: the cursor's
+            // last number bounds them all.
+            let last_seq = last_read.and_then(|(_, seq)| seq);
+            self.release_front(damaged, last_seq);
         }
     }
 }

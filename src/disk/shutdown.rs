@@ -32,7 +32,7 @@ impl DiskQueue {
             if let Some(writer) = self.active.take() {
                 let id = writer.id();
                 drop(writer);
-                self.delete_segment(id);
+                let _ = self.delete_segment(id);
             }
             None
         } else {
@@ -56,7 +56,9 @@ impl DiskQueue {
             // failed write in between would lose those items; this way it
             // can only deliver some again.
             Ok(()) => {
-                self.release_retired();
+                if let Err(err) = self.release_retired(None) {
+                    first_error.get_or_insert(err);
+                }
             }
             Err((count, err)) => {
                 unpersisted += count as u64;
@@ -108,7 +110,7 @@ impl DiskQueue {
         let oldest = self
             .retired
             .iter()
-            .map(|meta| meta.id)
+            .map(|(meta, _)| meta.id)
             .chain(self.sealed.front().map(|meta| meta.id))
             .chain(self.active.as_ref().map(SegmentWriter::id))
             .min();

@@ -58,7 +58,7 @@ impl DiskQueue {
         if self.reading == Some(id) {
             self.reading = None;
         }
-        self.delete_segment(id);
+        let _ = self.delete_segment(id);
         tracing::debug!(segment = id, "drained segment deleted to make room");
         true
     }
@@ -177,7 +177,7 @@ impl DiskQueue {
         };
         self.items -= records;
         tracing::warn!(segment = id, records, "disk full: oldest segment dropped");
-        self.delete_segment(id);
+        let _ = self.delete_segment(id);
         Some(records)
     }
 

@@ -206,10 +206,11 @@ where
             wake: Condvar::new(),
             monitor: self.receiver.monitor(),
         });
-        let worker = worker::Worker::new(self.receiver, self.sink, self.settings, Arc::clone(&control));
+        let worker = worker::Worker::new(self.sink, self.settings, Arc::clone(&control));
+        let receiver = self.receiver;
         let thread = std::thread::Builder::new()
             .name("sump-drainer".to_string())
-            .spawn(move || worker.run())
+            .spawn(move || worker.run(receiver))
             .expect("cannot start the drainer thread");
         DrainHandle { thread: Some(thread), control }
     }

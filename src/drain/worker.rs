@@ -13,6 +13,7 @@ use super::{Control, DrainSettings, Sink, SinkError};
 use crate::channel::Receiver;
 use crate::encoding;
 use crate::err::RecvTimeoutError;
+use crate::peeked::Peeked;
 use crate::sync::Arc;
 
 /// How often a drainer waiting for items checks for a shutdown request.
@@ -28,8 +29,6 @@ enum Halt {
 
 /// The drainer thread's state.
 pub(crate) struct Worker<T, S> {
-    /// The channel drained.
-    receiver: Receiver<T>,
     /// Where batches go.
     sink: S,
     /// Settings.
@@ -40,8 +39,6 @@ pub(crate) struct Worker<T, S> {
     backoff: Backoff,
     /// The circuit breaker.
     breaker: Breaker,
-    /// An item received for the next batch (its key differed).
-    carry: Option<T>,
 }
 
 impl<T, S> Worker<T, S>
@@ -49,10 +46,10 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
     S: Sink<T>,
 {
-    pub(crate) fn new(receiver: Receiver<T>, sink: S, settings: DrainSettings<T>, control: Arc<Control<T>>) -> Self {
+    pub(crate) fn new(sink: S, settings: DrainSettings<T>, control: Arc<Control<T>>) -> Self {
         let backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
         let breaker = Breaker::new(settings.breaker_threshold, settings.breaker_open_for);
-        Worker { receiver, sink, settings, control, backoff, breaker, carry: None }
+        Worker { sink, settings, control, backoff, breaker }
     }
 
     fn stopping(&self) -> bool {
@@ -61,20 +58,23 @@ where
 
     /// Runs until shutdown, disconnection, or a reason to stop; returns the
     /// receiver with every undelivered item still in it.
-    pub(crate) fn run(mut self) -> Receiver<T> {
-        self.receiver.hold_segments(true);
+    ///
+    /// Each batch is peeked ([`Receiver::peek_batch`]): what the sink
+    /// accepts (or the dead-letter channel takes) is committed, and the
+    /// rest goes back to the front of the channel when the batch is
+    /// settled, so nothing the sink did not take is lost, in a crash
+    /// either.
+    pub(crate) fn run(mut self, receiver: Receiver<T>) -> Receiver<T> {
         while !self.stopping() {
-            let Some(batch) = self.collect() else { break };
-            if batch.is_empty() {
-                continue;
-            }
-            let mut pending = VecDeque::from(batch);
-            self.control.state.lock().in_flight = pending.len() as u64;
-            let halt = self.deliver(&mut pending);
+            let Some(collected) = self.collect(&receiver) else { break };
+            let Some((batch, cut)) = collected else { continue };
+            self.control.state.lock().in_flight = cut as u64;
+            let (done, halt) = self.deliver(&batch[..cut]);
             self.control.state.lock().in_flight = 0;
-            self.receiver.put_back(Vec::from(pending));
+            if let Err(err) = batch.commit_first(done) {
+                tracing::error!(error = %err, "delivered items may be delivered again after a restart");
+            }
             match halt {
-                None if self.carry.is_none() => self.receiver.release_delivered(),
                 None => {}
                 Some(Halt::Deadline) => break,
                 Some(Halt::Stopped(reason)) => {
@@ -84,63 +84,46 @@ where
                 }
             }
         }
-        if let Some(item) = self.carry.take() {
-            self.receiver.put_back(vec![item]);
-        }
-        // Segments still held stay until the channel is drained or shut
-        // down cleanly: they hold the items put back, should the process
-        // crash before then.
-        self.receiver.hold_segments(false);
-        self.receiver
+        receiver
     }
 
-    /// Collects the next batch. `None` when the channel is disconnected
-    /// and empty; an empty batch when a shutdown was requested meanwhile.
-    fn collect(&mut self) -> Option<Vec<T>> {
-        let mut batch = Vec::new();
-        let mut bytes = 0u64;
-        let first = match self.carry.take() {
-            Some(item) => item,
-            None => loop {
-                match self.receiver.recv_timeout(STOP_POLL) {
-                    Ok(item) => break item,
-                    Err(RecvTimeoutError::Disconnected) => return None,
-                    Err(RecvTimeoutError::Timeout) if self.stopping() => return Some(batch),
-                    Err(RecvTimeoutError::Timeout) => {}
-                }
-            },
+    /// Peeks the next batch, and how many of its items to send now: up
+    /// to the first whose key differs or that would go over the byte
+    /// limit. `None` when the channel is disconnected and empty;
+    /// `Some(None)` when a shutdown was requested meanwhile.
+    #[allow(clippy::type_complexity)]
+    fn collect<'r>(&self, receiver: &'r Receiver<T>) -> Option<Option<(Peeked<'r, T>, usize)>> {
+        let batch_size = self.settings.batch_size;
+        let mut batch = loop {
+            match receiver.peek_batch(batch_size, STOP_POLL) {
+                Ok(batch) => break batch,
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) if self.stopping() => return Some(None),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
         };
-        bytes += self.size_of(&first);
-        batch.push(first);
         let linger_until = Instant::now() + self.settings.linger;
-        while batch.len() < self.settings.batch_size {
-            let item = match self.receiver.try_recv() {
-                Ok(item) => item,
-                Err(_) => {
-                    let left = linger_until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    match self.receiver.recv_timeout(left) {
-                        Ok(item) => item,
-                        Err(_) => break,
-                    }
-                }
-            };
-            let size = self.size_of(&item);
-            let over_bytes = self.settings.batch_bytes.is_some_and(|max| bytes + size > max);
-            let other_key = match (&self.settings.same_key, batch.first()) {
-                (Some(same_key), Some(first)) => !same_key(first, &item),
-                _ => false,
-            };
-            if over_bytes || other_key {
-                self.carry = Some(item);
+        while batch.len() < batch_size {
+            let left = linger_until.saturating_duration_since(Instant::now());
+            if left.is_zero() || batch.peek_more(batch_size - batch.len(), left) == 0 {
                 break;
             }
-            bytes += size;
-            batch.push(item);
         }
-        Some(batch)
+        let mut cut = 0;
+        let mut bytes = 0u64;
+        for item in batch.iter() {
+            let size = self.size_of(item);
+            if cut > 0 {
+                let over_bytes = self.settings.batch_bytes.is_some_and(|max| bytes + size > max);
+                let other_key = self.settings.same_key.as_ref().is_some_and(|same_key| !same_key(&batch[0], item));
+                if over_bytes || other_key {
+                    break;
+                }
+            }
+            bytes += size;
+            cut += 1;
+        }
+        Some(Some((batch, cut)))
     }
 
     fn size_of(&self, item: &T) -> u64 {
@@ -150,63 +133,66 @@ where
         }
     }
 
-    /// Delivers `pending` in order, popping each item once it is accepted
-    /// or dead-lettered. Returns why it halted early, if it did; what is
-    /// left in `pending` then goes back to the channel.
-    fn deliver(&mut self, pending: &mut VecDeque<T>) -> Option<Halt> {
+    /// Delivers `batch` in order. Returns how many items from the front
+    /// were accepted or dead-lettered, and why it halted early, if it did;
+    /// the rest go back to the channel.
+    fn deliver(&mut self, batch: &[T]) -> (usize, Option<Halt>) {
+        let mut done = 0;
         // Lengths of the parts still to send, in order; they add up to
-        // `pending.len()`. A permanent refusal splits a part in two.
-        let mut parts = VecDeque::from([pending.len()]);
+        // `batch.len() - done`. A permanent refusal splits a part in two.
+        let mut parts = VecDeque::from([batch.len()]);
         while let Some(&part) = parts.front() {
             if let Some(halt) = self.wait_for_breaker() {
-                return Some(halt);
+                return (done, Some(halt));
             }
-            let slice = &pending.make_contiguous()[..part];
+            let slice = &batch[done..done + part];
             let outcome = catch_unwind(AssertUnwindSafe(|| self.sink.send_batch(slice)));
             let result = match outcome {
                 Ok(result) => result,
-                Err(_) => return Some(Halt::Stopped("the sink panicked".to_string())),
+                Err(_) => return (done, Some(Halt::Stopped("the sink panicked".to_string()))),
             };
             match result {
                 Ok(()) => {
                     self.breaker.on_success();
                     self.backoff.reset();
-                    self.accepted(pending, part);
+                    done += part;
+                    self.accepted(part, batch.len() - done);
                     parts.pop_front();
                 }
                 Err(err) => {
                     let accepted = err.accepted().min(part);
-                    self.accepted(pending, accepted);
+                    done += accepted;
+                    self.accepted(accepted, batch.len() - done);
                     let left = part - accepted;
                     if left == 0 {
                         parts.pop_front();
                         continue;
                     }
                     parts[0] = left;
-                    if err.is_transient() {
-                        if let Some(halt) = self.retry_later(&err) {
-                            return Some(halt);
-                        }
-                    } else if let Some(halt) = self.refused(pending, &mut parts, &err) {
-                        return Some(halt);
+                    let halt = if err.is_transient() {
+                        self.retry_later(&err)
+                    } else {
+                        self.refused(batch, &mut done, &mut parts, &err)
+                    };
+                    if let Some(halt) = halt {
+                        return (done, Some(halt));
                     }
                 }
             }
         }
-        None
+        (done, None)
     }
 
-    /// Pops `count` accepted items and counts them.
-    fn accepted(&mut self, pending: &mut VecDeque<T>, count: usize) {
+    /// Counts `count` accepted items, with `left` still in flight.
+    fn accepted(&mut self, count: usize, left: usize) {
         if count == 0 {
             return;
         }
-        pending.drain(..count);
         let mut state = self.control.state.lock();
         state.stats.breaker = self.breaker.state();
         state.stats.delivered += count as u64;
         state.stats.batches += 1;
-        state.in_flight = pending.len() as u64;
+        state.in_flight = left as u64;
     }
 
     /// A transient failure: counts it, feeds the breaker, and sleeps for
@@ -224,8 +210,9 @@ where
 
     /// A permanent refusal of the front part: splits it, or, when it is a
     /// single item, dead-letters that item (or stops if there is nowhere
-    /// to send it).
-    fn refused(&mut self, pending: &mut VecDeque<T>, parts: &mut VecDeque<usize>, err: &SinkError) -> Option<Halt> {
+    /// to send it). The dead-letter channel gets a copy (the item itself
+    /// stays in the channel until committed), made by encoding it.
+    fn refused(&mut self, batch: &[T], done: &mut usize, parts: &mut VecDeque<usize>, err: &SinkError) -> Option<Halt> {
         // The sink answered: it is up, whatever it thought of the items.
         self.breaker.on_success();
         let part = parts[0];
@@ -238,19 +225,25 @@ where
         let Some(dead_letter) = &self.settings.dead_letter else {
             return Some(Halt::Stopped(format!("the sink refused an item and there is no dead-letter channel: {err}")));
         };
-        let item = pending.pop_front()?;
-        parts.pop_front();
-        if let Err(failed) = dead_letter.send(item) {
+        let copy = match encoding::duplicate(&batch[*done]) {
+            Ok(copy) => copy,
+            Err(copied) => {
+                return Some(Halt::Stopped(format!(
+                    "the sink refused an item that cannot be copied to the dead-letter channel ({copied}): {err}"
+                )))
+            }
+        };
+        if let Err(failed) = dead_letter.send(copy) {
             let reason = format!("the dead-letter channel refused an item ({failed}) after the sink refused it: {err}");
-            pending.push_front(failed.into_inner());
-            parts.push_front(1);
             return Some(Halt::Stopped(reason));
         }
+        parts.pop_front();
+        *done += 1;
         tracing::warn!(error = %err, "item refused by the sink; sent to the dead-letter channel");
         let mut state = self.control.state.lock();
         state.stats.breaker = self.breaker.state();
         state.stats.rejected += 1;
-        state.in_flight = pending.len() as u64;
+        state.in_flight = (batch.len() - *done) as u64;
         None
     }
 

@@ -15,7 +15,9 @@
 
 use std::io;
 
-use super::format::{read_frame, seal_frame, Frame, FRAME_HEADER_LEN};
+use super::format::{
+    read_frame, seal_frame, seal_v1_frame, stamp_frame, trailer_len, Frame, FRAME_HEADER_LEN, FRAME_OVERHEAD, VERSION,
+};
 use crate::options::Compression;
 
 /// Length of the block header inside a block frame's payload.
@@ -23,7 +25,7 @@ pub(crate) const BLOCK_HEADER_LEN: usize = 9;
 
 /// Bytes a block adds to the records it holds, at most: its frame header
 /// and its block header.
-pub(crate) const BLOCK_OVERHEAD: u64 = (FRAME_HEADER_LEN + BLOCK_HEADER_LEN) as u64;
+pub(crate) const BLOCK_OVERHEAD: u64 = (FRAME_OVERHEAD + BLOCK_HEADER_LEN) as u64;
 
 /// Most records in one block, so that a read position inside a block fits
 /// in the progress file.
@@ -78,8 +80,20 @@ impl Packer {
     }
 
     /// Appends to `out` one block frame holding `records` record frames,
-    /// `raw`: compressed when that makes it smaller, stored otherwise.
+    /// `raw`: compressed when that makes it smaller, stored otherwise. The
+    /// block frame's sequence number is that of its first record.
     pub(crate) fn pack(&mut self, raw: &[u8], records: u32, out: &mut Vec<u8>) -> io::Result<()> {
+        self.pack_as(raw, records, out, VERSION)
+    }
+
+    /// [`pack`](Self::pack) for a segment of format `version`, whose
+    /// record frames `raw` holds: a recovery that rewrites an older
+    /// segment keeps its version.
+    pub(crate) fn pack_as(&mut self, raw: &[u8], records: u32, out: &mut Vec<u8>, version: u16) -> io::Result<()> {
+        let first_seq = match read_frame(raw, 0, raw.len(), version) {
+            Frame::Record { seq, .. } => seq.unwrap_or(0),
+            Frame::Incomplete | Frame::Corrupt => 0,
+        };
         let raw_len = u32::try_from(raw.len()).map_err(|_| io::Error::other("block larger than 4 GiB"))?;
         let (method, data): (u8, &[u8]) = match self.compress(raw) {
             Some(len) if len < raw.len() => (codec_id(self.compression) as u8, &self.scratch[..len]),
@@ -91,10 +105,20 @@ impl Packer {
         out.extend_from_slice(&records.to_le_bytes());
         out.extend_from_slice(&raw_len.to_le_bytes());
         out.extend_from_slice(data);
-        seal_frame(&mut out[start..]).ok_or_else(|| {
-            out.truncate(start);
-            io::Error::other("block larger than 4 GiB")
-        })
+        out.resize(out.len() + trailer_len(version), 0);
+        let sealed = if version >= 2 { seal_frame(&mut out[start..]) } else { seal_v1_frame(&mut out[start..]) };
+        match sealed {
+            Some(()) => {
+                if version >= 2 {
+                    stamp_frame(&mut out[start..], first_seq);
+                }
+                Ok(())
+            }
+            None => {
+                out.truncate(start);
+                Err(io::Error::other("block larger than 4 GiB"))
+            }
+        }
     }
 
     /// Compresses `raw` into the scratch space; the compressed length, or
@@ -121,10 +145,10 @@ impl Packer {
     }
 }
 
-/// Unpacks the payload of a block frame into `into` (cleared first):
-/// the record frames it holds, each checked. Returns how many there are,
-/// or what is wrong with the block.
-pub(crate) fn unpack(payload: &[u8], into: &mut Vec<u8>) -> Result<u32, String> {
+/// Unpacks the payload of a block frame of segment format `version` into
+/// `into` (cleared first): the record frames it holds, each checked.
+/// Returns how many there are, or what is wrong with the block.
+pub(crate) fn unpack(payload: &[u8], into: &mut Vec<u8>, version: u16) -> Result<u32, String> {
     into.clear();
     let header = payload.get(..BLOCK_HEADER_LEN).ok_or("block shorter than its header")?;
     let method = header[0];
@@ -149,7 +173,7 @@ pub(crate) fn unpack(payload: &[u8], into: &mut Vec<u8>) -> Result<u32, String> 
     let mut pos = 0;
     let mut found = 0u32;
     while pos < into.len() {
-        match read_frame(into, pos, into.len()) {
+        match read_frame(into, pos, into.len(), version) {
             Frame::Record { next, .. } => {
                 pos = next;
                 found += 1;
@@ -202,29 +226,31 @@ mod tests {
     fn block_bytes_are_pinned() {
         assert_eq!(bitwise_crc32c(b"123456789"), 0xE306_9283, "the CRC32C check value");
         let mut record = vec![2, 0, 0, 0];
-        record.extend_from_slice(&bitwise_crc32c(&[2, 0, 0, 0, b'h', b'i']).to_le_bytes());
+        record.extend_from_slice(&bitwise_crc32c(&[2, 0, 0, 0, b'h', b'i', 5, 0, 0, 0, 0, 0, 0, 0]).to_le_bytes());
         record.extend_from_slice(b"hi");
+        record.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0]); // seq 5
         let mut block = Vec::new();
         Packer::new(Compression::None).pack(&record, 1, &mut block).unwrap();
         let mut payload = vec![0]; // method: stored
         payload.extend_from_slice(&[1, 0, 0, 0]); // records
-        payload.extend_from_slice(&[10, 0, 0, 0]); // raw_len
+        payload.extend_from_slice(&[18, 0, 0, 0]); // raw_len
         payload.extend_from_slice(&record);
-        let mut expected = vec![19, 0, 0, 0]; // the block frame's len
+        let seq = [5, 0, 0, 0, 0, 0, 0, 0]; // the block's seq: its first record's
+        let mut expected = vec![27, 0, 0, 0]; // the block frame's len
         let mut covered = expected.clone();
         covered.extend_from_slice(&payload);
+        covered.extend_from_slice(&seq);
         expected.extend_from_slice(&bitwise_crc32c(&covered).to_le_bytes());
         expected.extend_from_slice(&payload);
+        expected.extend_from_slice(&seq);
         assert_eq!(block, expected, "got {block:02x?}");
     }
 
     fn frames(count: usize) -> Vec<u8> {
         let mut raw = Vec::new();
         for i in 0..count {
-            let start = raw.len();
-            raw.extend_from_slice(&[0; FRAME_HEADER_LEN]);
-            raw.extend_from_slice(format!("record number {i} of a very repetitive block").as_bytes());
-            seal_frame(&mut raw[start..]).unwrap();
+            let payload = format!("record number {i} of a very repetitive block");
+            raw.extend(super::super::format::frame_of(payload.as_bytes(), i as u64).unwrap());
         }
         raw
     }
@@ -246,15 +272,17 @@ mod tests {
         for compression in codecs() {
             let mut out = Vec::new();
             Packer::new(compression).pack(&raw, 200, &mut out).unwrap();
-            let Frame::Record { payload, next } = read_frame(&out, 0, out.len()) else { panic!("not a frame") };
-            assert_eq!(next, out.len());
+            let Frame::Record { payload, seq, next } = read_frame(&out, 0, out.len(), VERSION) else {
+                panic!("not a frame")
+            };
+            assert_eq!((next, seq), (out.len(), Some(0)));
             if compression == Compression::None {
                 assert_eq!(out.len() as u64, raw.len() as u64 + BLOCK_OVERHEAD, "stored");
             } else {
-                assert!(out.len() < raw.len() / 4, "{compression:?}: {} of {}", out.len(), raw.len());
+                assert!(out.len() < raw.len() / 2, "{compression:?}: {} of {}", out.len(), raw.len());
             }
             let mut back = Vec::new();
-            assert_eq!(unpack(payload, &mut back), Ok(200));
+            assert_eq!(unpack(payload, &mut back, VERSION), Ok(200));
             assert_eq!(back, raw);
         }
     }
@@ -264,23 +292,23 @@ mod tests {
         let raw = frames(3);
         let mut out = Vec::new();
         Packer::new(Compression::None).pack(&raw, 3, &mut out).unwrap();
-        let payload = out[FRAME_HEADER_LEN..].to_vec();
+        let payload = out[FRAME_HEADER_LEN..out.len() - super::super::format::SEQ_LEN].to_vec();
         let mut into = Vec::new();
 
         let mut lying = payload.clone();
         lying[1] = 4; // claims 4 records
-        assert!(unpack(&lying, &mut into).unwrap_err().contains("claims 4 records"));
+        assert!(unpack(&lying, &mut into, VERSION).unwrap_err().contains("claims 4 records"));
         let mut bad_inner = payload.clone();
         bad_inner[BLOCK_HEADER_LEN + FRAME_HEADER_LEN] ^= 1;
-        assert!(unpack(&bad_inner, &mut into).unwrap_err().contains("damaged"));
+        assert!(unpack(&bad_inner, &mut into, VERSION).unwrap_err().contains("damaged"));
         let mut huge = payload.clone();
         huge[0] = LZ4;
         huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(unpack(&huge, &mut into).is_err());
+        assert!(unpack(&huge, &mut into, VERSION).is_err());
         assert!(into.len() <= MAX_PACKED_RAW, "a forged length allocated {} bytes", into.len());
-        assert!(unpack(&payload[..4], &mut into).is_err());
+        assert!(unpack(&payload[..4], &mut into, VERSION).is_err());
         let mut unknown = payload;
         unknown[0] = 9;
-        assert!(unpack(&unknown, &mut into).unwrap_err().contains("unknown method"));
+        assert!(unpack(&unknown, &mut into, VERSION).unwrap_err().contains("unknown method"));
     }
 }

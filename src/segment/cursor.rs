@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use crate::storage::{Fs, Open};
 
 use super::block::{codec_readable, unpack};
-use super::format::{decode_header, find_frame, read_frame, Frame, FRAME_HEADER_LEN, HEADER_LEN};
+use super::format::{decode_header, find_frame, read_frame, trailer_len, Frame, FRAME_HEADER_LEN, HEADER_LEN};
 
 /// Bytes read at once from a segment.
 pub(crate) const READ_BYTES: usize = 256 * 1024;
@@ -33,8 +33,9 @@ pub(crate) const READ_BYTES: usize = 256 * 1024;
 /// What [`SegmentCursor::peek`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Peek<'a> {
-    /// The next record's payload, CRC checked.
-    Record(&'a [u8]),
+    /// The next record's payload, CRC checked, and its sequence number
+    /// (`None` in a version 1 segment, whose records carry none).
+    Record { payload: &'a [u8], seq: Option<u64> },
     /// Nothing more below the limit (yet, if the segment is still active).
     Exhausted,
     /// The bytes at the cursor are not a whole, intact frame, and the
@@ -84,6 +85,10 @@ pub(crate) struct SegmentCursor {
     complete: bool,
     /// Offset after the record returned by the last `peek`, if any.
     pending_next: Option<u64>,
+    /// Number of the record returned by the last `peek`.
+    pending_seq: Option<u64>,
+    /// Number of the last record committed.
+    last_seq: Option<u64>,
     /// Records committed so far.
     records_read: u64,
     /// Whether a record in this segment failed to decode, so the segment
@@ -91,6 +96,8 @@ pub(crate) struct SegmentCursor {
     damaged: bool,
     /// The segment's codec, from its header; 0 for plain records.
     codec: u16,
+    /// The segment's format version, from its header.
+    version: u16,
     /// Where to go once the header has been checked, when `skip_to` was
     /// called before it was.
     resume_at: Option<u64>,
@@ -120,8 +127,9 @@ struct UnpackedBlock {
 
 /// Where the frame at the cursor is, or what is wrong with it.
 enum Located {
-    /// An intact frame of `len` bytes whose payload is at `payload` within it.
-    Frame { len: usize, payload: std::ops::Range<usize> },
+    /// An intact frame of `len` bytes whose payload is at `payload` within
+    /// it, with its sequence number.
+    Frame { len: usize, payload: std::ops::Range<usize>, seq: Option<u64> },
     /// Not an intact frame.
     Damage { what: &'static str, checksum_failed: bool },
 }
@@ -146,9 +154,12 @@ impl SegmentCursor {
             sealed,
             complete: sealed,
             pending_next: None,
+            pending_seq: None,
+            last_seq: None,
             records_read: 0,
             damaged: false,
             codec: 0,
+            version: super::format::VERSION,
             resume_at: None,
             header_failed: false,
             block: UnpackedBlock::default(),
@@ -163,6 +174,11 @@ impl SegmentCursor {
     /// Records committed so far.
     pub(crate) fn records_read(&self) -> u64 {
         self.records_read
+    }
+
+    /// The number of the last record committed, if it carried one.
+    pub(crate) fn last_seq(&self) -> Option<u64> {
+        self.last_seq
     }
 
     /// Whether a record in this segment failed to decode.
@@ -273,19 +289,21 @@ impl SegmentCursor {
             if header.len() < HEADER_LEN && !sealed {
                 return Ok(Peek::Exhausted);
             }
-            let codec = match decode_header(header) {
-                Ok(codec) => codec,
+            let header = match decode_header(header) {
+                Ok(header) => header,
                 Err(err) => {
                     self.header_failed = true;
                     return Ok(Peek::Damaged { reason: err.to_string(), resume: None });
                 }
             };
+            let codec = header.codec;
             if let Err(feature) = codec_readable(codec) {
                 self.header_failed = true;
                 let reason = format!("segment {} is compressed with {feature}, which this build cannot read", self.id);
                 return Ok(Peek::Damaged { reason, resume: None });
             }
             self.codec = codec;
+            self.version = header.version;
             self.pos = self.resume_at.take().unwrap_or(0).max(HEADER_LEN as u64);
         }
         if self.codec != 0 {
@@ -296,10 +314,11 @@ impl SegmentCursor {
         }
         let pos = self.pos;
         match self.locate()? {
-            Located::Frame { len, payload } => {
+            Located::Frame { len, payload, seq } => {
                 self.pending_next = Some(pos + len as u64);
                 // Already read and checked: this second look copies nothing.
-                Ok(Peek::Record(&self.bytes_at(pos, len)?[payload]))
+                self.pending_seq = seq;
+                Ok(Peek::Record { payload: &self.bytes_at(pos, len)?[payload], seq })
             }
             Located::Damage { what, checksum_failed } => self.report_damage(pos, what, checksum_failed),
         }
@@ -315,7 +334,7 @@ impl SegmentCursor {
                 return Ok(Located::Damage { what, checksum_failed: false });
             }
             let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            FRAME_HEADER_LEN as u64 + u64::from(len)
+            (FRAME_HEADER_LEN + trailer_len(self.version)) as u64 + u64::from(len)
         };
         if pos + frame_len > self.limit {
             // The length is not yet checked: it may be the damage itself.
@@ -323,8 +342,12 @@ impl SegmentCursor {
             return Ok(Located::Damage { what, checksum_failed: false });
         }
         let len = frame_len as usize;
-        Ok(match read_frame(self.bytes_at(pos, len)?, 0, len) {
-            Frame::Record { payload, next } => Located::Frame { len, payload: next - payload.len()..next },
+        let version = self.version;
+        Ok(match read_frame(self.bytes_at(pos, len)?, 0, len, version) {
+            Frame::Record { payload, seq, next } => {
+                let end = next - trailer_len(version);
+                Located::Frame { len, payload: end - payload.len()..end, seq }
+            }
             Frame::Incomplete | Frame::Corrupt => {
                 Located::Damage { what: "record fails its CRC32C", checksum_failed: true }
             }
@@ -339,10 +362,15 @@ impl SegmentCursor {
                 let block = &mut self.block;
                 if block.next < block.frames.len() {
                     // `unpack` checked every record of the block.
-                    if let Frame::Record { payload, next } = read_frame(&block.frames, block.next, block.frames.len()) {
-                        let range = next - payload.len()..next;
+                    let version = self.version;
+                    if let Frame::Record { payload, seq, next } =
+                        read_frame(&block.frames, block.next, block.frames.len(), version)
+                    {
+                        let end = next - trailer_len(version);
+                        let range = end - payload.len()..end;
                         block.pending = Some(next);
-                        return Ok(Peek::Record(&self.block.frames[range]));
+                        self.pending_seq = seq;
+                        return Ok(Peek::Record { payload: &self.block.frames[range], seq });
                     }
                 }
                 self.leave_block();
@@ -353,11 +381,12 @@ impl SegmentCursor {
             }
             let pos = self.pos;
             let (len, payload) = match self.locate()? {
-                Located::Frame { len, payload } => (len, payload),
+                Located::Frame { len, payload, .. } => (len, payload),
                 Located::Damage { what, checksum_failed } => return self.report_damage(pos, what, checksum_failed),
             };
             let mut frames = std::mem::take(&mut self.block.frames);
-            let unpacked = unpack(&self.bytes_at(pos, len)?[payload], &mut frames);
+            let version = self.version;
+            let unpacked = unpack(&self.bytes_at(pos, len)?[payload], &mut frames, version);
             self.block.frames = frames;
             match unpacked {
                 Ok(records) => {
@@ -401,9 +430,10 @@ impl SegmentCursor {
             return Ok(if damage { Peek::DamagedActive { reason } } else { Peek::Exhausted });
         }
         let rest = usize::try_from(self.limit - pos).unwrap_or(usize::MAX);
-        let compressed = self.codec != 0;
+        let (compressed, version) = (self.codec != 0, self.version);
         let bytes = self.bytes_at(pos, rest)?;
-        let resume = if compressed { find_block(bytes, 1) } else { find_frame(bytes, 1, bytes.len()) };
+        let resume =
+            if compressed { find_block(bytes, 1, version) } else { find_frame(bytes, 1, bytes.len(), version) };
         Ok(Peek::Damaged { reason, resume: resume.map(|offset| pos + offset as u64) })
     }
 
@@ -427,7 +457,7 @@ impl SegmentCursor {
     /// is not an intact record.
     pub(crate) fn pass_records(&mut self, count: u16) -> io::Result<()> {
         for _ in 0..count {
-            if !matches!(self.peek()?, Peek::Record(_)) {
+            if !matches!(self.peek()?, Peek::Record { .. }) {
                 break;
             }
             self.commit();
@@ -447,6 +477,9 @@ impl SegmentCursor {
 
     /// Moves past the record the last `peek` returned.
     pub(crate) fn commit(&mut self) {
+        if self.block.pending.is_some() || self.pending_next.is_some() {
+            self.last_seq = self.pending_seq.take().or(self.last_seq);
+        }
         if let Some(next) = self.block.pending.take() {
             self.block.next = next;
             self.block.read += 1;
@@ -468,12 +501,12 @@ impl SegmentCursor {
 /// inside stored blocks are intact frames too, but not blocks, so reading
 /// never resumes in the middle of a block, and a torn block at the end of
 /// a segment is not mistaken for damage followed by records.
-fn find_block(bytes: &[u8], mut from: usize) -> Option<usize> {
+fn find_block(bytes: &[u8], mut from: usize, version: u16) -> Option<usize> {
     let mut scratch = Vec::new();
     loop {
-        let at = find_frame(bytes, from, bytes.len())?;
-        if let Frame::Record { payload, .. } = read_frame(bytes, at, bytes.len()) {
-            if unpack(payload, &mut scratch).is_ok() {
+        let at = find_frame(bytes, from, bytes.len(), version)?;
+        if let Frame::Record { payload, .. } = read_frame(bytes, at, bytes.len(), version) {
+            if unpack(payload, &mut scratch, version).is_ok() {
                 return Some(at);
             }
         }
@@ -528,15 +561,12 @@ mod tests {
     use crate::segment::{segment_path, SegmentWriter};
 
     fn frame(payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![0; FRAME_HEADER_LEN];
-        frame.extend_from_slice(payload);
-        crate::segment::format::seal_frame(&mut frame).unwrap();
-        frame
+        crate::segment::format::frame_of(payload, payload.len() as u64).unwrap()
     }
 
     fn read_all(cursor: &mut SegmentCursor) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while let Peek::Record(payload) = cursor.peek().unwrap() {
+        while let Peek::Record { payload, .. } = cursor.peek().unwrap() {
             out.push(payload.to_vec());
             cursor.commit();
         }
@@ -601,7 +631,7 @@ mod tests {
         let mut whole = SegmentCursor::open_sealed(&crate::storage::os(), &path, 4, meta.bytes).unwrap();
         assert_eq!(read_all(&mut whole).len(), 15);
         // Cut the last block short, after its third record.
-        let torn_len = meta.bytes - 2 * (FRAME_HEADER_LEN as u64 + 200) - 10;
+        let torn_len = meta.bytes - 2 * (crate::segment::format::FRAME_OVERHEAD as u64 + 200) - 10;
         let mut torn = SegmentCursor::open_sealed(&crate::storage::os(), &path, 4, torn_len).unwrap();
         assert_eq!(read_all(&mut torn).len(), 10, "the two whole blocks");
         assert!(matches!(torn.peek().unwrap(), Peek::Damaged { resume: None, .. }), "nothing after the tear");
@@ -623,5 +653,45 @@ mod tests {
             let mut cursor = SegmentCursor::open_sealed(&crate::storage::os(), &damaged, 3, meta.bytes).unwrap();
             assert!(matches!(cursor.peek().unwrap(), Peek::Damaged { resume: None, .. }), "{what}");
         }
+    }
+
+    #[test]
+    fn records_carry_their_sequence_numbers_and_version_1_records_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SegmentWriter::create(&crate::storage::os(), dir.path(), 5, crate::Compression::None).unwrap();
+        for seq in [3u64, 9, 10] {
+            writer.append(&crate::segment::format::frame_of(b"x", seq).unwrap()).unwrap();
+        }
+        let meta = writer.seal().map_err(|failed| failed.1).unwrap();
+        let path = segment_path(dir.path(), 5);
+        let mut cursor = SegmentCursor::open_sealed(&crate::storage::os(), &path, 5, meta.bytes).unwrap();
+        let mut seqs = Vec::new();
+        while let Peek::Record { seq, .. } = cursor.peek().unwrap() {
+            seqs.push(seq);
+            cursor.commit();
+        }
+        assert_eq!(seqs, [Some(3), Some(9), Some(10)]);
+
+        // A segment written by format version 1: no sequence numbers.
+        let mut old = crate::segment::format::encode_header(0).to_vec();
+        old[8] = 1;
+        let crc = crc32c::crc32c(&old[0..12]);
+        old[12..16].copy_from_slice(&crc.to_le_bytes());
+        for payload in [&b"old"[..], b"er"] {
+            old.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&(payload.len() as u32).to_le_bytes()), payload);
+            old.extend_from_slice(&crc.to_le_bytes());
+            old.extend_from_slice(payload);
+        }
+        let path = segment_path(dir.path(), 6);
+        std::fs::write(&path, &old).unwrap();
+        let mut cursor = SegmentCursor::open_sealed(&crate::storage::os(), &path, 6, old.len() as u64).unwrap();
+        let mut found = Vec::new();
+        while let Peek::Record { payload, seq } = cursor.peek().unwrap() {
+            found.push((payload.to_vec(), seq));
+            cursor.commit();
+        }
+        assert_eq!(found, [(b"old".to_vec(), None), (b"er".to_vec(), None)]);
+        assert_eq!(cursor.peek().unwrap(), Peek::Exhausted);
     }
 }

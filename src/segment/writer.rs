@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::block::{codec_id, Packer, BLOCK_OVERHEAD, MAX_BLOCK_RECORDS};
-use super::format::{encode_header, HEADER_LEN};
+use super::format::{encode_header, FRAME_OVERHEAD, HEADER_LEN};
 use super::{segment_path, SegmentMeta};
 use crate::options::Compression;
 use crate::storage::{write_all, Fs, Open, SyncHandle};
@@ -70,10 +70,15 @@ pub(crate) struct SegmentWriter {
     flushed: u64,
     /// Records appended, buffered or not.
     records: u64,
-    /// File offsets at which the buffered (and, in a compressed segment,
-    /// packed) bytes complete records, and how many: what is not yet in
-    /// the file. Frames still to be packed are `buffered_records` instead.
+    /// In a compressed segment, the file offsets at which the packed
+    /// blocks not yet all in the file end, and how many records each
+    /// holds. Frames still to be packed are `buffered_records` instead.
     pending_ends: VecDeque<(u64, u32)>,
+    /// In a plain segment, how many bytes at the front of `buffer` finish
+    /// a frame whose start is already in the file (a write that stopped
+    /// half-way). The buffer's frames are counted by walking their
+    /// lengths from there, when needed, which costs nothing per append.
+    head_partial: usize,
     /// Bytes of the file known to be on stable storage.
     synced: u64,
     /// Records in those bytes.
@@ -123,6 +128,7 @@ impl SegmentWriter {
             flushed: HEADER_LEN as u64,
             records: 0,
             pending_ends: VecDeque::new(),
+            head_partial: 0,
             synced: HEADER_LEN as u64,
             synced_records: 0,
             tail_unknown: false,
@@ -137,8 +143,10 @@ impl SegmentWriter {
 
     /// Records appended that are not yet all in the file.
     pub(crate) fn unwritten_records(&self) -> u64 {
-        let buffered = if self.compressed.is_some() { u64::from(self.buffered_records) } else { 0 };
-        buffered + self.pending_ends.iter().map(|&(_, records)| u64::from(records)).sum::<u64>()
+        if self.compressed.is_none() {
+            return plain_frames_in(&self.buffer, self.head_partial);
+        }
+        u64::from(self.buffered_records) + self.pending_ends.iter().map(|&(_, records)| u64::from(records)).sum::<u64>()
     }
 
     /// Records appended that are not known to be on stable storage.
@@ -248,9 +256,6 @@ impl SegmentWriter {
         } else {
             self.buffer.extend_from_slice(frame);
             self.buffered_records += 1;
-            if self.compressed.is_none() {
-                self.pending_ends.push_back((self.flushed + self.buffer.len() as u64, 1));
-            }
         }
         self.records += 1;
         Ok(())
@@ -320,6 +325,7 @@ impl SegmentWriter {
             compressed.packed.clear();
         }
         self.pending_ends.clear();
+        self.head_partial = 0;
         self.records = self.synced_records;
         if self.flushed > self.synced {
             self.flushed = self.synced;
@@ -347,6 +353,7 @@ impl SegmentWriter {
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.refuse_if_tail_unknown()?;
         self.pack()?;
+        let plain = self.compressed.is_none();
         let pending = match self.compressed.as_mut() {
             Some(compressed) => &mut compressed.packed,
             None => &mut self.buffer,
@@ -356,6 +363,13 @@ impl SegmentWriter {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write made no progress")),
                 Ok(written) => {
                     self.flushed += written as u64;
+                    if plain {
+                        self.head_partial = if written == pending.len() {
+                            0
+                        } else {
+                            partial_after(pending, self.head_partial, written)
+                        };
+                    }
                     pending.drain(..written);
                     while self.pending_ends.front().is_some_and(|&(end, _)| end <= self.flushed) {
                         self.pending_ends.pop_front();
@@ -406,6 +420,35 @@ impl SegmentWriter {
     }
 }
 
+/// How many frames (whole or, the first, finishing) `buffer` holds, its
+/// first `head_partial` bytes finishing a frame started before it.
+fn plain_frames_in(buffer: &[u8], head_partial: usize) -> u64 {
+    if buffer.is_empty() {
+        return 0;
+    }
+    let mut count = u64::from(head_partial > 0);
+    let mut pos = head_partial;
+    while let Some(len) = buffer.get(pos..pos + 4) {
+        count += 1;
+        pos += FRAME_OVERHEAD + u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    }
+    count
+}
+
+/// After the first `written` bytes of `buffer` reached the file: how many
+/// bytes at the front of what is left finish a frame already started.
+fn partial_after(buffer: &[u8], head_partial: usize, written: usize) -> usize {
+    if written < head_partial {
+        return head_partial - written;
+    }
+    let mut pos = head_partial;
+    while pos < written {
+        let Some(len) = buffer.get(pos..pos + 4) else { return 0 };
+        pos += FRAME_OVERHEAD + u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    }
+    pos - written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +466,31 @@ mod tests {
         writer.flush().unwrap();
         assert_eq!(std::fs::metadata(writer.path()).unwrap().len(), HEADER_LEN as u64 + 200);
         assert_eq!(writer.records(), 2);
+    }
+
+    #[test]
+    fn records_cut_off_by_a_short_write_are_counted_as_unwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = std::sync::Arc::new(crate::storage::faulty::FaultyStorage::default());
+        let fs: crate::storage::Fs = io.clone();
+        let mut writer = SegmentWriter::create(&fs, dir.path(), 4, Compression::None).unwrap();
+        let frame = crate::segment::format::frame_of(&[5; 100], 0).unwrap();
+        for _ in 0..3 {
+            writer.append(&frame).unwrap();
+        }
+        assert_eq!(writer.unwritten_records(), 3);
+        let header = HEADER_LEN as u64;
+        let len = frame.len() as u64;
+        for (room, unwritten) in [(len + 50, 2), (len + 60, 2), (2 * len, 1), (2 * len + 1, 1), (3 * len - 1, 1)] {
+            io.limit_space(Some(header + room - writer.flushed()));
+            assert!(writer.flush().is_err(), "the disk fills after {room} bytes");
+            assert_eq!(writer.flushed(), header + room);
+            assert_eq!(writer.unwritten_records(), unwritten, "after {room} bytes");
+        }
+        io.limit_space(None);
+        writer.flush().unwrap();
+        assert_eq!(writer.unwritten_records(), 0);
+        assert_eq!(writer.records(), 3);
     }
 
     #[test]
@@ -450,16 +518,11 @@ mod tests {
         let io = std::sync::Arc::new(crate::storage::faulty::FaultyStorage::default());
         let fs: crate::storage::Fs = io.clone();
         let mut writer = SegmentWriter::create(&fs, dir.path(), 9, Compression::Lz4).unwrap();
-        let frame = |fill: u8, len: usize| {
-            let mut frame = vec![fill; len];
-            crate::segment::format::seal_frame(&mut frame).unwrap();
-            frame
-        };
+        let frame =
+            |fill: u8, len: usize| crate::segment::format::frame_of(&vec![fill; len - FRAME_OVERHEAD], 1).unwrap();
         // Bytes that do not compress, so the block is stored and large.
         let noise: Vec<u8> = (0..1000u32).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
-        let mut small = vec![0; 8];
-        small.extend_from_slice(&noise);
-        crate::segment::format::seal_frame(&mut small).unwrap();
+        let small = crate::segment::format::frame_of(&noise, 0).unwrap();
         writer.append(&small).unwrap();
         io.limit_space(Some(100));
         assert!(writer.flush().is_err(), "the disk fills in the middle of the block");
@@ -468,11 +531,11 @@ mod tests {
         let meta = writer.seal().map_err(|failed| failed.1).unwrap();
         let mut cursor = SegmentCursor::open_sealed(&fs, &segment_path(dir.path(), 9), 9, meta.bytes).unwrap();
         let mut lens = Vec::new();
-        while let Peek::Record(payload) = cursor.peek().unwrap() {
+        while let Peek::Record { payload, .. } = cursor.peek().unwrap() {
             lens.push(payload.len());
             cursor.commit();
         }
-        assert_eq!(lens, [noise.len(), WRITE_BUFFER_BYTES - 8]);
+        assert_eq!(lens, [noise.len(), WRITE_BUFFER_BYTES - FRAME_OVERHEAD]);
         assert_eq!(cursor.peek().unwrap(), Peek::Exhausted);
     }
 

@@ -51,7 +51,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::channel::{Receiver, Sender};
-use crate::err::OpenError;
+use crate::err::{OpenError, RecvTimeoutError};
 use crate::options::{Durability, Settings, SyncPolicy, WhenFull};
 use crate::shard::layout::{self, Layout, Phase};
 use crate::shard::{shard_name, Dispatch, Route, Target};
@@ -226,23 +226,39 @@ where
 /// segment that cannot be opened, say) before it gives up with an error.
 const STUCK_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Hands every item of `source`, whose senders are gone, to `each`, in
-/// order. A backlog that stays unreadable for [`STUCK_FOR`] is an error
-/// rather than a hang.
-fn drain_all<T, F>(source: &Receiver<T>, name: &str, root: &Path, mut each: F) -> Result<(), OpenError>
+/// Items a reshard moves between two settles of what it wrote.
+const MOVE_BATCH: usize = 1 << 16;
+
+/// Hands a copy of every item of `source`, whose senders are gone, to
+/// `each`, in order, through the acknowledgement API: a batch is peeked,
+/// copied, made durable where it went (`settle`), and only then
+/// committed, so a crash at any point leaves every item in the source,
+/// the target, or both. A backlog that stays unreadable for
+/// [`STUCK_FOR`] is an error rather than a hang.
+fn drain_all<T, F, G>(source: &Receiver<T>, name: &str, root: &Path, mut each: F, settle: G) -> Result<(), OpenError>
 where
     T: Serialize + DeserializeOwned,
     F: FnMut(T) -> Result<(), OpenError>,
+    G: Fn() -> Result<(), OpenError>,
 {
     let mut stuck_since = None;
     loop {
-        match source.try_recv() {
-            Ok(item) => {
+        match source.peek_batch(MOVE_BATCH, std::time::Duration::ZERO) {
+            Ok(batch) => {
                 stuck_since = None;
-                each(item)?;
+                for item in batch.iter() {
+                    let copy = crate::encoding::duplicate(item).map_err(|err| OpenError::io(root.join(name), err))?;
+                    each(copy)?;
+                }
+                settle()?;
+                if let Err(err) = batch.commit() {
+                    // Moved and durable: at worst the source delivers
+                    // them again, which a restarted reshard moves again.
+                    tracing::warn!(error = %err, "a moved batch could not be recorded as read");
+                }
             }
-            Err(crate::TryRecvError::Disconnected) => return Ok(()),
-            Err(crate::TryRecvError::Empty) => {
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(RecvTimeoutError::Timeout) => {
                 let since = *stuck_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > STUCK_FOR {
                     let err = io::Error::other("its backlog cannot be read (the log says why)");
@@ -291,16 +307,19 @@ where
         }
         let (tx, rx) = open_moving::<T>(root, &name, settings)?;
         drop(tx);
-        rx.hold_segments(true);
-        let moved = drain_all(&rx, &name, root, |item| append(&stage, item, STAGING, root))
-            .and_then(|()| settle_writes(&stage, STAGING, root, settings));
+        let moved = drain_all(
+            &rx,
+            &name,
+            root,
+            |item| append(&stage, item, STAGING, root),
+            || settle_writes(&stage, STAGING, root, settings),
+        );
         if let Err(err) = moved {
             // As in a crash: the shard keeps everything, and the next open
             // collects it again.
             rx.crash();
             return Err(err);
         }
-        rx.release_delivered();
         close(rx, root, &name)?;
     }
     drop(stage);
@@ -315,20 +334,25 @@ where
 {
     let (stage, stage_rx) = open_moving::<T>(root, STAGING, settings)?;
     drop(stage);
-    stage_rx.hold_segments(true);
     let mut shards = Vec::with_capacity(target);
     for shard in 0..target {
         shards.push(open_moving::<T>(root, &shard_name(shard), settings)?);
     }
     let settle_all =
         || (0..target).try_for_each(|shard| settle_writes(&shards[shard].0, &shard_name(shard), root, settings));
-    let moved = drain_all(&stage_rx, STAGING, root, |item| match route.target(&item, target) {
-        Target::One(shard) => append(&shards[shard].0, item, &shard_name(shard), root),
-        Target::All(_) => Err(OpenError::InvalidConfig {
-            reason: "a broadcast channel's items are never moved between shards".to_string(),
-        }),
-    });
-    if let Err(err) = moved.and_then(|()| settle_all()) {
+    let moved = drain_all(
+        &stage_rx,
+        STAGING,
+        root,
+        |item| match route.target(&item, target) {
+            Target::One(shard) => append(&shards[shard].0, item, &shard_name(shard), root),
+            Target::All(_) => Err(OpenError::InvalidConfig {
+                reason: "a broadcast channel's items are never moved between shards".to_string(),
+            }),
+        },
+        settle_all,
+    );
+    if let Err(err) = moved {
         // As in a crash: the staging channel keeps everything, and the
         // next open distributes it again.
         stage_rx.crash();
@@ -338,7 +362,6 @@ where
         drop(tx);
         close(rx, root, &shard_name(shard))?;
     }
-    stage_rx.release_delivered();
     close(stage_rx, root, STAGING)
 }
 
@@ -421,6 +444,7 @@ where
     let removed = fs
         .remove(&dir.join(crate::dir::LOCK_FILE))
         .and_then(|()| crate::storage::remove_if_present(fs, &dir.join(crate::identity::TYPE_FILE)))
+        .and_then(|()| crate::storage::remove_if_present(fs, &dir.join(crate::sequence::SEQUENCE_FILE)))
         .and_then(|()| fs.remove_dir(&dir));
     if let Err(err) = removed {
         tracing::warn!(dir = %dir.display(), error = %err, "left a shard directory that holds other files");
