@@ -275,3 +275,31 @@ fn open_warns_when_max_disk_bytes_exceeds_the_free_space() {
     assert!(warning.contains(&format!("max_disk_bytes={}", free.saturating_mul(4))), "{warning}");
     assert!(warning.contains("free="), "both numbers: {warning}");
 }
+
+/// A commit whose segments can neither be deleted nor recorded as read
+/// says so with a `CommitError`; nothing is lost, and the committed items
+/// may come again after a restart.
+#[test]
+fn a_commit_that_cannot_be_recorded_is_an_error_that_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(FaultyStorage::default());
+    let (tx, rx) = open(dir.path(), &fs, Durability::WriteAhead, SyncPolicy::Never);
+    for i in 0..200 {
+        tx.send(i).unwrap();
+    }
+    drop(tx);
+    let batch = rx.peek_batch(150, Duration::ZERO).unwrap();
+    assert_eq!(&batch[..], (0..150).collect::<Vec<_>>());
+    fs.set_fault(Some(Fault { at: 0, errno: EIO, only: Some(Op::Remove), sticky: true }));
+    fs.limit_space(Some(0));
+    let err = batch.commit().unwrap_err();
+    assert!(err.to_string().contains("may come again"), "{err}");
+    assert_eq!(rx.recv().unwrap(), 150, "committed here all the same");
+    rx.crash();
+    fs.set_fault(None);
+    fs.limit_space(None);
+    let got = reopen_and_drain(dir.path(), Durability::WriteAhead);
+    assert_eq!(got.last(), Some(&199));
+    let unique: BTreeSet<u64> = got.iter().copied().collect();
+    assert!((150..200).all(|i| unique.contains(&i)), "uncommitted items lost: {got:?}");
+}

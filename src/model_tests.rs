@@ -1,7 +1,8 @@
 //! A model-based test: weighted random actions run against a real channel
 //! and a `VecDeque` model, compared after every step. The actions include
-//! closing and reopening a durable channel, dropping the receiver, and a
-//! simulated crash through a filesystem that loses unsynced writes.
+//! closing and reopening a durable channel, dropping the receiver, a
+//! simulated crash through a filesystem that loses unsynced writes, and
+//! peeked batches that are committed, in part or whole, or dropped.
 //! Failing cases are kept under `proptest-regressions/`.
 
 use std::collections::VecDeque;
@@ -16,6 +17,10 @@ use crate::{Builder, Compression, Durability, Receiver, Sender, SyncPolicy, TryR
 enum Action {
     Send(u16),
     TryRecv,
+    /// Peeks up to `.0` items and commits the first `.1` of them.
+    PeekAndCommit(usize, usize),
+    /// Peeks up to `.0` items and drops the batch uncommitted.
+    PeekAndDrop(usize),
     CloneSender,
     DropSender(usize),
     CloseAndReopen,
@@ -27,6 +32,8 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         8 => any::<u16>().prop_map(Action::Send),
         6 => Just(Action::TryRecv),
+        3 => (1usize..8, 0usize..9).prop_map(|(limit, commit)| Action::PeekAndCommit(limit, commit)),
+        2 => (1usize..8).prop_map(Action::PeekAndDrop),
         1 => Just(Action::CloneSender),
         1 => any::<usize>().prop_map(Action::DropSender),
         1 => Just(Action::CloseAndReopen),
@@ -93,6 +100,9 @@ fn run_with(
     let mut model: VecDeque<u16> = VecDeque::new();
     // Received since the last clean shutdown: a crash may deliver these again.
     let mut since_clean: Vec<u16> = Vec::new();
+    // The number of the last item committed, while no crash may have sent
+    // older ones back.
+    let mut last_committed: Option<u64> = None;
     for action in actions {
         match action {
             Action::Send(value) => {
@@ -109,6 +119,33 @@ fn run_with(
                 Err(TryRecvError::Empty) => prop_assert!(model.is_empty() && !h.senders.is_empty()),
                 Err(TryRecvError::Disconnected) => prop_assert!(model.is_empty() && h.senders.is_empty()),
             },
+            Action::PeekAndCommit(limit, _) | Action::PeekAndDrop(limit) => {
+                match h.rx().peek_batch(limit, std::time::Duration::ZERO) {
+                    Ok(batch) => {
+                        let expected: Vec<u16> = model.iter().take(limit).copied().collect();
+                        prop_assert_eq!(&batch[..], &expected[..]);
+                        let seqs = batch.seqs().to_vec();
+                        prop_assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "numbers out of order: {:?}", seqs);
+                        if let Some(last) = last_committed {
+                            prop_assert!(seqs[0] > last, "number {} after {} was committed", seqs[0], last);
+                        }
+                        if let Action::PeekAndCommit(_, commit) = action {
+                            let commit = commit.min(batch.len());
+                            prop_assert!(batch.commit_first(commit).is_ok());
+                            for _ in 0..commit {
+                                since_clean.extend(model.pop_front());
+                            }
+                            if commit > 0 {
+                                last_committed = Some(seqs[commit - 1]);
+                            }
+                        }
+                    }
+                    Err(crate::RecvTimeoutError::Timeout) => prop_assert!(model.is_empty() && !h.senders.is_empty()),
+                    Err(crate::RecvTimeoutError::Disconnected) => {
+                        prop_assert!(model.is_empty() && h.senders.is_empty())
+                    }
+                }
+            }
             Action::CloneSender => {
                 if let Some(tx) = h.senders.first().cloned() {
                     h.senders.push(tx);
@@ -156,6 +193,7 @@ fn run_with(
                 prop_assert!(since_clean.ends_with(again), "{:?} came again but was not received last", again);
                 model.clear();
                 since_clean = after;
+                last_committed = None;
             }
             Action::Crash => {}
         }

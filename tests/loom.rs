@@ -8,8 +8,9 @@ use loom::thread;
 use sump::{Builder, Durability, SyncPolicy, TryRecvError, WhenFull};
 
 fn open(dir: &std::path::Path, capacity: usize) -> (sump::Sender<u32>, sump::Receiver<u32>) {
-    // A segment holds exactly one record of a small u32: every spill rotates.
-    Builder::new("loom", dir).memory_capacity(capacity).segment_bytes(16 + 9).open().unwrap()
+    // A segment holds exactly one record of a small u32 (8 bytes of length
+    // and CRC, 1 of payload, 8 of sequence number): every spill rotates.
+    Builder::new("loom", dir).memory_capacity(capacity).segment_bytes(16 + 17).open().unwrap()
 }
 
 /// A write-ahead channel whose sends wait for a group commit.
@@ -73,7 +74,7 @@ fn a_sender_blocked_on_a_full_channel_gets_its_item_back_when_the_receiver_leave
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = Builder::new("loom", dir.path())
             .memory_capacity(0)
-            .segment_bytes(16 + 9)
+            .segment_bytes(16 + 17)
             .max_segments(1)
             .when_full(WhenFull::Block)
             .open::<u32>()
@@ -141,5 +142,60 @@ fn group_commit_wakes_a_leader_for_senders_a_sync_did_not_cover() {
         let mut got: Vec<u32> = rx.iter().collect();
         got.sort_unstable();
         assert_eq!(got, vec![1, 2, 3]);
+    });
+}
+
+/// Blocks forever under loom (a timeout would need a clock loom does not
+/// model).
+const FOREVER: std::time::Duration = std::time::Duration::MAX;
+
+/// A batch given back while a sender spills comes back first, in order,
+/// with the numbers it had; the rest follows.
+#[test]
+fn a_peeked_batch_given_back_while_a_sender_spills_keeps_order_and_numbers() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = open(dir.path(), 1);
+        let sender = thread::spawn(move || {
+            tx.send(1).unwrap(); // memory
+            tx.send(2).unwrap(); // memory or disk, depending on the receiver
+        });
+        let batch = rx.peek_batch(2, FOREVER).unwrap();
+        assert_eq!((batch[0], batch.seqs()[0]), (1, 0));
+        drop(batch);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let batch = rx.peek_batch(2, FOREVER).unwrap();
+            got.extend(batch.iter().copied().zip(batch.seqs().iter().copied()));
+            batch.commit().unwrap();
+        }
+        assert_eq!(got, vec![(1, 0), (2, 1)]);
+        sender.join().unwrap();
+        assert!(matches!(rx.peek_batch(1, FOREVER), Err(sump::RecvTimeoutError::Disconnected)));
+    });
+}
+
+/// A sender blocked on a full disk whose space is held by an uncommitted
+/// batch is woken by the commit, and nothing is lost.
+#[test]
+fn a_commit_frees_the_space_a_blocked_sender_waits_for() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = Builder::new("loom", dir.path())
+            .durability(Durability::WriteAhead)
+            .segment_bytes(16 + 17)
+            .max_segments(2)
+            .when_full(WhenFull::Block)
+            .open::<u32>()
+            .unwrap();
+        tx.send(1).unwrap();
+        tx.send(2).unwrap(); // both segments are full
+        let batch = rx.peek_batch(2, FOREVER).unwrap();
+        assert_eq!(&batch[..], [1, 2]);
+        let sender = thread::spawn(move || tx.send(3).unwrap()); // waits for the commit
+        batch.commit().unwrap();
+        assert_eq!(rx.recv(), Ok(3));
+        sender.join().unwrap();
+        assert_eq!(rx.recv(), Err(sump::RecvError));
     });
 }
