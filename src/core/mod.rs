@@ -11,7 +11,7 @@
 //! older than everything on disk, and the receiver takes, in this order:
 //!
 //! 1. its local batch (items it swapped out of memory in one go, and in
-//!    front of them items a drainer put back),
+//!    front of them items of peeked batches given back uncommitted),
 //! 2. items it decoded ahead from disk (`Overflow` mode only),
 //! 3. the record under its segment cursor (the oldest on disk),
 //! 4. memory, by swapping the whole queue into its local batch,
@@ -21,8 +21,16 @@
 //! them; a cursor positioned while memory was empty is older than anything
 //! memory receives later. Both facts make that order FIFO. The local batch
 //! is refilled from memory only once the items decoded ahead are gone, and
-//! a drainer puts back only items it received, which are older than
+//! a peeked batch gives back only items it received, which are older than
 //! anything still decoded ahead.
+//!
+//! # Sequence numbers
+//!
+//! Every item accepted gets `State::next_seq` under the lock, so numbers
+//! follow the total order. In memory they are kept as runs beside the
+//! items ([`Numbered`]); a spilled frame gets its number stamped in under
+//! the lock, after it was encoded outside it. Numbers are reserved in the
+//! sequence file in blocks (see `crate::sequence`), so they never repeat.
 //!
 //! # Costs
 //!
@@ -37,8 +45,9 @@
 //!
 //! This module holds the state and what every path shares (waking, the
 //! fold of the receiver's counter, stats, the sender count); each path has
-//! a file: [`send`] (the memory fast path, the spill decision, `WhenFull`),
-//! [`recv`] (the local batch, reading from disk, the wait strategy),
+//! a file: [`send`] (the memory fast path, the spill decision, `WhenFull`,
+//! numbering), [`recv`] (the local batch, reading from disk, the wait
+//! strategy), [`peek`] (batches taken uncommitted: giving back, settling),
 //! [`commit`] (group commit and the interval sync) and [`shutdown`] (what
 //! a receiver leaving does).
 

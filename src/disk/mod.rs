@@ -39,7 +39,7 @@
 //! directory check; [`write`] is the log writer's side (limits, append,
 //! rotate, drop-oldest, sync points), [`read`] positions the receiver's
 //! cursor and gives up unreadable segments, [`release`] decides which
-//! segments may be deleted (consumed, retired for a drainer, set aside,
+//! segments may be deleted (consumed, retired until committed, set aside,
 //! recorded as read), and [`shutdown`] writes a clean shutdown.
 
 mod read;
@@ -113,8 +113,9 @@ pub(crate) struct DiskQueue {
     /// Codec of new segments.
     compression: Compression,
     /// Whether read segments are kept until [`release_retired`](Self::release_retired)
-    /// instead of deleted at once: a drainer's items are not delivered when
-    /// the cursor leaves their segment, only when the sink accepts them.
+    /// instead of deleted at once: while the receiver has taken items it has
+    /// not committed (`Receiver::peek_batch`), leaving their segment does
+    /// not make them delivered; the commit does.
     hold: bool,
     /// Segments read to the end but kept while `hold` is set, oldest first,
     /// each with the number of the last record read from it (`None` in a

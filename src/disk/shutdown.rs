@@ -25,7 +25,7 @@ impl DiskQueue {
     ) -> Result<(), (usize, io::Error)> {
         let mut unpersisted = 0u64;
         let mut first_error = None;
-        // Every record read and nothing held for a drainer: the active
+        // Every record read and nothing held uncommitted: the active
         // segment kept for the next spill holds nothing worth keeping.
         let drained = self.items == 0 && self.retired.is_empty();
         let cursor = if drained {
@@ -51,7 +51,7 @@ impl DiskQueue {
         }
         match self.write_front(frames) {
             // What was read from retired segments and not delivered is
-            // among `frames`, put back by the drainer, and now on disk in
+            // among `frames`, given back uncommitted, and now on disk in
             // front: the retired segments can go. Not before: a crash or a
             // failed write in between would lose those items; this way it
             // can only deliver some again.
