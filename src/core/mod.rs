@@ -67,9 +67,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::time::Instant;
 
-use crate::disk::DiskQueue;
+use crate::disk::{DiskQueue, Reader};
 use crate::options::{Settings, WhenFull};
-use crate::segment::SegmentCursor;
 use crate::stats::Stats;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, Mutex, Ordering};
 
@@ -228,8 +227,6 @@ pub(crate) struct ReceiverSide<T> {
     /// The first sequence number of every peeked batch not yet committed
     /// or given back, with how many batches start there.
     peeks: BTreeMap<u64, usize>,
-    /// The number the next record of format version 1 gets, as it is read.
-    unnumbered_next: u64,
     /// Whether the disk tier holds read segments (`DiskQueue::set_hold`)
     /// because something taken is not committed.
     holding: bool,
@@ -240,7 +237,7 @@ pub(crate) struct ReceiverSide<T> {
     /// and older than anything still on disk or in memory.
     prefetched: Numbered<T>,
     /// Read position on disk.
-    cursor: Option<SegmentCursor>,
+    reader: Reader,
 }
 
 /// Most records the receiver decodes ahead from disk in `Overflow` mode.
@@ -313,9 +310,8 @@ impl<T> ReceiverSide<T> {
             put_back: 0,
             peeks: BTreeMap::new(),
             holding: false,
-            unnumbered_next: disk.unnumbered_from(),
             prefetched: Numbered::default(),
-            cursor: None,
+            reader: Reader::new(disk),
         }
     }
 

@@ -111,15 +111,14 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             // cannot flush them to a full disk, say): retry shortly.
             let mut stuck = false;
             if state.disk.items() > 0 && !state.disk.awaiting_sync() {
-                let before = side.cursor.as_ref().map(|c| (c.id(), c.pos(), c.limit()));
-                match state.disk.position(&mut side.cursor) {
+                let before = side.reader.place();
+                match state.disk.position(&mut side.reader) {
                     Ok(freed) => {
                         if freed {
                             self.after_disk_change(&mut state);
                         }
-                        let after = side.cursor.as_ref().map(|c| (c.id(), c.pos(), c.limit()));
-                        let moved = after != before || freed;
-                        if (moved && side.cursor.as_ref().is_some_and(|c| !c.at_limit())) || state.disk.items() == 0 {
+                        let moved = side.reader.place() != before || freed;
+                        if (moved && side.reader.has_more()) || state.disk.items() == 0 {
                             continue;
                         }
                         stuck = true;
@@ -183,7 +182,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// is one below its limit. Damaged records are consumed and counted,
     /// never returned.
     fn take_from_cursor(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
-        let Some(cursor) = side.cursor.as_mut() else {
+        let Some(cursor) = side.reader.cursor() else {
             return Taken::Nothing;
         };
         match cursor.peek() {
@@ -201,8 +200,8 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 // cursor leaves the segment.
                 tracing::error!(%reason, "damaged record in the active segment; sealing it");
                 let mut state = self.state.lock();
-                if let Err(err) = state.disk.seal_active(&mut side.cursor) {
-                    state.disk.abandon(&mut side.cursor, &format!("{reason}; and sealing failed: {err}"));
+                if let Err(err) = state.disk.seal_active(&mut side.reader) {
+                    state.disk.abandon(&mut side.reader, &format!("{reason}; and sealing failed: {err}"));
                     self.after_disk_change(&mut state);
                 }
                 Taken::Skipped
@@ -214,7 +213,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             }
             Err(err) => {
                 let mut state = self.state.lock();
-                state.disk.abandon(&mut side.cursor, &format!("cannot read segment: {err}"));
+                state.disk.abandon(&mut side.reader, &format!("cannot read segment: {err}"));
                 self.after_disk_change(&mut state);
                 Taken::Skipped
             }
@@ -226,35 +225,30 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// accounts for them, undecodable ones counted as corrupt, under one
     /// lock; returns the first item, or `Skipped` when none decoded.
     fn take_records(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
-        let ReceiverSide { prefetched, cursor, unnumbered_next, .. } = side;
-        let Some(open) = cursor.as_mut() else { return Taken::Nothing };
+        let ReceiverSide { prefetched, reader, .. } = side;
         let mut read = 0;
         let mut undecodable = Vec::new();
         while read < self.read_ahead {
+            let Some(open) = reader.cursor() else { break };
             let (decoded, seq) = match open.peek() {
                 Ok(Peek::Record { payload, seq }) => (encoding::decode::<T>(payload), seq),
                 _ => break,
             };
             open.commit();
             read += 1;
-            // A record of format version 1 carries no number: it gets the
-            // next of the range kept for them.
-            let seq = seq.unwrap_or_else(|| {
-                *unnumbered_next += 1;
-                *unnumbered_next - 1
-            });
+            let seq = reader.number(seq);
             match decoded {
                 Ok(item) => prefetched.push_back(seq, item),
                 Err(reason) => undecodable.push(reason),
             }
         }
         let mut state = self.state.lock();
-        if let Some(open) = cursor.as_mut() {
+        if let Some(open) = reader.cursor() {
             for reason in &undecodable {
                 state.disk.undecodable(open, reason);
             }
         }
-        if state.disk.consumed(read as u64, cursor) {
+        if state.disk.consumed(read as u64, reader) {
             self.after_disk_change(&mut state);
         }
         // Under the lock, so that stats never miss the items in hand.

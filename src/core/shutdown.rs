@@ -21,9 +21,11 @@ impl<T> Shared<T> {
             self.fold_taken(&mut state);
             let memory = mem::take(&mut state.memory);
             let result = if self.durable {
-                self.persist(&mut state.disk, side, &memory)
+                let persisted = self.persist(&mut state.disk, side, &memory);
+                state.disk.detach(&mut side.reader);
+                persisted
             } else {
-                state.disk.release_all(&mut side.cursor);
+                state.disk.release_all(&mut side.reader);
                 Ok(())
             };
             self.spilling.store(false, Ordering::Relaxed);
@@ -37,7 +39,6 @@ impl<T> Shared<T> {
         drop(mem::take(&mut side.local));
         drop(mem::take(&mut side.prefetched));
         self.prefetched.store(0, Ordering::Relaxed);
-        side.cursor = None;
         result
     }
 
@@ -56,7 +57,7 @@ impl<T> Shared<T> {
             }
         }
         let unencodable = side.local.len() + memory.len() - frames.len();
-        match (disk.shutdown(side.cursor.as_ref(), &frames), first_error) {
+        match (disk.shutdown(&side.reader, &frames), first_error) {
             (Ok(()), None) => Ok(()),
             (Ok(()), Some(source)) => Err(CloseError { unpersisted: unencodable, source }),
             (Err((unwritten, source)), _) => {

@@ -3,8 +3,9 @@
 //!
 //! It owns the active [`SegmentWriter`], the list of sealed segments
 //! (oldest first), and the counts the bounds are checked against. The
-//! receiver's [`SegmentCursor`] lives outside the lock; the queue only
-//! moves it from segment to segment and learns what it consumed.
+//! receiver's [`Reader`] (its cursor on the segment being read) lives
+//! outside the lock; the queue only moves it from segment to segment, in
+//! one place ([`reader`]), and learns what it consumed.
 //!
 //! Invariants:
 //! - `items` is the number of records written and not yet consumed,
@@ -37,12 +38,13 @@
 //!
 //! This module holds the queue's state, opening, the accessors and the
 //! directory check; [`write`] is the log writer's side (limits, append,
-//! rotate, drop-oldest, sync points), [`read`] positions the receiver's
-//! cursor and gives up unreadable segments, [`release`] decides which
+//! rotate, drop-oldest, sync points), [`reader`] is the receiver's read
+//! position, [`read`] moves it and gives up unreadable segments, [`release`] decides which
 //! segments may be deleted (consumed, retired until committed, set aside,
 //! recorded as read), and [`shutdown`] writes a clean shutdown.
 
 mod read;
+mod reader;
 mod release;
 mod shutdown;
 mod write;
@@ -59,6 +61,8 @@ use crate::recover::{recover, Recovered};
 use crate::segment::{segment_path, SegmentMeta, SegmentWriter};
 use crate::storage::Fs;
 use write::FreeSpace;
+
+pub(crate) use reader::Reader;
 
 /// Whether a record of some size can be written now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,11 +236,6 @@ impl DiskQueue {
         self.first_seq
     }
 
-    /// The number the first record of format version 1 read gets.
-    pub(crate) fn unnumbered_from(&self) -> u64 {
-        self.unnumbered_from
-    }
-
     /// When the channel's next number reaches this, call
     /// [`reserve_seqs`](Self::reserve_seqs).
     pub(crate) fn seq_checkpoint(&self) -> u64 {
@@ -331,7 +330,7 @@ impl Drop for DiskQueue {
     fn drop(&mut self) {
         if !self.durable {
             // Overflow mode: segments are scratch space, gone with the channel.
-            self.release_all(&mut None);
+            self.delete_all(None);
         }
     }
 }

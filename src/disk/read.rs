@@ -3,13 +3,13 @@
 
 use std::io;
 
-use super::DiskQueue;
+use super::{DiskQueue, Reader};
 use crate::segment::SegmentCursor;
 use crate::storage;
 
 impl DiskQueue {
-    /// Points `cursor` at the oldest unconsumed record and brings its limit
-    /// up to date, flushing the writer if the cursor has caught up with it.
+    /// Points `reader` at the oldest unconsumed record and brings its limit
+    /// up to date, flushing the writer if the reader has caught up with it.
     /// Finished sealed segments are deleted on the way, and segments that
     /// vanished or cannot be opened are given up (their records counted as
     /// lost). Returns whether any segment was released, which frees space.
@@ -18,12 +18,12 @@ impl DiskQueue {
     ///
     /// A transient error opening a segment, or a flush that failed with
     /// nothing left to read: the receiver retries later.
-    pub(crate) fn position(&mut self, cursor: &mut Option<SegmentCursor>) -> io::Result<bool> {
+    pub(crate) fn position(&mut self, reader: &mut Reader) -> io::Result<bool> {
         let mut freed = false;
         loop {
-            let current = cursor.as_ref().map(SegmentCursor::id);
+            let current = reader.open().map(SegmentCursor::id);
             if let Some(front) = self.sealed.front().copied() {
-                match cursor.as_mut() {
+                match reader.cursor() {
                     Some(open) if current == Some(front.id) => {
                         open.set_limit(front.bytes, true, true);
                         if !open.at_limit() {
@@ -35,14 +35,13 @@ impl DiskQueue {
                         }
                         let damaged = open.damaged() || missing > 0;
                         let last_seq = open.last_seq();
-                        *cursor = None;
+                        self.point(reader, None);
                         self.release_front(damaged, last_seq);
                         freed = true;
                     }
                     _ => match SegmentCursor::open_sealed(&self.fs, &self.path_of(front.id), front.id, front.bytes) {
                         Ok(open) => {
-                            *cursor = Some(open);
-                            self.reading = Some(front.id);
+                            self.point(reader, Some(open));
                             return Ok(freed);
                         }
                         Err(err) if self.retry_unreadable || storage::transient(&err) => return Err(err),
@@ -55,22 +54,22 @@ impl DiskQueue {
                 continue;
             }
             let sync_always = self.sync_always;
-            let Some(writer) = self.active.as_mut() else {
-                *cursor = None;
-                self.reading = None;
+            if self.active.is_none() {
+                self.point(reader, None);
                 return Ok(freed);
-            };
+            }
+            let Some(writer) = self.active.as_mut() else { return Ok(freed) };
             // A failed flush (a full disk) must not keep the cursor from
             // what did reach the file; it matters only once that is read.
             // Under `Always` only synced bytes may be read: a failed sync
             // takes the rest back.
             let flushed = if sync_always { Ok(()) } else { writer.flush() };
             let limit = if sync_always { writer.synced() } else { writer.flushed() };
-            if current != Some(writer.id()) {
-                match SegmentCursor::open_active(&self.fs, writer.path(), writer.id(), limit) {
+            let id = writer.id();
+            if current != Some(id) {
+                match SegmentCursor::open_active(&self.fs, writer.path(), id, limit) {
                     Ok(open) => {
-                        *cursor = Some(open);
-                        self.reading = Some(writer.id());
+                        self.point(reader, Some(open));
                     }
                     Err(err) if self.retry_unreadable || storage::transient(&err) => return Err(err),
                     Err(err) => {
@@ -79,9 +78,10 @@ impl DiskQueue {
                     }
                 }
             }
-            let Some(open) = cursor.as_mut() else { return Ok(freed) };
+            let Some(open) = reader.cursor() else { return Ok(freed) };
             open.set_limit(limit, false, flushed.is_ok() && !sync_always);
             if let Err(err) = flushed {
+                let Some(writer) = self.active.as_mut() else { return Err(err) };
                 let unflushed = writer.unflushed()?;
                 if !unflushed.is_empty() {
                     // The disk is full: read the records the writer holds,
@@ -136,7 +136,7 @@ impl DiskQueue {
     /// Seals the active segment now, so the cursor reads it as sealed: its
     /// final length known, so damage in it can be told from a write in
     /// progress. The next append starts a new segment.
-    pub(crate) fn seal_active(&mut self, cursor: &mut Option<SegmentCursor>) -> io::Result<()> {
+    pub(crate) fn seal_active(&mut self, reader: &mut Reader) -> io::Result<()> {
         let Some(mut writer) = self.active.take() else { return Ok(()) };
         // Under `Always`, a group commit may be about to sync this segment
         // for senders waiting on it; sealed, it would no longer be synced.
@@ -150,7 +150,7 @@ impl DiskQueue {
             Ok(meta) => {
                 self.bytes += meta.bytes;
                 self.sealed.push_back(meta);
-                if let Some(open) = cursor.as_mut().filter(|open| open.id() == meta.id) {
+                if let Some(open) = reader.cursor().filter(|open| open.id() == meta.id) {
                     open.set_limit(meta.bytes, true, true);
                 }
                 Ok(())
@@ -179,9 +179,8 @@ impl DiskQueue {
     /// The cursor cannot read its segment past where it is: the records it
     /// has not read are lost, the segment is set aside, and the cursor is
     /// closed.
-    pub(crate) fn abandon(&mut self, cursor: &mut Option<SegmentCursor>, reason: &str) {
-        let Some(open) = cursor.take() else { return };
-        self.reading = None;
+    pub(crate) fn abandon(&mut self, reader: &mut Reader, reason: &str) {
+        let Some(open) = self.point(reader, None) else { return };
         if self.sealed.front().map(|meta| meta.id) == Some(open.id()) {
             let total = self.sealed.front().map_or(0, |meta| meta.records);
             self.lose(total.saturating_sub(open.records_read()), open.id(), reason);
@@ -193,7 +192,7 @@ impl DiskQueue {
             self.set_aside(id);
         }
         if self.items == 0 {
-            self.release_all(cursor);
+            self.release_all(reader);
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::io;
 use std::sync::Arc;
 
-use super::DiskQueue;
+use super::{DiskQueue, Reader};
 use crate::progress::{self, Position, Progress};
 use crate::segment::{segment_path, SegmentCursor, SegmentMeta};
 use crate::storage;
@@ -119,15 +119,15 @@ impl DiskQueue {
     /// skipped them as undecodable). When that was the last record on disk, every
     /// segment is released and the cursor closed. Returns whether the disk
     /// is now empty.
-    pub(crate) fn consumed(&mut self, records: u64, cursor: &mut Option<SegmentCursor>) -> bool {
+    pub(crate) fn consumed(&mut self, records: u64, reader: &mut Reader) -> bool {
         self.items = self.items.saturating_sub(records);
         if self.items > 0 {
             return false;
         }
         if self.hold {
-            self.retire_all(cursor);
+            self.retire_all(reader);
         } else {
-            self.release_consumed(cursor);
+            self.release_consumed(reader);
         }
         true
     }
@@ -138,30 +138,34 @@ impl DiskQueue {
     /// header write and directory syncs): an idle channel holds at most one
     /// segment. A damaged active segment, or one the cursor is not on, goes
     /// the way of [`release_all`](Self::release_all).
-    fn release_consumed(&mut self, cursor: &mut Option<SegmentCursor>) {
-        let keep = match (&self.active, cursor.as_ref()) {
+    fn release_consumed(&mut self, reader: &mut Reader) {
+        let keep = match (&self.active, reader.open()) {
             (Some(writer), Some(open)) => open.id() == writer.id() && !open.damaged() && !writer.tail_unknown(),
             _ => false,
         };
         if !keep {
-            return self.release_all(cursor);
+            return self.release_all(reader);
         }
         let _ = self.release_retired(None);
         for meta in std::mem::take(&mut self.sealed) {
             self.bytes -= meta.bytes;
             let _ = self.delete_segment(meta.id);
         }
-        if let Some(open) = cursor.as_mut() {
+        if let Some(open) = reader.cursor() {
             open.park();
         }
         self.items = 0;
     }
-    /// Deletes every segment (setting aside the one the cursor marked
-    /// damaged) and closes the cursor.
-    pub(crate) fn release_all(&mut self, cursor: &mut Option<SegmentCursor>) {
+    /// Deletes every segment (setting aside the one the reader marked
+    /// damaged) and takes the reader off its segment.
+    pub(crate) fn release_all(&mut self, reader: &mut Reader) {
+        let damaged = self.point(reader, None).filter(|open| open.damaged()).map(|open| open.id());
+        self.delete_all(damaged);
+    }
+
+    /// Deletes every segment, setting aside `damaged`.
+    pub(super) fn delete_all(&mut self, damaged: Option<u64>) {
         let _ = self.release_retired(None);
-        let damaged = cursor.take().filter(|open| open.damaged()).map(|open| open.id());
-        self.reading = None;
         let ids: Vec<u64> =
             self.sealed.drain(..).map(|meta| meta.id).chain(self.active.take().map(|w| w.id())).collect();
         for id in ids {
@@ -177,8 +181,8 @@ impl DiskQueue {
 
     /// Everything on disk has been read while `hold` is set: every segment
     /// is retired (the active one sealed first) and the cursor closed.
-    fn retire_all(&mut self, cursor: &mut Option<SegmentCursor>) {
-        if let Err(err) = self.seal_active(cursor) {
+    fn retire_all(&mut self, reader: &mut Reader) {
+        if let Err(err) = self.seal_active(reader) {
             // Unsealed, it cannot be retired; deleting it could lose the
             // batch in flight, so it is left for recovery.
             // Retired as it is: deleted once its items are delivered, read
@@ -187,13 +191,12 @@ impl DiskQueue {
             if let Some(writer) = self.active.take() {
                 let meta = SegmentMeta { id: writer.id(), bytes: writer.len(), records: writer.records() };
                 self.bytes += meta.bytes;
-                let last_seq = cursor.as_ref().filter(|open| open.id() == meta.id).and_then(SegmentCursor::last_seq);
+                let last_seq = reader.open().filter(|open| open.id() == meta.id).and_then(SegmentCursor::last_seq);
                 self.retired.push((meta, last_seq));
             }
         }
-        let last_read = cursor.as_ref().map(|open| (open.id(), open.last_seq()));
-        let damaged = cursor.take().filter(|open| open.damaged()).map(|open| open.id());
-        self.reading = None;
+        let last_read = reader.open().map(|open| (open.id(), open.last_seq()));
+        let damaged = self.point(reader, None).filter(|open| open.damaged()).map(|open| open.id());
         while let Some(meta) = self.sealed.front() {
             let damaged = Some(meta.id) == damaged;
             // Only the segment under the cursor can be unread in part, and

@@ -2,12 +2,12 @@
 
 use std::io;
 
-use super::DiskQueue;
+use super::{DiskQueue, Reader};
 use crate::options::Compression;
 use crate::progress::Position;
 use crate::segment::block::BLOCK_OVERHEAD;
 use crate::segment::format::HEADER_LEN;
-use crate::segment::{SegmentCursor, SegmentWriter};
+use crate::segment::SegmentWriter;
 
 impl DiskQueue {
     /// A clean shutdown of a durable channel: flushes and syncs the active
@@ -18,16 +18,13 @@ impl DiskQueue {
     /// accepted items could not be made durable (records of the active
     /// segment that never reached the file, or whose sync failed, and
     /// frames not written), with the first error.
-    pub(crate) fn shutdown(
-        &mut self,
-        cursor: Option<&SegmentCursor>,
-        frames: &[Vec<u8>],
-    ) -> Result<(), (usize, io::Error)> {
+    pub(crate) fn shutdown(&mut self, reader: &Reader, frames: &[Vec<u8>]) -> Result<(), (usize, io::Error)> {
         let mut unpersisted = 0u64;
         let mut first_error = None;
         // Every record read and nothing held uncommitted: the active
         // segment kept for the next spill holds nothing worth keeping.
         let drained = self.items == 0 && self.retired.is_empty();
+        let cursor = reader.open();
         let cursor = if drained {
             if let Some(writer) = self.active.take() {
                 let id = writer.id();
