@@ -43,8 +43,8 @@ fn open(dir: &std::path::Path, capacity: usize, segment: u64) -> Channel {
 fuzz_target!(|case: Case| {
     let Ok(dir) = tempfile::tempdir() else { return };
     let capacity = usize::from(case.capacity % 4);
-    // At least one record (16-byte header + 8-byte frame + 3-byte u16).
-    let segment = 27 + u64::from(case.segment % 64);
+    // At least one record (16-byte header + 16 bytes of frame + 3-byte u16).
+    let segment = 35 + u64::from(case.segment % 64);
     let (mut senders, mut rx) = open(dir.path(), capacity, segment);
     let mut model: VecDeque<u16> = VecDeque::new();
     for op in case.ops.into_iter().take(200) {

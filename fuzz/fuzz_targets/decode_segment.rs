@@ -11,10 +11,11 @@ use sump::{Builder, Durability};
 /// Splits the input into segment files at each occurrence of this marker.
 const SPLIT: &[u8] = b"\xffNEXT\xff";
 
-/// A real segment header for `codec` (0 plain, 1 LZ4), so that inputs
-/// get past it often.
-fn header(codec: u8) -> [u8; 16] {
-    let mut header = [b'S', b'U', b'M', b'P', b'S', b'E', b'G', 0, 1, 0, codec, 0, 0, 0, 0, 0];
+/// A real segment header of format `version` (1 without sequence
+/// numbers, 2 with) for `codec` (0 plain, 1 LZ4), so that inputs get past
+/// it often.
+fn header(version: u8, codec: u8) -> [u8; 16] {
+    let mut header = [b'S', b'U', b'M', b'P', b'S', b'E', b'G', 0, version, 0, codec, 0, 0, 0, 0, 0];
     let crc = crc32c::crc32c(&header[..12]);
     header[12..].copy_from_slice(&crc.to_le_bytes());
     header
@@ -33,10 +34,11 @@ fuzz_target!(|data: &[u8]| {
             Some(at) => (&rest[..at], Some(&rest[at + SPLIT.len()..])),
             None => (rest, None),
         };
-        // Chunks starting with 0x00 get a valid plain header in front,
-        // with 0x01 a valid LZ4 one.
+        // Chunks starting with 0x00 get a valid plain header of format 1
+        // in front, with 0x01 an LZ4 one; 0x02 and 0x03 the same of
+        // format 2.
         let bytes: Vec<u8> = match chunk.split_first() {
-            Some((&codec @ (0 | 1), body)) => header(codec).iter().chain(body).copied().collect(),
+            Some((&kind @ 0..=3, body)) => header(1 + kind / 2, kind % 2).iter().chain(body).copied().collect(),
             _ => chunk.to_vec(),
         };
         let _ = std::fs::write(channel.join(format!("{id:020}.seg")), bytes);
