@@ -132,6 +132,7 @@ mod fault_sweep;
 #[cfg(test)]
 mod fault_tests;
 mod identity;
+mod index;
 pub mod inspect;
 #[doc = include_str!("../FORMAT.md")]
 pub mod on_disk {}

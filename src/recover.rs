@@ -2,6 +2,12 @@
 //! backlog, in `Persistent` and `WriteAhead` modes.
 //!
 //! Rules, applied to each segment file in id order:
+//! - a segment the segment index describes (see [`crate::index`]) whose
+//!   file has the length the index says, and to which no read position
+//!   applies, is counted from the index and not read: restart time grows
+//!   with the number of segments, not their bytes. Every other segment
+//!   goes through the rules below, and the index is rewritten at the end
+//!   to describe exactly the segments kept;
 //! - a segment the progress file lists as read to the end (its deletion
 //!   failed) is deleted now; if that fails again it is skipped, never
 //!   read, and listed in the progress file anew;
@@ -30,7 +36,7 @@
 //! - every remaining segment is treated as sealed; new records go to a new
 //!   segment.
 //!
-//! Recovery reads each file once, never allocates more than one segment's
+//! Recovery reads each file it scans once, never allocates more than one segment's
 //! worth for any record, and refuses to start (with the error, naming the
 //! file) when a file cannot be read, rather than guess: a transient error
 //! (too many open files, say) must never make a segment count as damaged.
@@ -41,6 +47,7 @@ use std::path::Path;
 
 use crate::dir::ChannelDir;
 use crate::err::OpenError;
+use crate::index;
 use crate::options::Compression;
 use crate::progress::{self, Progress};
 use crate::segment::block::{codec_readable, Packer};
@@ -68,6 +75,12 @@ pub(crate) struct Recovered {
     /// whose records carry no sequence number (see
     /// [`crate::disk::DiskQueue`] for how they are numbered).
     pub(crate) unnumbered_bytes: u64,
+    /// The segments kept that were written by format version 1.
+    pub(crate) old_format: std::collections::BTreeSet<u64>,
+    /// Entries of the segment index as rewritten at the end of recovery.
+    pub(crate) indexed: usize,
+    /// Segments counted from the index, without reading their records.
+    pub(crate) trusted: usize,
 }
 
 /// Recovers the backlog in `dir`.
@@ -76,10 +89,12 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
     let fs = &fs;
     let (ids, highest) = dir.scan()?;
     let progress = progress::read(&**fs, dir.path());
+    let indexed = index::read(&**fs, dir.path());
+    let mut versions = Vec::new();
     let mut still_read = Vec::new();
     let mut recovered =
         Recovered { next_id: highest.map_or(FIRST_DURABLE_ID, |id| id.saturating_add(1)), ..Recovered::default() };
-    for (index, &id) in ids.iter().enumerate() {
+    for (at, &id) in ids.iter().enumerate() {
         let path = segment_path(dir.path(), id);
         let io_error = |err: io::Error| OpenError::io(&path, err);
         if progress.read.contains(&id) {
@@ -91,7 +106,27 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
         }
         let position = progress.position.filter(|p| p.segment == id);
         let (start, skip) = position.map_or((HEADER_LEN as u64, 0), |p| (p.offset, p.skip));
-        let last = index + 1 == ids.len();
+        let last = at + 1 == ids.len();
+        if let Some(entry) = indexed.get(&id).filter(|_| position.is_none()) {
+            // Sealed by an earlier run and unchanged in length since: its
+            // records are counted from the index, not read.
+            if fs.metadata(&path).is_ok_and(|meta| meta.kind == Kind::File && meta.len == entry.meta.bytes) {
+                if entry.meta.records == 0 {
+                    remove_if_present(&**fs, &path).map_err(io_error)?;
+                    continue;
+                }
+                if entry.version < crate::segment::format::VERSION {
+                    recovered.unnumbered_bytes += entry.meta.bytes;
+                    recovered.old_format.insert(id);
+                }
+                recovered.last_seq = recovered.last_seq.max(entry.meta.last_seq);
+                recovered.trusted += 1;
+                versions.push(entry.version);
+                recovered.segments.push_back(entry.meta);
+                continue;
+            }
+            tracing::info!(path = %path.display(), "segment changed since it was indexed; scanning it");
+        }
         match recover_segment(fs, &path, id, start, skip, last).map_err(io_error)? {
             Scan::Unborn => {
                 tracing::warn!(path = %path.display(), "segment was being created at a crash; removed");
@@ -103,9 +138,9 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
                 // next open to set aside.
                 let _ = dir.set_aside(&path);
             }
-            Scan::Segment { meta, corrupt, version, last_seq } => {
+            Scan::Segment { meta, corrupt, version } => {
                 recovered.corrupt += corrupt;
-                recovered.last_seq = recovered.last_seq.max(last_seq);
+                recovered.last_seq = recovered.last_seq.max(meta.last_seq);
                 if meta.records == 0 && corrupt == 0 {
                     remove_if_present(&**fs, &path).map_err(io_error)?;
                     continue;
@@ -117,8 +152,10 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
                 };
                 if version < crate::segment::format::VERSION {
                     recovered.unnumbered_bytes += meta.bytes;
+                    recovered.old_format.insert(id);
                 }
                 tracing::info!(segment = id, records = meta.records, corrupt, "segment recovered");
+                versions.push(version);
                 recovered.segments.push_back(meta);
             }
         }
@@ -130,6 +167,17 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
         let rest = Progress { position: None, read: still_read };
         progress::write(&**fs, dir.path(), &rest, true).map_err(|err| OpenError::io(dir.path(), err))?;
     }
+    // The index now describes exactly the segments kept, as they are.
+    let entries: Vec<index::Entry> =
+        recovered.segments.iter().zip(versions).map(|(&meta, version)| index::Entry { meta, version }).collect();
+    match index::rewrite(&**fs, dir.path(), &entries) {
+        Ok(()) => recovered.indexed = entries.len(),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not rewrite the segment index; the next open scans every segment");
+            let _ = remove_if_present(&**fs, &dir.path().join(index::INDEX_FILE));
+        }
+    }
+    tracing::debug!(segments = recovered.segments.len(), from_index = recovered.trusted, "backlog recovered");
     Ok(recovered)
 }
 
@@ -190,10 +238,10 @@ enum Scan {
     Unborn,
     /// The header is damaged; the reason says how.
     BadHeader(String),
-    /// The segment, with its records from the start offset on, how many
-    /// damaged stretches it has, its format version and the highest
-    /// sequence number on its records.
-    Segment { meta: SegmentMeta, corrupt: u64, version: u16, last_seq: Option<u64> },
+    /// The segment, with its records from the start offset on (and the
+    /// highest number on them), how many damaged stretches it has, and its
+    /// format version.
+    Segment { meta: SegmentMeta, corrupt: u64, version: u16 },
 }
 
 fn recover_segment(fs: &Fs, path: &Path, id: u64, start: u64, skip: u16, last: bool) -> io::Result<Scan> {
@@ -261,7 +309,8 @@ fn recover_segment(fs: &Fs, path: &Path, id: u64, start: u64, skip: u16, last: b
     if end < len {
         truncate(fs, path, end)?;
     }
-    Ok(Scan::Segment { meta: SegmentMeta { id, bytes: end, records }, corrupt, version: header.version, last_seq })
+    let meta = SegmentMeta { id, bytes: end, records, last_seq };
+    Ok(Scan::Segment { meta, corrupt, version: header.version })
 }
 
 /// Cuts a segment file to `len` bytes, even if it was sealed read-only.

@@ -56,6 +56,7 @@ use std::sync::Arc;
 
 use crate::dir::ChannelDir;
 use crate::err::OpenError;
+use crate::index::{self, Entry, Index};
 use crate::options::{Compression, Durability, Settings, SyncPolicy};
 use crate::recover::{recover, Recovered};
 use crate::segment::{segment_path, SegmentMeta, SegmentWriter};
@@ -121,10 +122,8 @@ pub(crate) struct DiskQueue {
     /// not committed (`Receiver::peek_batch`), leaving their segment does
     /// not make them delivered; the commit does.
     hold: bool,
-    /// Segments read to the end but kept while `hold` is set, oldest first,
-    /// each with the number of the last record read from it (`None` in a
-    /// version 1 segment).
-    retired: Vec<(SegmentMeta, Option<u64>)>,
+    /// Segments read to the end but kept while `hold` is set, oldest first.
+    retired: Vec<SegmentMeta>,
     /// The segment being appended to, if any.
     active: Option<SegmentWriter>,
     /// Sealed segments still owned, oldest first.
@@ -151,6 +150,11 @@ pub(crate) struct DiskQueue {
     seq_checkpoint: u64,
     /// Whether the sequence file is synced when written (`SyncPolicy::Always`).
     sync_seq: bool,
+    /// The segment index, in the durable modes (see [`crate::index`]).
+    index: Index,
+    /// Segments of format version 1 still owned: left out when the index
+    /// is compacted, so the next open scans them and knows their format.
+    old_format: std::collections::BTreeSet<u64>,
 }
 
 impl DiskQueue {
@@ -173,8 +177,15 @@ impl DiskQueue {
                     tracing::warn!(path = %path.display(), error = %err, "could not delete an old overflow segment");
                 }
             }
+            // Scratch space keeps no index: one left by a durable run
+            // would describe segments that are gone.
+            let index_path = dir.path().join(index::INDEX_FILE);
+            if let Err(err) = crate::storage::remove_if_present(&*fs, &index_path) {
+                tracing::warn!(path = %index_path.display(), error = %err, "could not remove an old segment index");
+            }
             Recovered { next_id: highest.map_or(0, |id| id.saturating_add(1)), ..Recovered::default() }
         };
+        let index = if durable { Index::rewritten(recovered.indexed) } else { Index::none() };
         dir.bound_set_aside(settings.max_set_aside_bytes);
         match fs.available_space(dir.path()) {
             Ok(free) if settings.max_disk_bytes != u64::MAX && settings.max_disk_bytes > free => {
@@ -224,11 +235,41 @@ impl DiskQueue {
             unnumbered_from,
             seq_checkpoint: first_seq,
             sync_seq,
+            index,
+            old_format: recovered.old_format,
         })
         .map(|mut queue| {
             queue.reserve_seqs(first_seq);
             queue
         })
+    }
+
+    /// Adds a segment just sealed by this run to the index, and compacts
+    /// the index once it holds many more entries than live segments.
+    fn index_sealed(&mut self, meta: SegmentMeta) {
+        if !self.durable {
+            return;
+        }
+        let entry = Entry { meta, version: crate::segment::format::VERSION };
+        self.index.add(&*self.fs, self.dir.path(), &entry);
+        let live = self.sealed.len() + self.retired.len();
+        if self.index.entries() > 2 * live + 64 {
+            self.index.close();
+            let entries: Vec<Entry> = self
+                .sealed
+                .iter()
+                .chain(&self.retired)
+                .filter(|meta| !self.old_format.contains(&meta.id))
+                .map(|&meta| Entry { meta, version: crate::segment::format::VERSION })
+                .collect();
+            self.index = match index::rewrite(&*self.fs, self.dir.path(), &entries) {
+                Ok(()) => Index::rewritten(entries.len()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not compact the segment index");
+                    Index::rewritten(self.index.entries())
+                }
+            };
+        }
     }
 
     /// The number the first item sent after open gets.

@@ -34,9 +34,8 @@ impl DiskQueue {
                             self.lose(missing, front.id, "segment ended before all its records were read");
                         }
                         let damaged = open.damaged() || missing > 0;
-                        let last_seq = open.last_seq();
                         self.point(reader, None);
-                        self.release_front(damaged, last_seq);
+                        self.release_front(damaged);
                         freed = true;
                     }
                     _ => match SegmentCursor::open_sealed(&self.fs, &self.path_of(front.id), front.id, front.bytes) {
@@ -150,6 +149,7 @@ impl DiskQueue {
             Ok(meta) => {
                 self.bytes += meta.bytes;
                 self.sealed.push_back(meta);
+                self.index_sealed(meta);
                 if let Some(open) = reader.cursor().filter(|open| open.id() == meta.id) {
                     open.set_limit(meta.bytes, true, true);
                 }
@@ -184,7 +184,7 @@ impl DiskQueue {
         if self.sealed.front().map(|meta| meta.id) == Some(open.id()) {
             let total = self.sealed.front().map_or(0, |meta| meta.records);
             self.lose(total.saturating_sub(open.records_read()), open.id(), reason);
-            self.release_front(true, None);
+            self.release_front(true);
         } else if let Some(writer) = self.active.take_if(|writer| writer.id() == open.id()) {
             self.lose(writer.records().saturating_sub(open.records_read()), open.id(), reason);
             let id = writer.id();

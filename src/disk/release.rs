@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{DiskQueue, Reader};
 use crate::progress::{self, Position, Progress};
-use crate::segment::{segment_path, SegmentCursor, SegmentMeta};
+use crate::segment::{segment_path, SegmentMeta};
 use crate::storage;
 
 impl DiskQueue {
@@ -34,8 +34,8 @@ impl DiskQueue {
         };
         let mut freed = false;
         let mut first_error = None;
-        while let Some(&(meta, last)) = self.retired.first() {
-            if !committed(last) {
+        while let Some(&meta) = self.retired.first() {
+            if !committed(meta.last_seq) {
                 break;
             }
             self.retired.remove(0);
@@ -97,9 +97,8 @@ impl DiskQueue {
         }
     }
     /// Removes the front sealed segment, which the cursor has finished:
-    /// deleted if clean, set aside if damaged, retired while `hold` is set
-    /// (`last_seq` is the number of its last record).
-    pub(super) fn release_front(&mut self, damaged: bool, last_seq: Option<u64>) {
+    /// deleted if clean, set aside if damaged, retired while `hold` is set.
+    pub(super) fn release_front(&mut self, damaged: bool) {
         let Some(meta) = self.sealed.pop_front() else { return };
         if self.reading == Some(meta.id) {
             self.reading = None;
@@ -108,7 +107,7 @@ impl DiskQueue {
             self.bytes -= meta.bytes;
             self.set_aside(meta.id);
         } else if self.hold {
-            self.retired.push((meta, last_seq));
+            self.retired.push(meta);
         } else {
             self.bytes -= meta.bytes;
             tracing::debug!(segment = meta.id, "segment consumed and deleted");
@@ -189,21 +188,20 @@ impl DiskQueue {
             // again by recovery if the process dies first.
             tracing::warn!(error = %err, "could not seal the active segment; retiring it unsealed");
             if let Some(writer) = self.active.take() {
-                let meta = SegmentMeta { id: writer.id(), bytes: writer.len(), records: writer.records() };
+                let meta = SegmentMeta {
+                    id: writer.id(),
+                    bytes: writer.len(),
+                    records: writer.records(),
+                    last_seq: writer.last_seq(),
+                };
                 self.bytes += meta.bytes;
-                let last_seq = reader.open().filter(|open| open.id() == meta.id).and_then(SegmentCursor::last_seq);
-                self.retired.push((meta, last_seq));
+                self.retired.push(meta);
             }
         }
-        let last_read = reader.open().map(|open| (open.id(), open.last_seq()));
         let damaged = self.point(reader, None).filter(|open| open.damaged()).map(|open| open.id());
         while let Some(meta) = self.sealed.front() {
             let damaged = Some(meta.id) == damaged;
-            // Only the segment under the cursor can be unread in part, and
-            // every segment before it was read to the end: the cursor's
-            // last number bounds them all.
-            let last_seq = last_read.and_then(|(_, seq)| seq);
-            self.release_front(damaged, last_seq);
+            self.release_front(damaged);
         }
     }
 }

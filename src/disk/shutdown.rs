@@ -107,7 +107,7 @@ impl DiskQueue {
         let oldest = self
             .retired
             .iter()
-            .map(|(meta, _)| meta.id)
+            .map(|meta| meta.id)
             .chain(self.sealed.front().map(|meta| meta.id))
             .chain(self.active.as_ref().map(SegmentWriter::id))
             .min();
@@ -132,6 +132,7 @@ impl DiskQueue {
                     written += chunk.len();
                     self.items += meta.records;
                     self.bytes += meta.bytes;
+                    self.index_sealed(meta);
                 }
                 Err(err) => {
                     self.remove_logged(id);

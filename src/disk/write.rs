@@ -146,6 +146,7 @@ impl DiskQueue {
                     tracing::debug!(segment = meta.id, bytes = meta.bytes, records = meta.records, "segment sealed");
                     self.bytes += meta.bytes;
                     self.sealed.push_back(meta);
+                    self.index_sealed(meta);
                 }
                 Err(failed) => {
                     let (old, err) = *failed;

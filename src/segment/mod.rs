@@ -59,6 +59,10 @@ pub(crate) struct SegmentMeta {
     pub(crate) bytes: u64,
     /// Number of records in the file.
     pub(crate) records: u64,
+    /// The sequence number of its last record: the highest in it. `None`
+    /// when it has no record, or when its records carry no number (format
+    /// version 1).
+    pub(crate) last_seq: Option<u64>,
 }
 
 #[cfg(test)]

@@ -71,10 +71,6 @@ pub(crate) struct SegmentCursor {
     complete: bool,
     /// Offset after the record returned by the last `peek`, if any.
     pending_next: Option<u64>,
-    /// Number of the record returned by the last `peek`.
-    pending_seq: Option<u64>,
-    /// Number of the last record committed.
-    last_seq: Option<u64>,
     /// Records committed so far.
     records_read: u64,
     /// Whether a record in this segment failed to decode, so the segment
@@ -140,8 +136,6 @@ impl SegmentCursor {
             sealed,
             complete: sealed,
             pending_next: None,
-            pending_seq: None,
-            last_seq: None,
             records_read: 0,
             damaged: false,
             codec: 0,
@@ -160,11 +154,6 @@ impl SegmentCursor {
     /// Records committed so far.
     pub(crate) fn records_read(&self) -> u64 {
         self.records_read
-    }
-
-    /// The number of the last record committed, if it carried one.
-    pub(crate) fn last_seq(&self) -> Option<u64> {
-        self.last_seq
     }
 
     /// Whether a record in this segment failed to decode.
@@ -303,7 +292,6 @@ impl SegmentCursor {
             Located::Frame { len, payload, seq } => {
                 self.pending_next = Some(pos + len as u64);
                 // Already read and checked: this second look copies nothing.
-                self.pending_seq = seq;
                 Ok(Peek::Record { payload: &self.bytes_at(pos, len)?[payload], seq })
             }
             Located::Damage { what, checksum_failed } => self.report_damage(pos, what, checksum_failed),
@@ -355,7 +343,6 @@ impl SegmentCursor {
                         let end = next - trailer_len(version);
                         let range = end - payload.len()..end;
                         block.pending = Some(next);
-                        self.pending_seq = seq;
                         return Ok(Peek::Record { payload: &self.block.frames[range], seq });
                     }
                 }
@@ -463,9 +450,6 @@ impl SegmentCursor {
 
     /// Moves past the record the last `peek` returned.
     pub(crate) fn commit(&mut self) {
-        if self.block.pending.is_some() || self.pending_next.is_some() {
-            self.last_seq = self.pending_seq.take().or(self.last_seq);
-        }
         if let Some(next) = self.block.pending.take() {
             self.block.next = next;
             self.block.read += 1;

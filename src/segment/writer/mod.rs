@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::block::{codec_id, Packer, BLOCK_OVERHEAD, MAX_BLOCK_RECORDS};
-use super::format::{encode_header, FRAME_OVERHEAD, HEADER_LEN};
+use super::format::{encode_header, FRAME_OVERHEAD, HEADER_LEN, SEQ_LEN};
 use super::{segment_path, SegmentMeta};
 use crate::options::Compression;
 use crate::storage::{write_all, Fs, Open, SyncHandle};
@@ -70,6 +70,8 @@ pub(crate) struct SegmentWriter {
     flushed: u64,
     /// Records appended, buffered or not.
     records: u64,
+    /// The sequence number of the last record appended.
+    last_seq: Option<u64>,
     /// In a compressed segment, the file offsets at which the packed
     /// blocks not yet all in the file end, and how many records each
     /// holds. Frames still to be packed are `buffered_records` instead.
@@ -127,6 +129,7 @@ impl SegmentWriter {
             compressed,
             flushed: HEADER_LEN as u64,
             records: 0,
+            last_seq: None,
             pending_ends: VecDeque::new(),
             head_partial: 0,
             synced: HEADER_LEN as u64,
@@ -240,6 +243,21 @@ impl SegmentWriter {
         self.records
     }
 
+    /// The sequence number of the last record appended.
+    pub(crate) fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// Notes the number of a frame just appended (its last 8 bytes).
+    fn appended(&mut self, frame: &[u8]) {
+        self.records += 1;
+        if let Some(seq) = frame.len().checked_sub(SEQ_LEN).and_then(|at| frame.get(at..)) {
+            let mut bytes = [0u8; SEQ_LEN];
+            bytes.copy_from_slice(seq);
+            self.last_seq = Some(u64::from_le_bytes(bytes));
+        }
+    }
+
     /// Appends one complete frame. On error nothing of this frame was
     /// appended, and everything appended before is still buffered or in
     /// the file.
@@ -257,7 +275,7 @@ impl SegmentWriter {
             self.buffer.extend_from_slice(frame);
             self.buffered_records += 1;
         }
-        self.records += 1;
+        self.appended(frame);
         Ok(())
     }
 
@@ -268,7 +286,7 @@ impl SegmentWriter {
         self.refuse_if_tail_unknown()?;
         self.flush()?;
         self.write_direct(frame)?;
-        self.records += 1;
+        self.appended(frame);
         Ok(())
     }
 
@@ -410,7 +428,7 @@ impl SegmentWriter {
                 return Err(Box::new((self, err)));
             }
         }
-        let meta = SegmentMeta { id: self.id, bytes: self.flushed, records: self.records };
+        let meta = SegmentMeta { id: self.id, bytes: self.flushed, records: self.records, last_seq: self.last_seq };
         // Read-only is a guard against accidents, not something correctness
         // rests on, so a failure here is only logged.
         if let Err(err) = self.fs.set_readonly(&self.path, true) {

@@ -48,7 +48,15 @@ fn sealing_flushes_and_makes_the_file_read_only() {
     writer.append(&[8; 10]).unwrap();
     let path = writer.path().to_owned();
     let meta = writer.seal().map_err(|failed| failed.1).unwrap();
-    assert_eq!(meta, SegmentMeta { id: 0, bytes: HEADER_LEN as u64 + WRITE_BUFFER_BYTES as u64 + 11, records: 2 });
+    assert_eq!(
+        meta,
+        SegmentMeta {
+            id: 0,
+            bytes: HEADER_LEN as u64 + WRITE_BUFFER_BYTES as u64 + 11,
+            records: 2,
+            last_seq: Some(0x0808_0808_0808_0808)
+        }
+    );
     let file_meta = std::fs::metadata(&path).unwrap();
     assert_eq!(file_meta.len(), meta.bytes);
     assert!(file_meta.permissions().readonly());
