@@ -69,6 +69,8 @@ fn dump_prints_every_record_with_its_offset_length_and_hex() {
     let lines: Vec<&str> = dump.lines().collect();
     assert_eq!(lines.len(), 100);
     let fields: Vec<&str> = lines[0].split_whitespace().collect();
+    // Changed with segment format 2: dump prints each record's sequence
+    // number after its offset.
     assert_eq!(fields[1], "16", "the first record follows the 16-byte header");
     assert_eq!(fields[2], "0", "the first item sent has sequence number 0");
     assert_eq!(fields[3], "15", "a 14-character string encodes to 15 bytes");
