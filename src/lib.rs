@@ -103,8 +103,17 @@
 //! and [`Durability::WriteAhead`] keep items across restarts. Files the crate did not create are never touched. Each segment
 //! starts with a magic number and a format version, and each record carries
 //! its length and a CRC32C; a damaged record is skipped, counted in
-//! [`Stats::corrupt`], and never delivered.
-
+//! [`Stats::corrupt`], and never delivered. The byte layout is in
+//! [`on_disk`].
+//!
+//! # Acknowledgement
+//!
+//! [`Receiver::peek_batch`] takes items that stay in the channel until
+//! they are committed ([`Peeked::commit`], [`Peeked::commit_first`]);
+//! dropped uncommitted, they come back first. Every item carries a
+//! sequence number given at `send` ([`Peeked::seqs`]), unchanged across
+//! restarts and crashes, so a sink can drop redeliveries. The
+//! [`Drainer`] is built on this.
 //!
 //! # Sharding and compression
 //!
