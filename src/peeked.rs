@@ -20,19 +20,20 @@ use crate::err::{CommitError, RecvTimeoutError};
 /// their sequence numbers. [`commit`](Self::commit) removes them for good;
 /// [`commit_first`](Self::commit_first) removes the first `n` and gives
 /// the rest back. Dropped without a commit, it gives every item back to
-/// the front of the channel, in order: the next receive returns them
-/// again, and they count as in the channel, not as received.
+/// the front of the channel: the next receive returns them again, and
+/// they count as in the channel, not as received.
 ///
 /// In the durable modes nothing read from disk is deleted until it is
 /// committed: an uncommitted item survives a clean restart (it is written
-/// back in front of the backlog, like the rest of memory) and, in
-/// `WriteAhead` mode, a crash. Committed items may still come again after
+/// back in front of the backlog, like the rest of memory) and a crash (in
+/// `Persistent` mode, if it had reached disk). Committed items may still come again after
 /// a crash (at least once, as every received item in the segment being
 /// read): sinks that must not see an item twice drop the numbers they
 /// have seen.
 ///
 /// A receiver may hold several batches at once; each is committed or
-/// given back on its own.
+/// given back on its own, and batches given back in any order come back
+/// in send order.
 pub struct Peeked<'a, T> {
     /// The receiver the items came from.
     receiver: &'a Receiver<T>,
@@ -106,7 +107,8 @@ impl<T: Serialize + DeserializeOwned> Peeked<'_, T> {
 impl<T> Peeked<'_, T> {
     /// The items' sequence numbers, in the items' order: given at `send`,
     /// in send order, and unchanged across restarts and crashes, so a sink
-    /// can tell an item it has already seen.
+    /// can tell an item it has already seen. (Records written by segment
+    /// format version 1 carry none and are numbered as they are read.)
     pub fn seqs(&self) -> &[u64] {
         &self.seqs
     }

@@ -196,3 +196,36 @@ fn segments_written_before_sequence_numbers_are_read_and_numbered_below_new_item
     assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "in order: {seqs:?}");
     batch.commit().unwrap();
 }
+
+/// Found in review: batches given back newest first came back out of
+/// order, and the oldest uncommitted number was taken from the wrong one,
+/// so a segment still holding the older batch could be deleted.
+#[test]
+fn batches_given_back_in_any_order_come_back_in_send_order_and_keep_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open(dir.path(), Durability::WriteAhead, 0);
+    for i in 0..300 {
+        tx.send(i).unwrap();
+    }
+    let segments = rx.stats().segments;
+    let older = rx.peek_batch(100, NOW).unwrap();
+    let newer = rx.peek_batch(100, NOW).unwrap();
+    drop(older);
+    drop(newer);
+    let again = rx.peek_batch(250, NOW).unwrap();
+    assert_eq!(&again[..], (0..250).collect::<Vec<_>>(), "in send order whatever order they came back in");
+    assert_eq!(again.seqs(), (0..250).collect::<Vec<_>>());
+    drop(again);
+    // The newer batch committed while the older one is out: the older
+    // one's segments stay.
+    let older = rx.peek_batch(100, NOW).unwrap();
+    let newer = rx.peek_batch(100, NOW).unwrap();
+    newer.commit().unwrap();
+    assert_eq!(rx.stats().segments, segments, "nothing deleted while items 0..100 are uncommitted");
+    drop(older);
+    drop((tx, rx));
+    let (tx, rx) = open(dir.path(), Durability::WriteAhead, 0);
+    drop(tx);
+    let rest: Vec<u64> = rx.iter().collect();
+    assert_eq!(rest, (0..100).chain(200..300).collect::<Vec<_>>());
+}

@@ -75,9 +75,17 @@ impl<T> Shared<T> {
         }
     }
 
-    /// Gives `items` (numbered `seqs`), taken but not committed, back to the
-    /// front of the channel, oldest first, so they are the next received.
-    /// They count as in memory again and no longer as received.
+    /// Gives `items` (numbered `seqs`, ascending), taken but not
+    /// committed, back to the front of the channel, so they are the next
+    /// received. They count as in memory again and no longer as received.
+    ///
+    /// The items given back earlier and not yet taken again are at the
+    /// front of the local batch; the new ones are merged in among them by
+    /// number, so that batches given back in any order come back in send
+    /// order, and the front of the local batch is the oldest uncommitted
+    /// item given back (see `ReceiverSide::oldest_uncommitted`). Every
+    /// item taken is older than every item not yet taken, so the merged
+    /// region stays in front of the rest.
     pub(crate) fn give_back(&self, side: &mut ReceiverSide<T>, seqs: Vec<u64>, items: Vec<T>) {
         if items.is_empty() {
             return;
@@ -89,8 +97,22 @@ impl<T> Shared<T> {
         let received = self.received.load(Ordering::Relaxed);
         self.received.store(received.saturating_sub(count as u64), Ordering::Relaxed);
         drop(state);
-        side.put_back += count;
-        for (seq, item) in seqs.into_iter().zip(items).rev() {
+        let newest = seqs.last().copied().unwrap_or(0);
+        let mut given: Vec<(u64, T)> = seqs.into_iter().zip(items).collect();
+        if side.local.front_seq().is_some_and(|front| side.put_back > 0 && front < newest) {
+            // Interleave with what is already given back (rare: several
+            // batches out at once, settled newest first).
+            let mut earlier = Vec::with_capacity(side.put_back);
+            for _ in 0..side.put_back {
+                earlier.extend(side.local.pop_front());
+            }
+            earlier.append(&mut given);
+            earlier.sort_by_key(|&(seq, _)| seq);
+            given = earlier;
+            side.put_back = 0;
+        }
+        side.put_back += given.len();
+        for (seq, item) in given.into_iter().rev() {
             side.local.push_front(seq, item);
         }
     }
