@@ -11,7 +11,7 @@ use std::io;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::segment::format::{seal_frame, FRAME_HEADER_LEN, SEQ_LEN};
+use crate::segment::format::{payload_of, seal_frame, FRAME_HEADER_LEN, SEQ_LEN};
 
 /// A thread's encode buffer is shrunk back to this many bytes after an
 /// unusually large item, so one big item does not pin memory forever.
@@ -63,7 +63,7 @@ fn encode_into<T: Serialize>(item: &T, buffer: &mut Vec<u8>) -> io::Result<()> {
 /// is not `Clone`, such as an item still in the channel that must also go
 /// elsewhere.
 pub(crate) fn duplicate<T: Serialize + DeserializeOwned>(item: &T) -> io::Result<T> {
-    with_frame(item, |frame| decode::<T>(&frame[FRAME_HEADER_LEN..frame.len() - SEQ_LEN]))?
+    with_frame(item, |frame| decode::<T>(payload_of(frame)))?
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("cannot read the item back: {err}")))
 }
 
@@ -134,17 +134,13 @@ mod tests {
         }
         let big = "x".repeat(100_000);
         let frame = with_frame(&big, |frame| frame.to_vec()).unwrap();
-        assert_eq!(
-            decode::<String>(&frame[FRAME_HEADER_LEN..frame.len() - SEQ_LEN]).unwrap(),
-            big,
-            "real strings still decode"
-        );
+        assert_eq!(decode::<String>(payload_of(&frame)).unwrap(), big, "real strings still decode");
         let numbers: Vec<u64> = (0..10_000).collect();
         let frame = with_frame(&numbers, |frame| frame.to_vec()).unwrap();
-        assert_eq!(decode::<Vec<u64>>(&frame[FRAME_HEADER_LEN..frame.len() - SEQ_LEN]).unwrap(), numbers);
+        assert_eq!(decode::<Vec<u64>>(payload_of(&frame)).unwrap(), numbers);
         let wide = vec![0u128; 10_000]; // one byte each on the wire, sixteen in memory
         let frame = with_frame(&wide, |frame| frame.to_vec()).unwrap();
-        assert_eq!(decode::<Vec<u128>>(&frame[FRAME_HEADER_LEN..frame.len() - SEQ_LEN]).unwrap(), wide);
+        assert_eq!(decode::<Vec<u128>>(payload_of(&frame)).unwrap(), wide);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::io;
 use crate::dir::ChannelDir;
 use crate::err::OpenError;
 pub(crate) use crate::options::TypeIdentity;
-use crate::storage::write_file;
+use crate::storage::replace_file;
 
 /// Name of the type file in a channel's directory.
 pub(crate) const TYPE_FILE: &str = "sump.type";
@@ -107,10 +107,7 @@ pub(crate) fn check(dir: &ChannelDir, wanted: &TypeIdentity, durable: bool) -> R
                 to = %TypeIdentity::describe(&wanted.name, wanted.schema), "item type changed, as allowed");
         }
     }
-    let temp = dir.path().join("sump.type.tmp");
-    write_file(&**fs, &temp, &wanted_bytes, durable)
-        .and_then(|()| fs.rename(&temp, &path))
-        .and_then(|()| if durable { fs.sync_dir(dir.path()) } else { Ok(()) })
+    replace_file(&**fs, dir.path(), TYPE_FILE, "sump.type.tmp", &wanted_bytes, durable)
         .map_err(|err| OpenError::io(&path, err))
 }
 

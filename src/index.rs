@@ -25,7 +25,7 @@ use std::io;
 use std::path::Path;
 
 use crate::segment::SegmentMeta;
-use crate::storage::{write_all, write_file, Open, Storage};
+use crate::storage::{replace_file, write_all, Open, Storage};
 
 /// Name of the index file in a channel's directory.
 pub(crate) const INDEX_FILE: &str = "sump.index";
@@ -113,9 +113,7 @@ pub(crate) fn rewrite(fs: &dyn Storage, dir: &Path, entries: &[Entry]) -> io::Re
     for entry in entries {
         bytes.extend_from_slice(&encode(entry));
     }
-    let temp = dir.join(INDEX_TEMP);
-    write_file(fs, &temp, &bytes, false)?;
-    fs.rename(&temp, &dir.join(INDEX_FILE))
+    replace_file(fs, dir, INDEX_FILE, INDEX_TEMP, &bytes, false)
 }
 
 /// The index of an open channel, to which sealed segments are added.

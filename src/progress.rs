@@ -22,7 +22,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::storage::{remove_if_present, write_file, Storage};
+use crate::storage::{remove_if_present, replace_file, Storage};
 
 /// Name of the progress file in a channel's directory.
 pub(crate) const PROGRESS_FILE: &str = "progress";
@@ -148,13 +148,7 @@ pub(crate) fn write(fs: &dyn Storage, dir: &Path, progress: &Progress, sync: boo
         remove_if_present(fs, &path)?;
         return if sync { fs.sync_dir(dir) } else { Ok(()) };
     }
-    let temp = dir.join(PROGRESS_TEMP);
-    write_file(fs, &temp, &encode(progress), sync)?;
-    fs.rename(&temp, &path)?;
-    if sync {
-        fs.sync_dir(dir)?;
-    }
-    Ok(())
+    replace_file(fs, dir, PROGRESS_FILE, PROGRESS_TEMP, &encode(progress), sync)
 }
 
 #[cfg(test)]

@@ -115,11 +115,6 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
                     remove_if_present(&**fs, &path).map_err(io_error)?;
                     continue;
                 }
-                if entry.version < crate::segment::format::VERSION {
-                    recovered.unnumbered_bytes += entry.meta.bytes;
-                    recovered.old_format.insert(id);
-                }
-                recovered.last_seq = recovered.last_seq.max(entry.meta.last_seq);
                 recovered.trusted += 1;
                 versions.push(entry.version);
                 recovered.segments.push_back(entry.meta);
@@ -140,7 +135,6 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
             }
             Scan::Segment { meta, corrupt, version } => {
                 recovered.corrupt += corrupt;
-                recovered.last_seq = recovered.last_seq.max(meta.last_seq);
                 if meta.records == 0 && corrupt == 0 {
                     remove_if_present(&**fs, &path).map_err(io_error)?;
                     continue;
@@ -150,10 +144,6 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
                 } else {
                     meta
                 };
-                if version < crate::segment::format::VERSION {
-                    recovered.unnumbered_bytes += meta.bytes;
-                    recovered.old_format.insert(id);
-                }
                 tracing::info!(segment = id, records = meta.records, corrupt, "segment recovered");
                 versions.push(version);
                 recovered.segments.push_back(meta);
@@ -170,6 +160,13 @@ pub(crate) fn recover(dir: &mut ChannelDir) -> Result<Recovered, OpenError> {
     // The index now describes exactly the segments kept, as they are.
     let entries: Vec<index::Entry> =
         recovered.segments.iter().zip(versions).map(|(&meta, version)| index::Entry { meta, version }).collect();
+    for entry in &entries {
+        recovered.last_seq = recovered.last_seq.max(entry.meta.last_seq);
+        if entry.version < crate::segment::format::VERSION {
+            recovered.unnumbered_bytes += entry.meta.bytes;
+            recovered.old_format.insert(entry.meta.id);
+        }
+    }
     match index::rewrite(&**fs, dir.path(), &entries) {
         Ok(()) => recovered.indexed = entries.len(),
         Err(err) => {

@@ -17,7 +17,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::storage::{write_file, Storage};
+use crate::storage::{replace_file, Storage};
 
 /// Name of the sequence file in a channel's directory.
 pub(crate) const SEQUENCE_FILE: &str = "sump.seq";
@@ -71,14 +71,7 @@ pub(crate) fn read(fs: &dyn Storage, dir: &Path) -> u64 {
 /// Records that numbers below `end` may have been given out: written to
 /// a temporary file and renamed over the old one, synced when `sync`.
 pub(crate) fn write(fs: &dyn Storage, dir: &Path, end: u64, sync: bool) -> io::Result<()> {
-    let path = dir.join(SEQUENCE_FILE);
-    let temp = dir.join("sump.seq.tmp");
-    write_file(fs, &temp, &encode(end), sync)?;
-    fs.rename(&temp, &path)?;
-    if sync {
-        fs.sync_dir(dir)?;
-    }
-    Ok(())
+    replace_file(fs, dir, SEQUENCE_FILE, "sump.seq.tmp", &encode(end), sync)
 }
 
 #[cfg(test)]

@@ -226,30 +226,43 @@ fn a_receiver_killed_mid_stream_loses_nothing_and_redelivers_at_most_its_open_se
     assert!(widest <= per_segment, "redelivered {widest} items, more than one segment holds");
 }
 
+/// Prefills a channel with `0..ITEMS`, runs the child in `role` on it and
+/// kills it: the child prints each item it took for good (accepted by a
+/// sink, or about to be committed) before taking it. The parent reopens
+/// the channel, reads it back with `read_back`, and checks that nothing
+/// after the last item printed was lost: every item after it, in order
+/// (some printed ones may come again).
+fn killed_consumer_loses_nothing_it_had_not_taken(
+    test: &str,
+    role: &str,
+    read_back: fn(&sump::Receiver<u64>, u64) -> Vec<u64>,
+) {
+    const ITEMS: u64 = 30_000;
+    for trial in 0..trials() {
+        let dir = tempfile::tempdir().unwrap();
+        prefill(dir.path(), ITEMS);
+        let taken = run_and_kill(test, role, dir.path(), delay(trial));
+        assert_eq!(taken, (0..taken.len() as u64).collect::<Vec<_>>());
+        let next = taken.len() as u64;
+        let (tx, rx) = open(dir.path());
+        drop(tx);
+        let got = read_back(&rx, trial);
+        let first = got.first().copied().unwrap_or(ITEMS);
+        assert!(first <= next, "trial {trial}: items {first}..{next}, never taken, were lost");
+        assert_eq!(got, (first..ITEMS).collect::<Vec<_>>(), "trial {trial}");
+    }
+}
+
 #[test]
 fn a_drainer_killed_mid_stream_loses_nothing_its_sink_had_not_accepted() {
     if child() {
         return;
     }
-    const ITEMS: u64 = 30_000;
-    for trial in 0..trials() {
-        let dir = tempfile::tempdir().unwrap();
-        prefill(dir.path(), ITEMS);
-        let accepted = run_and_kill(
-            "a_drainer_killed_mid_stream_loses_nothing_its_sink_had_not_accepted",
-            "drain",
-            dir.path(),
-            delay(trial),
-        );
-        assert_eq!(accepted, (0..accepted.len() as u64).collect::<Vec<_>>());
-        let next = accepted.len() as u64;
-        let (tx, rx) = open(dir.path());
-        drop(tx);
-        let got: Vec<u64> = rx.iter().collect();
-        let first = got.first().copied().unwrap_or(ITEMS);
-        assert!(first <= next, "trial {trial}: items {first}..{next} accepted by nobody were lost");
-        assert_eq!(got, (first..ITEMS).collect::<Vec<_>>(), "trial {trial}");
-    }
+    killed_consumer_loses_nothing_it_had_not_taken(
+        "a_drainer_killed_mid_stream_loses_nothing_its_sink_had_not_accepted",
+        "drain",
+        |rx, _| rx.iter().collect(),
+    );
 }
 
 #[test]
@@ -257,30 +270,19 @@ fn a_receiver_killed_while_it_holds_peeked_batches_loses_nothing_uncommitted() {
     if child() {
         return;
     }
-    const ITEMS: u64 = 30_000;
-    for trial in 0..trials() {
-        let dir = tempfile::tempdir().unwrap();
-        prefill(dir.path(), ITEMS);
-        let committed = run_and_kill(
-            "a_receiver_killed_while_it_holds_peeked_batches_loses_nothing_uncommitted",
-            "peek",
-            dir.path(),
-            delay(trial),
-        );
-        assert_eq!(committed, (0..committed.len() as u64).collect::<Vec<_>>());
-        let next = committed.len() as u64;
-        let (tx, rx) = open(dir.path());
-        drop(tx);
-        let mut got = Vec::new();
-        while let Ok(batch) = rx.peek_batch(4_096, Duration::ZERO) {
-            assert_eq!(&batch[..], batch.seqs(), "trial {trial}: numbers unchanged by the crash");
-            got.extend_from_slice(&batch);
-            batch.commit().unwrap();
-        }
-        let first = got.first().copied().unwrap_or(ITEMS);
-        assert!(first <= next, "trial {trial}: uncommitted items {first}..{next} were lost");
-        assert_eq!(got, (first..ITEMS).collect::<Vec<_>>(), "trial {trial}");
-    }
+    killed_consumer_loses_nothing_it_had_not_taken(
+        "a_receiver_killed_while_it_holds_peeked_batches_loses_nothing_uncommitted",
+        "peek",
+        |rx, trial| {
+            let mut got = Vec::new();
+            while let Ok(batch) = rx.peek_batch(4_096, Duration::ZERO) {
+                assert_eq!(&batch[..], batch.seqs(), "trial {trial}: numbers unchanged by the crash");
+                got.extend_from_slice(&batch);
+                batch.commit().unwrap();
+            }
+            got
+        },
+    );
 }
 
 /// Both halves of the sharded channel of the reshard test: `(key, seq)` items.

@@ -98,8 +98,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         if self.round_trip_checked.load(Ordering::Relaxed) {
             return Ok(());
         }
-        use crate::segment::format::{FRAME_HEADER_LEN, SEQ_LEN};
-        match encoding::decode::<T>(&frame[FRAME_HEADER_LEN..frame.len() - SEQ_LEN]) {
+        match encoding::decode::<T>(crate::segment::format::payload_of(frame)) {
             Ok(_) => {
                 self.round_trip_checked.store(true, Ordering::Relaxed);
                 Ok(())

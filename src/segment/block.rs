@@ -292,7 +292,7 @@ mod tests {
         let raw = frames(3);
         let mut out = Vec::new();
         Packer::new(Compression::None).pack(&raw, 3, &mut out).unwrap();
-        let payload = out[FRAME_HEADER_LEN..out.len() - super::super::format::SEQ_LEN].to_vec();
+        let payload = super::super::format::payload_of(&out).to_vec();
         let mut into = Vec::new();
 
         let mut lying = payload.clone();

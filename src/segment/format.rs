@@ -165,6 +165,21 @@ pub(crate) fn stamp_frame(frame: &mut [u8], seq: u64) {
     frame[4..8].copy_from_slice(&crc32c::crc32c_append(partial, &seq).to_le_bytes());
 }
 
+/// The payload of a frame of the current version made by this crate
+/// ([`seal_frame`] or [`frame_of`]), whose length is known to be right.
+pub(crate) fn payload_of(frame: &[u8]) -> &[u8] {
+    frame.get(FRAME_HEADER_LEN..frame.len().saturating_sub(SEQ_LEN)).unwrap_or(&[])
+}
+
+/// The sequence number of a frame of the current version made by this
+/// crate: its last [`SEQ_LEN`] bytes.
+pub(crate) fn seq_of(frame: &[u8]) -> Option<u64> {
+    let at = frame.len().checked_sub(SEQ_LEN)?;
+    let mut seq = [0u8; SEQ_LEN];
+    seq.copy_from_slice(frame.get(at..)?);
+    Some(u64::from_le_bytes(seq))
+}
+
 /// A whole frame for `payload` with sequence number `seq`.
 pub(crate) fn frame_of(payload: &[u8], seq: u64) -> Option<Vec<u8>> {
     let mut frame = vec![0u8; FRAME_HEADER_LEN];

@@ -11,7 +11,7 @@
 
 use std::io;
 
-use crate::storage::{write_file, Storage};
+use crate::storage::{replace_file, Storage};
 use std::path::{Path, PathBuf};
 
 /// Most shards a sharded channel can have (`shard-000` to `shard-999`).
@@ -177,10 +177,7 @@ pub(crate) fn read(fs: &dyn Storage, root: &Path) -> io::Result<Option<Layout>> 
 
 /// Replaces the layout of the sharded channel in `root`, durably.
 pub(crate) fn write(fs: &dyn Storage, root: &Path, layout: &Layout) -> io::Result<()> {
-    let temp = root.join(LAYOUT_TEMP);
-    write_file(fs, &temp, &layout.encode(), true)?;
-    fs.rename(&temp, &path(root))?;
-    fs.sync_dir(root)
+    replace_file(fs, root, LAYOUT_FILE, LAYOUT_TEMP, &layout.encode(), true)
 }
 
 /// Whether `path` is the directory of a sharded channel, for the plain

@@ -390,6 +390,26 @@ pub(crate) fn write_file(fs: &dyn Storage, path: &Path, bytes: &[u8], sync: bool
     Ok(())
 }
 
+/// Replaces `dir/name` with `bytes` atomically: written to `dir/temp`,
+/// then renamed over it. With `sync`, durably: the file and the
+/// directory are synced too.
+pub(crate) fn replace_file(
+    fs: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    temp: &str,
+    bytes: &[u8],
+    sync: bool,
+) -> io::Result<()> {
+    let temp = dir.join(temp);
+    write_file(fs, &temp, bytes, sync)?;
+    fs.rename(&temp, &dir.join(name))?;
+    if sync {
+        fs.sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Removes a file; one that is already gone counts as removed (checked:
 /// a "not found" for a file that is still there is an error).
 pub(crate) fn remove_if_present(fs: &dyn Storage, path: &Path) -> io::Result<()> {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::block::{codec_id, Packer, BLOCK_OVERHEAD, MAX_BLOCK_RECORDS};
-use super::format::{encode_header, FRAME_OVERHEAD, HEADER_LEN, SEQ_LEN};
+use super::format::{encode_header, seq_of, FRAME_OVERHEAD, HEADER_LEN};
 use super::{segment_path, SegmentMeta};
 use crate::options::Compression;
 use crate::storage::{write_all, Fs, Open, SyncHandle};
@@ -248,14 +248,10 @@ impl SegmentWriter {
         self.last_seq
     }
 
-    /// Notes the number of a frame just appended (its last 8 bytes).
+    /// Counts a frame just appended, and notes its number.
     fn appended(&mut self, frame: &[u8]) {
         self.records += 1;
-        if let Some(seq) = frame.len().checked_sub(SEQ_LEN).and_then(|at| frame.get(at..)) {
-            let mut bytes = [0u8; SEQ_LEN];
-            bytes.copy_from_slice(seq);
-            self.last_seq = Some(u64::from_le_bytes(bytes));
-        }
+        self.last_seq = seq_of(frame).or(self.last_seq);
     }
 
     /// Appends one complete frame. On error nothing of this frame was
