@@ -1,12 +1,14 @@
-//! Receiving in batches, and the sizes of a channel as `len`,
-//! `is_empty` and `capacity` on both handles, as crossbeam-channel has
-//! them.
+//! Receiving in batches, and what crossbeam-channel has on both handles:
+//! the sizes of a channel as `len`, `is_empty` and `capacity`,
+//! `same_channel`, and `Debug` output that shows the counters.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use std::fmt;
+
 use crate::channel::{Receiver, Sender};
-use crate::core::{RecvFailure, Wait};
+use crate::core::{RecvFailure, Shared, SideGuard, Wait};
 use crate::err::{RecvError, TryRecvError};
 
 impl<T: Serialize + DeserializeOwned> Receiver<T> {
@@ -38,8 +40,9 @@ impl<T: Serialize + DeserializeOwned> Receiver<T> {
         if limit == 0 {
             return Ok(0);
         }
-        buf.push(self.recv_with(Wait::Forever).map_err(|_| RecvError)?);
-        Ok(1 + self.take_ready(buf, limit - 1))
+        let (shared, mut side) = self.core();
+        buf.push(shared.recv(&mut side, Wait::Forever).map_err(|_| RecvError)?);
+        Ok(1 + take_ready(shared, &mut side, buf, limit - 1))
     }
 
     /// Appends up to `limit` items that are ready to `buf`, without
@@ -54,26 +57,33 @@ impl<T: Serialize + DeserializeOwned> Receiver<T> {
         if limit == 0 {
             return Ok(0);
         }
-        match self.recv_with(Wait::Never) {
+        let (shared, mut side) = self.core();
+        match shared.recv(&mut side, Wait::Never) {
             Ok(item) => buf.push(item),
             Err(RecvFailure::Empty) => return Err(TryRecvError::Empty),
             Err(RecvFailure::Disconnected) => return Err(TryRecvError::Disconnected),
         }
-        Ok(1 + self.take_ready(buf, limit - 1))
+        Ok(1 + take_ready(shared, &mut side, buf, limit - 1))
     }
+}
 
-    /// Takes up to `limit` ready items into `buf`; how many.
-    fn take_ready(&self, buf: &mut Vec<T>, limit: usize) -> usize {
-        let mut taken = 0;
-        while taken < limit {
-            match self.recv_with(Wait::Never) {
-                Ok(item) => buf.push(item),
-                Err(_) => break,
-            }
-            taken += 1;
+/// Takes up to `limit` ready items into `buf`, holding the receiver
+/// throughout; how many.
+fn take_ready<T: Serialize + DeserializeOwned>(
+    shared: &Shared<T>,
+    side: &mut SideGuard<'_, T>,
+    buf: &mut Vec<T>,
+    limit: usize,
+) -> usize {
+    let mut taken = 0;
+    while taken < limit {
+        match shared.recv(side, Wait::Never) {
+            Ok(item) => buf.push(item),
+            Err(_) => break,
         }
-        taken
+        taken += 1;
     }
+    taken
 }
 
 impl<T> Receiver<T> {
@@ -131,4 +141,85 @@ impl<T> Sender<T> {
 /// Items in memory and on disk, saturating.
 fn waiting(stats: &crate::Stats) -> usize {
     stats.in_memory.saturating_add(usize::try_from(stats.on_disk).unwrap_or(usize::MAX))
+}
+
+/// A [`Sender`] or the [`Receiver`]: what
+/// [`Sender::same_channel`] and [`Receiver::same_channel`] compare.
+pub trait Handle<T>: sealed::Sealed {
+    /// Identifies the channel the handle belongs to while it is open.
+    #[doc(hidden)]
+    fn channel_id(&self) -> usize;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<T> Sealed for crate::Sender<T> {}
+    impl<T> Sealed for crate::Receiver<T> {}
+}
+
+impl<T> Handle<T> for Sender<T> {
+    fn channel_id(&self) -> usize {
+        std::ptr::from_ref(self.core()) as usize
+    }
+}
+
+impl<T> Handle<T> for Receiver<T> {
+    fn channel_id(&self) -> usize {
+        std::ptr::from_ref(self.shared()) as usize
+    }
+}
+
+impl<T> Sender<T> {
+    /// Whether `other` (a sender or the receiver) belongs to the same
+    /// channel as this sender. Two opens of one channel directory, one
+    /// after the other, are different channels.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let (tx, rx) = sump::channel::<u8>("one", dir.path())?;
+    /// let (other_tx, _other_rx) = sump::channel::<u8>("two", dir.path())?;
+    /// assert!(tx.same_channel(&tx.clone()));
+    /// assert!(tx.same_channel(&rx));
+    /// assert!(!tx.same_channel(&other_tx));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn same_channel(&self, other: &impl Handle<T>) -> bool {
+        self.channel_id() == other.channel_id()
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Whether `other` (a sender, or a receiver) belongs to the same
+    /// channel as this receiver; see [`Sender::same_channel`].
+    pub fn same_channel(&self, other: &impl Handle<T>) -> bool {
+        self.channel_id() == other.channel_id()
+    }
+}
+
+/// The counters `Debug` shows for a handle.
+fn debug_counters(f: &mut fmt::Formatter<'_>, name: &str, stats: &crate::Stats) -> fmt::Result {
+    f.debug_struct(name)
+        .field("in_memory", &stats.in_memory)
+        .field("on_disk", &stats.on_disk)
+        .field("disk_bytes", &stats.disk_bytes)
+        .field("sent", &stats.sent)
+        .field("received", &stats.received)
+        .field("spilled", &stats.spilled)
+        .field("dropped", &stats.dropped)
+        .finish_non_exhaustive()
+}
+
+impl<T> fmt::Debug for Sender<T> {
+    /// The channel's counters, as [`stats`](Sender::stats) has them:
+    /// `Sender { in_memory: 2, on_disk: 3, disk_bytes: .., sent: 5, .. }`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        debug_counters(f, "Sender", &self.stats())
+    }
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    /// As the sender's.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        debug_counters(f, "Receiver", &self.stats())
+    }
 }

@@ -66,6 +66,7 @@ impl Builder {
                 identity: crate::identity::TypeIdentity::default(),
                 fs: crate::storage::os(),
                 retry_unreadable: false,
+                labels: None,
             },
         }
     }
@@ -219,7 +220,9 @@ impl Builder {
                 ),
             });
         }
-        crate::open::open(&self.dir, &self.name, self.settings)
+        let mut settings = self.settings;
+        settings.labels = Some(crate::options::MetricLabels { channel: self.name.clone(), shard: None });
+        crate::open::open(&self.dir, &self.name, settings)
     }
 
     /// The name, the directory and the settings.

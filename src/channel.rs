@@ -1,7 +1,6 @@
 //! The public handles, [`Sender`] and [`Receiver`], and the receiver's
 //! iterators. Each method is a thin wrapper over the channel core.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use serde::Serialize;
 use crate::core::{ReceiverSide, RecvFailure, SendFailure, Shared, Wait};
 use crate::err::{CloseError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
 use crate::stats::Stats;
-use crate::sync::Arc;
+use crate::sync::{Arc, Mutex, MutexGuard};
 
 /// The sending half of a channel. Clone it to send from several threads;
 /// it is `Send + Sync`, so it can also be shared by reference.
@@ -25,8 +24,10 @@ pub struct Sender<T> {
     shared: Arc<Shared<T>>,
 }
 
-/// The receiving half of a channel. There is exactly one; it is `Send`
-/// but neither `Clone` nor `Sync`.
+/// The receiving half of a channel. There is exactly one; it is not
+/// `Clone`, but it is `Send` and `Sync`: threads or tasks that share it
+/// (behind an `Arc`) take turns, each item going to one of them. A
+/// blocking receive that waits lets the others receive meanwhile.
 ///
 /// Dropping it disconnects the channel: later sends fail and hand their
 /// item back, and what was still in the channel is dropped (memory) and
@@ -35,7 +36,7 @@ pub struct Receiver<T> {
     /// The channel core, shared with the senders.
     shared: Arc<Shared<T>>,
     /// The receiver's batch and disk cursor, used only by this handle.
-    side: RefCell<ReceiverSide<T>>,
+    side: Mutex<ReceiverSide<T>>,
     /// Set by `close`, so that `Drop` does not shut down a second time.
     closed: bool,
 }
@@ -60,6 +61,11 @@ impl<T> Sender<T> {
     /// A snapshot of the channel's contents and counters.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// The channel core.
+    pub(crate) fn core(&self) -> &Shared<T> {
+        &self.shared
     }
 }
 
@@ -202,15 +208,9 @@ impl<T> Drop for Sender<T> {
     }
 }
 
-impl<T> fmt::Debug for Sender<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Sender { .. }")
-    }
-}
-
 impl<T> Receiver<T> {
     pub(crate) fn from_shared(shared: Arc<Shared<T>>, side: ReceiverSide<T>) -> Receiver<T> {
-        Receiver { shared, side: RefCell::new(side), closed: false }
+        Receiver { shared, side: Mutex::new(side), closed: false }
     }
 
     /// A snapshot of the channel's contents and counters.
@@ -220,8 +220,25 @@ impl<T> Receiver<T> {
 
     /// The channel core and the receiver's own state, for the
     /// acknowledgement API ([`crate::Peeked`]).
-    pub(crate) fn core(&self) -> (&Shared<T>, std::cell::RefMut<'_, ReceiverSide<T>>) {
-        (&self.shared, self.side.borrow_mut())
+    pub(crate) fn core(&self) -> (&Shared<T>, MutexGuard<'_, ReceiverSide<T>>) {
+        (&self.shared, self.side.lock())
+    }
+
+    /// The channel core, not kept alive by the reference.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn weak_shared(&self) -> std::sync::Weak<Shared<T>> {
+        Arc::downgrade(&self.shared)
+    }
+
+    /// How the channel is named in published metrics, if it is.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn labels(&self) -> Option<crate::options::MetricLabels> {
+        self.shared.labels.clone()
+    }
+
+    /// The channel core alone.
+    pub(crate) fn shared(&self) -> &Shared<T> {
+        &self.shared
     }
 
     /// A handle that reads the channel's stats from another thread without
@@ -247,7 +264,7 @@ impl<T> Monitor<T> {
 
 impl<T: Serialize + DeserializeOwned> Receiver<T> {
     pub(crate) fn recv_with(&self, wait: Wait) -> Result<T, RecvFailure> {
-        self.shared.recv(&mut self.side.borrow_mut(), wait)
+        self.shared.recv(&mut self.side.lock(), wait)
     }
 
     /// Receives the next item, waiting for one if the channel is empty.
@@ -353,7 +370,7 @@ impl<T: Serialize + DeserializeOwned> Receiver<T> {
     /// same but can only log the error.
     pub fn close(mut self) -> Result<(), CloseError> {
         self.closed = true;
-        self.shared.remove_receiver(self.side.get_mut())
+        self.shared.remove_receiver(&mut self.side.lock())
     }
 }
 
@@ -372,15 +389,9 @@ impl<T> Drop for Receiver<T> {
         if self.closed {
             return;
         }
-        if let Err(err) = self.shared.remove_receiver(self.side.get_mut()) {
+        if let Err(err) = self.shared.remove_receiver(&mut self.side.lock()) {
             tracing::error!(error = %err, "closing the channel lost items");
         }
-    }
-}
-
-impl<T> fmt::Debug for Receiver<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Receiver { .. }")
     }
 }
 

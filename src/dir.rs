@@ -294,14 +294,25 @@ pub(crate) fn list_set_aside(fs: &dyn crate::storage::Storage, dir: &Path) -> st
     Ok(files)
 }
 
-impl Drop for ChannelDir {
-    fn drop(&mut self) {
+impl ChannelDir {
+    /// Releases the lock now (once; dropping does it otherwise), so the
+    /// channel can be opened again even while something, such as a
+    /// background thread, still holds the handle.
+    pub(crate) fn unlock(&mut self) {
         // The lock goes with the descriptor, and the registry entry after
         // it: a new open in between would lose its lock when this closes.
-        drop(self.lock.take());
-        if let Ok(mut open) = registry().lock() {
-            open.remove(&self.registered);
+        if let Some(lock) = self.lock.take() {
+            drop(lock);
+            if let Ok(mut open) = registry().lock() {
+                open.remove(&self.registered);
+            }
         }
+    }
+}
+
+impl Drop for ChannelDir {
+    fn drop(&mut self) {
+        self.unlock();
     }
 }
 

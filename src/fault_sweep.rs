@@ -296,6 +296,7 @@ fn drainer_put_back(dir: &Path, scenario: &Scenario, fs: &Fs) -> Run {
 /// The scenarios swept.
 fn scenarios() -> Vec<Scenario> {
     let plain = crate::Compression::None;
+    #[cfg_attr(not(feature = "lz4"), allow(unused_mut))]
     let mut all = vec![
         Scenario {
             name: "spill and rotate",

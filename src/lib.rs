@@ -115,6 +115,16 @@
 //! restarts and crashes, so a sink can drop redeliveries. The
 //! [`Drainer`] is built on this.
 //!
+//! # Async and metrics
+//!
+//! With the feature `async`, [`Sender::send_async`],
+//! [`Receiver::recv_async`], [`Receiver::recv_many_async`] and
+//! [`Receiver::stream`] serve the same channel to async code on any
+//! executor; their futures are cancel-safe, and blocking and async calls
+//! mix on one channel. With the feature `metrics`, every channel, shard
+//! and drainer publishes its counters through the `metrics` facade (see
+//! [`publish_metrics`] for the names).
+//!
 //! # Sharding and compression
 //!
 //! [`Builder::sharded`] opens N channels behind one router that keeps
@@ -140,9 +150,13 @@ mod failure_tests;
 mod fault_sweep;
 #[cfg(test)]
 mod fault_tests;
+#[cfg(feature = "async")]
+mod future;
 mod identity;
 mod index;
 pub mod inspect;
+#[cfg(all(feature = "metrics", not(loom)))]
+mod metrics;
 #[doc = include_str!("../FORMAT.md")]
 pub mod on_disk {}
 #[cfg(test)]
@@ -159,6 +173,7 @@ mod stats;
 mod storage;
 mod sync;
 
+pub use crate::batch::Handle;
 pub use crate::builder::{channel, channel_with_explicit_capacity, Builder};
 pub use crate::channel::{IntoIter, Iter, Receiver, Sender, TryIter};
 pub use crate::drain::{
@@ -172,6 +187,10 @@ pub use crate::err::{
     CloseError, CommitError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
     TrySendError,
 };
+#[cfg(feature = "async")]
+pub use crate::future::{RecvFuture, RecvManyFuture, RecvStream, SendFuture};
+#[cfg(all(feature = "metrics", not(loom)))]
+pub use crate::metrics::{publish_metrics, METRICS_INTERVAL};
 pub use crate::options::{
     Compression, Durability, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS,
     DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES, FREE_SPACE_CHECK_INTERVAL,

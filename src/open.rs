@@ -30,5 +30,9 @@ where
         crate::core::start_interval_sync(Arc::downgrade(&shared), every)
             .map_err(|err| OpenError::io(dir.join(name), err))?;
     }
+    #[cfg(feature = "metrics")]
+    if let Some(labels) = settings.labels {
+        crate::metrics::register_channel(Arc::downgrade(&shared), labels);
+    }
     Ok((Sender::from_shared(Arc::clone(&shared)), Receiver::from_shared(shared, side)))
 }

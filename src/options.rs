@@ -164,6 +164,19 @@ pub(crate) struct Settings {
     /// items through, where a loss would go unseen; the reshard fails
     /// with an error instead, and the next open tries again.
     pub(crate) retry_unreadable: bool,
+    /// How the channel is named in published metrics (feature `metrics`):
+    /// set by the open paths users call, `None` for a reshard's scratch
+    /// channels, which are not published.
+    pub(crate) labels: Option<MetricLabels>,
+}
+
+/// How a channel is named in published metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MetricLabels {
+    /// The channel's name (a sharded channel's, for its shards).
+    pub(crate) channel: String,
+    /// The shard's index, for a shard of a sharded channel.
+    pub(crate) shard: Option<usize>,
 }
 
 /// The item type a channel is opened with.

@@ -199,3 +199,111 @@ fn a_commit_frees_the_space_a_blocked_sender_waits_for() {
         assert_eq!(rx.recv(), Err(sump::RecvError));
     });
 }
+
+/// The async side: wakers registered under the channel lock, as part of
+/// the decision to wait, so no wakeup falls between the two.
+#[cfg(feature = "async")]
+mod wakers {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use loom::thread;
+    use sump::{Builder, WhenFull};
+
+    /// A waker that only counts its clones: once every future holding one
+    /// is gone, none is left registered.
+    struct Counted;
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn a_waker_registered_while_an_item_arrives_is_woken() {
+        loom::model(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, rx) = super::open(dir.path(), 1);
+            let sender = thread::spawn(move || {
+                tx.send(1).unwrap();
+                tx.send(2).unwrap(); // memory or disk
+            });
+            assert_eq!(loom::future::block_on(rx.recv_async()), Ok(1));
+            assert_eq!(loom::future::block_on(rx.recv_async()), Ok(2));
+            sender.join().unwrap();
+            // The last sender left: a waiting receive is woken to see it.
+            assert_eq!(loom::future::block_on(rx.recv_async()), Err(sump::RecvError));
+        });
+    }
+
+    #[test]
+    fn a_cancelled_receive_passes_its_wakeup_on_and_leaves_no_waker() {
+        loom::model(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, rx) = super::open(dir.path(), 1);
+            let rx = Arc::new(rx);
+            let counted = Arc::new(Counted);
+            let waker = Waker::from(Arc::clone(&counted));
+            let mut first = Box::pin(rx.recv_async());
+            assert!(first.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+            let other = Arc::clone(&rx);
+            let waiter = thread::spawn(move || loom::future::block_on(other.recv_async()));
+            tx.send(7).unwrap(); // may wake `first`, registered before the waiter
+            drop(first); // cancelled: the wakeup, if it got it, goes to the waiter
+            assert_eq!(waiter.join().unwrap(), Ok(7));
+            drop(waker);
+            assert_eq!(Arc::strong_count(&counted), 1, "a dropped future left its waker registered");
+        });
+    }
+
+    #[test]
+    fn an_async_send_waiting_for_disk_space_is_woken_when_the_receiver_frees_it() {
+        loom::model(|| {
+            let dir = tempfile::tempdir().unwrap();
+            // No memory, and room on disk for exactly one record.
+            let (tx, rx) = Builder::new("loom", dir.path())
+                .memory_capacity(0)
+                .segment_bytes(16 + 17)
+                .max_disk_bytes(16 + 17)
+                .when_full(WhenFull::Block)
+                .open::<u32>()
+                .unwrap();
+            tx.send(1).unwrap();
+            let sender = thread::spawn(move || loom::future::block_on(tx.send_async(2)).unwrap());
+            assert_eq!(rx.recv(), Ok(1));
+            assert_eq!(rx.recv(), Ok(2));
+            sender.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_cancelled_send_leaves_nothing_in_the_channel_and_no_waker() {
+        loom::model(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, rx) = Builder::new("loom", dir.path())
+                .memory_capacity(0)
+                .segment_bytes(16 + 17)
+                .max_disk_bytes(16 + 17)
+                .open::<u32>()
+                .unwrap();
+            tx.send(1).unwrap();
+            let counted = Arc::new(Counted);
+            let waker = Waker::from(Arc::clone(&counted));
+            let receiver = thread::spawn(move || rx.recv().map(|item| (item, rx)));
+            let sent = {
+                let mut send = pin!(tx.send_async(2));
+                // Full, or room already freed by the receiver: either way
+                // one poll decides, and dropping it then changes nothing.
+                matches!(send.as_mut().poll(&mut Context::from_waker(&waker)), Poll::Ready(Ok(())))
+            };
+            let (first, rx) = receiver.join().unwrap().unwrap();
+            assert_eq!(first, 1);
+            drop(tx);
+            let rest: Vec<u32> = rx.iter().collect();
+            assert_eq!(rest, if sent { vec![2] } else { vec![] });
+            drop(waker);
+            assert_eq!(Arc::strong_count(&counted), 1, "a dropped future left its waker registered");
+        });
+    }
+}

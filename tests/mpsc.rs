@@ -238,7 +238,56 @@ fn handles_have_the_std_auto_traits() {
     fn send_sync<X: Send + Sync>() {}
     fn send<X: Send>() {}
     send_sync::<sump::Sender<String>>();
-    send::<sump::Receiver<String>>();
+    send_sync::<sump::Receiver<String>>();
+    send::<sump::Peeked<'static, String>>();
+}
+
+#[test]
+fn a_receiver_shared_by_threads_hands_each_item_to_one_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = sump::Builder::new("shared", dir.path()).memory_capacity(64).open::<u32>().unwrap();
+    let rx = std::sync::Arc::new(rx);
+    let receivers: Vec<_> = (0..3)
+        .map(|_| {
+            let rx = std::sync::Arc::clone(&rx);
+            std::thread::spawn(move || rx.iter().collect::<Vec<u32>>())
+        })
+        .collect();
+    for i in 0..30_000 {
+        tx.send(i).unwrap(); // memory and disk
+    }
+    drop(tx);
+    let mut all = Vec::new();
+    for receiver in receivers {
+        let mine = receiver.join().unwrap();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "each receiver sees send order");
+        all.extend(mine);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..30_000).collect::<Vec<_>>());
+}
+
+#[test]
+fn same_channel_tells_handles_of_one_channel_from_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = sump::channel::<u8>("a", dir.path()).unwrap();
+    let (other_tx, other_rx) = sump::channel::<u8>("b", dir.path()).unwrap();
+    assert!(tx.same_channel(&tx.clone()) && tx.same_channel(&rx) && rx.same_channel(&tx) && rx.same_channel(&rx));
+    assert!(!tx.same_channel(&other_tx) && !rx.same_channel(&other_rx) && !other_rx.same_channel(&tx));
+}
+
+#[test]
+fn debug_shows_the_counters_on_both_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = sump::Builder::new("debug", dir.path()).memory_capacity(2).open::<u8>().unwrap();
+    for i in 0..5 {
+        tx.send(i).unwrap();
+    }
+    rx.recv().unwrap();
+    let shown = format!("{tx:?}");
+    assert!(shown.starts_with("Sender { in_memory: 1, on_disk: 3, "), "{shown}");
+    assert!(shown.contains("sent: 5, received: 1, spilled: 3, dropped: 0"), "{shown}");
+    assert!(format!("{rx:?}").starts_with("Receiver { in_memory: 1, on_disk: 3, "));
 }
 
 #[test]

@@ -57,36 +57,46 @@ mod peek;
 mod recv;
 mod send;
 mod shutdown;
+mod wakers;
 
 #[cfg(not(loom))]
 pub(crate) use commit::start_interval_sync;
 use commit::CommitFailures;
 pub(crate) use numbered::Numbered;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io;
+use std::task::Waker;
 use std::time::Instant;
 
 use crate::disk::{DiskQueue, Reader};
 use crate::options::{Settings, WhenFull};
 use crate::stats::Stats;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, Mutex, MutexGuard, Ordering};
+use wakers::Wakers;
 
 /// How long an operation may wait.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Wait {
+pub(crate) enum Wait<'a> {
     /// Not at all.
     Never,
     /// Until this instant.
     Until(Instant),
     /// As long as it takes.
     Forever,
+    /// Not at all, but if the operation would have waited, this future's
+    /// waker is registered (under the same lock as the decision) and woken
+    /// when it should try again. The cell holds the future's number, 0
+    /// until its first registration.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    Register(&'a Waker, &'a Cell<u64>),
 }
 
-impl Wait {
+impl Wait<'_> {
     /// A wait of `timeout` from now; a timeout too large to represent
     /// waits forever.
-    pub(crate) fn timeout(timeout: std::time::Duration) -> Wait {
+    pub(crate) fn timeout(timeout: std::time::Duration) -> Wait<'static> {
         Instant::now().checked_add(timeout).map_or(Wait::Forever, Wait::Until)
     }
 }
@@ -127,8 +137,12 @@ struct State<T> {
     senders: usize,
     /// Whether the `Receiver` is alive.
     receiver_alive: bool,
-    /// Whether the receiver waits on `Shared::ready`.
-    receiver_waiting: bool,
+    /// Blocking receives parked on `Shared::ready`.
+    receivers_waiting: usize,
+    /// Async receives waiting for an item or the last sender to leave.
+    recv_wakers: Wakers,
+    /// Async sends waiting for disk space or the receiver to leave.
+    send_wakers: Wakers,
     /// Senders waiting on `Shared::space`.
     senders_waiting: usize,
     /// Items accepted since open.
@@ -186,12 +200,19 @@ pub(crate) struct Shared<T> {
     /// yet (`ReceiverSide::prefetched`), so that stats count them as on
     /// disk. Written by the receiver only.
     prefetched: CachePadded<AtomicUsize>,
+    /// Async receives registered in `State::recv_wakers`, as of the last
+    /// change under the lock: a receive that got an item looks at it to
+    /// know whether to pass a wakeup on. A hint only.
+    recv_waiters: AtomicUsize,
     /// Whether a spilled item of this type has been decoded back once, to
     /// catch types that serialize but cannot be read back (bincode does
     /// not support `deserialize_any`) before any of them is accepted.
     round_trip_checked: AtomicBool,
     /// Bound on `State::in_memory`.
     capacity: usize,
+    /// How the channel is named in published metrics, if it is.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) labels: Option<crate::options::MetricLabels>,
     /// Whether a read error is retried rather than given up (reshards).
     retry_unreadable: bool,
     /// Most records the receiver decodes from disk at once: [`PREFETCH`]
@@ -216,7 +237,11 @@ pub(crate) struct Shared<T> {
     encode: fn(&T, u64) -> io::Result<Vec<u8>>,
 }
 
-/// The receiver's own state, outside the lock.
+/// The receiver's own state, held while a receive runs (and released
+/// while it parks, so that another thread or task may receive meanwhile).
+pub(crate) type SideGuard<'a, T> = MutexGuard<'a, ReceiverSide<T>>;
+
+/// The receiver's own state, outside the channel lock.
 pub(crate) struct ReceiverSide<T> {
     /// Items swapped out of memory in one batch, oldest first.
     local: Numbered<T>,
@@ -259,7 +284,9 @@ impl<T: serde::Serialize> Shared<T> {
                 disk,
                 senders: 1,
                 receiver_alive: true,
-                receiver_waiting: false,
+                receivers_waiting: 0,
+                recv_wakers: Wakers::default(),
+                send_wakers: Wakers::default(),
                 senders_waiting: 0,
                 sent: 0,
                 spilled: 0,
@@ -279,8 +306,10 @@ impl<T: serde::Serialize> Shared<T> {
             received: CachePadded::default(),
             prefetched: CachePadded::default(),
             queued: CachePadded::default(),
+            recv_waiters: AtomicUsize::new(0),
             round_trip_checked: AtomicBool::new(false),
             capacity: settings.memory_capacity,
+            labels: settings.labels.clone(),
             retry_unreadable: settings.retry_unreadable,
             read_ahead: if settings.durability == Durability::Overflow {
                 PREFETCH.min(settings.memory_capacity.max(1))
@@ -329,15 +358,18 @@ impl<T> ReceiverSide<T> {
 }
 
 impl<T> Shared<T> {
-    /// Tells the receiver something arrived: wakes it if it is parked, and
-    /// sets the hint it watches while it spins.
+    /// Tells the receiver something arrived: wakes it if it is parked (and
+    /// one async receive, if any waits), and sets the hint it watches while
+    /// it spins.
     fn wake_receiver(&self, state: &mut State<T>) {
         if !self.queued.load(Ordering::Relaxed) {
             self.queued.store(true, Ordering::Relaxed);
         }
-        if state.receiver_waiting {
-            state.receiver_waiting = false;
-            self.ready.notify_one();
+        if state.receivers_waiting > 0 {
+            self.ready.notify_all();
+        }
+        if !state.recv_wakers.is_empty() {
+            state.recv_wakers.wake_one();
         }
     }
 
@@ -350,10 +382,11 @@ impl<T> Shared<T> {
         self.wake_senders(state);
     }
 
-    fn wake_senders(&self, state: &State<T>) {
+    fn wake_senders(&self, state: &mut State<T>) {
         if state.senders_waiting > 0 {
             self.space.notify_all();
         }
+        state.send_wakers.wake_all();
     }
 
     /// Subtracts what the receiver took from its batch since the last fold.
@@ -381,6 +414,47 @@ impl<T> Shared<T> {
         }
     }
 
+    /// An async receive that registered its waker is done or dropped:
+    /// removes its registration, or, if a wakeup was already spent on it,
+    /// passes that wakeup on to the next waiting receive, so that no item
+    /// sits unclaimed while a receive waits.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn forget_recv_waker(&self, id: u64) {
+        let mut state = self.state.lock();
+        if !state.recv_wakers.remove(id) {
+            state.recv_wakers.wake_one();
+        }
+        self.recv_waiters.store(state.recv_wakers.len(), Ordering::Relaxed);
+    }
+
+    /// After an async receive got its items, with `side` still held:
+    /// removes the receive's registration, if it left one (`registered`),
+    /// and, if other receives wait and items remain, wakes the next (the
+    /// channel wakes one receive per item arriving, and a receive may have
+    /// been woken for an item another took, or find several).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn after_async_recv(&self, side: &ReceiverSide<T>, registered: Option<u64>) {
+        if registered.is_none() && self.recv_waiters.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut state = self.state.lock();
+        if let Some(id) = registered {
+            state.recv_wakers.remove(id);
+        }
+        let left =
+            !side.local.is_empty() || !side.prefetched.is_empty() || !state.memory.is_empty() || state.disk.items() > 0;
+        if left {
+            state.recv_wakers.wake_one();
+        }
+        self.recv_waiters.store(state.recv_wakers.len(), Ordering::Relaxed);
+    }
+
+    /// An async send that registered its waker is done or dropped.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn forget_send_waker(&self, id: u64) {
+        self.state.lock().send_wakers.remove(id);
+    }
+
     /// A new `Sender` handle exists.
     pub(crate) fn add_sender(&self) {
         self.state.lock().senders += 1;
@@ -392,9 +466,13 @@ impl<T> Shared<T> {
         let mut state = self.state.lock();
         state.senders -= 1;
         if state.senders == 0 {
-            state.receiver_waiting = false;
             self.queued.store(true, Ordering::Relaxed);
             self.ready.notify_all();
+            state.recv_wakers.wake_all();
+            if !state.receiver_alive {
+                // The last handle: the directory is free from now on.
+                state.disk.close();
+            }
         }
     }
 }

@@ -13,7 +13,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{ReceiverSide, RecvFailure, Shared, Wait};
+use super::{ReceiverSide, RecvFailure, Shared, SideGuard, Wait};
 use crate::sync::Ordering;
 
 impl<T: Serialize + DeserializeOwned> Shared<T> {
@@ -23,7 +23,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// registers them with [`register_peek`](Self::register_peek).
     pub(crate) fn peek(
         &self,
-        side: &mut ReceiverSide<T>,
+        side: &mut SideGuard<'_, T>,
         limit: usize,
         wait: Wait,
         items: &mut Vec<T>,
@@ -137,7 +137,7 @@ impl<T> Shared<T> {
             side.holding = false;
         }
         if matches!(released, Ok(true)) {
-            self.wake_senders(&state);
+            self.wake_senders(&mut state);
         }
         released.map(|_| ())
     }

@@ -9,10 +9,10 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{ReceiverSide, RecvFailure, Shared, Wait};
+use super::{ReceiverSide, RecvFailure, Shared, SideGuard, Wait};
 use crate::encoding;
 use crate::segment::Peek;
-use crate::sync::{yield_now, Ordering};
+use crate::sync::{yield_now, MutexGuard, Ordering};
 
 /// What the receiver got from its segment cursor.
 enum Taken<T> {
@@ -69,7 +69,7 @@ const GATHER_MIN_CAPACITY: usize = 1024;
 
 impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// Receives one item, waiting as `wait` allows.
-    pub(crate) fn recv(&self, side: &mut ReceiverSide<T>, wait: Wait) -> Result<T, RecvFailure> {
+    pub(crate) fn recv(&self, side: &mut SideGuard<'_, T>, wait: Wait) -> Result<T, RecvFailure> {
         let (_, item) = self.recv_numbered(side, wait)?;
         if side.put_back == 0 && side.peeks.is_empty() && side.holding {
             // The last item given back uncommitted was taken, and nothing
@@ -80,7 +80,11 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     }
 
     /// Receives one item and its sequence number, waiting as `wait` allows.
-    pub(crate) fn recv_numbered(&self, side: &mut ReceiverSide<T>, wait: Wait) -> Result<(u64, T), RecvFailure> {
+    ///
+    /// A receive that parks releases `side` meanwhile, so that another
+    /// receive (blocking or async) may run; it looks again from the start
+    /// when it wakes.
+    pub(crate) fn recv_numbered(&self, side: &mut SideGuard<'_, T>, wait: Wait) -> Result<(u64, T), RecvFailure> {
         let mut spin = Spin::default();
         loop {
             if let Some(item) = side.local.pop_front() {
@@ -142,6 +146,14 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 Wait::Until(deadline) if Instant::now() >= deadline => return Err(RecvFailure::Empty),
                 Wait::Until(deadline) => Some(deadline),
                 Wait::Forever => None,
+                Wait::Register(waker, id) => {
+                    state.recv_wakers.register(waker, id);
+                    self.recv_waiters.store(state.recv_wakers.len(), Ordering::Relaxed);
+                    if stuck {
+                        super::wakers::wake_later(waker, STUCK_RETRY);
+                    }
+                    return Err(RecvFailure::Empty);
+                }
             };
             if stuck {
                 let retry = Instant::now() + STUCK_RETRY;
@@ -167,14 +179,20 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 }
                 continue;
             }
-            state.receiver_waiting = true;
-            match deadline {
-                Some(deadline) => {
-                    self.ready.wait_until(&mut state, deadline);
+            state.receivers_waiting += 1;
+            MutexGuard::unlocked(side, || {
+                let mut state = state;
+                match deadline {
+                    Some(deadline) => {
+                        self.ready.wait_until(&mut state, deadline);
+                    }
+                    None => self.ready.wait(&mut state),
                 }
-                None => self.ready.wait(&mut state),
-            }
-            state.receiver_waiting = false;
+                state.receivers_waiting -= 1;
+                // Released before `side` is taken again: `side` comes
+                // before the channel lock, always.
+                drop(state);
+            });
         }
     }
 

@@ -211,6 +211,10 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                             Wait::Until(deadline) if Instant::now() >= deadline => return (Spill::Timeout, state),
                             Wait::Until(deadline) => Some(deadline),
                             Wait::Forever => None,
+                            Wait::Register(waker, id) => {
+                                state.send_wakers.register(waker, id);
+                                return (Spill::Full, state);
+                            }
                         };
                         state.senders_waiting += 1;
                         match deadline {

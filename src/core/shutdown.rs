@@ -32,6 +32,11 @@ impl<T> Shared<T> {
             state.in_memory = 0;
             self.taken.store(0, Ordering::Relaxed);
             self.space.notify_all();
+            state.send_wakers.wake_all();
+            if state.senders == 0 {
+                // The last handle: the directory is free from now on.
+                state.disk.close();
+            }
             (memory, result)
         };
         // Items are dropped outside the lock: their `Drop` may use the channel.

@@ -132,6 +132,8 @@ pub(crate) struct DiskQueue {
     reading: Option<u64>,
     /// Records written and not yet consumed, dropped or lost.
     items: u64,
+    /// Whether [`close`](Self::close) ran.
+    closed: bool,
     /// Bytes of all owned segment files but the active one, which counts
     /// as its writer's `len()`.
     bytes: u64,
@@ -228,6 +230,7 @@ impl DiskQueue {
             sealed: recovered.segments,
             reading: None,
             items,
+            closed: false,
             bytes,
             corrupt: recovered.corrupt,
             next_id: recovered.next_id,
@@ -367,12 +370,30 @@ impl DiskQueue {
     }
 }
 
-impl Drop for DiskQueue {
-    fn drop(&mut self) {
+impl DiskQueue {
+    /// Ends the disk tier once the last handle is gone: in `Overflow`
+    /// mode deletes the segments (scratch space, gone with the channel),
+    /// closes the active segment and releases the directory's lock, so
+    /// that an open right after finds the channel free even if a
+    /// background thread (the interval sync, the metrics) still holds the
+    /// channel for a moment. Nothing touches the directory after this.
+    pub(crate) fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
         if !self.durable {
-            // Overflow mode: segments are scratch space, gone with the channel.
             self.delete_all(None);
         }
+        self.active = None;
+        self.dir_unsynced = false;
+        self.dir.unlock();
+    }
+}
+
+impl Drop for DiskQueue {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 /// How often a channel that writes to disk checks that its directory is

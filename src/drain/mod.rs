@@ -206,6 +206,18 @@ where
             wake: Condvar::new(),
             monitor: self.receiver.monitor(),
         });
+        #[cfg(all(feature = "metrics", not(loom)))]
+        if let Some(of) = self.receiver.labels() {
+            let control = Arc::downgrade(&control);
+            let labels = crate::metrics::labels(&of);
+            crate::metrics::register(Box::new(move || match control.upgrade() {
+                Some(control) => {
+                    record_drain(&labels, &control.snapshot());
+                    true
+                }
+                None => false,
+            }));
+        }
         let worker = worker::Worker::new(self.sink, self.settings, Arc::clone(&control));
         let receiver = self.receiver;
         let thread = std::thread::Builder::new()
@@ -220,6 +232,25 @@ impl<T, S> fmt::Debug for Drainer<T, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Drainer { .. }")
     }
+}
+
+/// Publishes a drainer's stats under `labels`.
+#[cfg(all(feature = "metrics", not(loom)))]
+fn record_drain(labels: &[::metrics::Label], stats: &DrainStats) {
+    use ::metrics::{counter, gauge};
+
+    let labels = || labels.to_vec();
+    counter!("sump_drain_delivered_total", labels()).absolute(stats.delivered);
+    counter!("sump_drain_batches_total", labels()).absolute(stats.batches);
+    counter!("sump_drain_retried_total", labels()).absolute(stats.retried);
+    counter!("sump_drain_rejected_total", labels()).absolute(stats.rejected);
+    gauge!("sump_drain_lag_items", labels()).set(stats.lag as f64);
+    let open = match stats.breaker {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 0.5,
+        BreakerState::Open => 1.0,
+    };
+    gauge!("sump_drain_breaker_open", labels()).set(open);
 }
 
 /// What a drainer reports; see [`DrainHandle::stats`].
@@ -257,6 +288,19 @@ pub(crate) struct Control<T> {
     pub(crate) monitor: crate::channel::Monitor<T>,
 }
 
+impl<T> Control<T> {
+    /// The drainer's counters and its lag now (`running` left false).
+    pub(crate) fn snapshot(&self) -> DrainStats {
+        let (mut stats, in_flight) = {
+            let state = self.state.lock();
+            (state.stats.clone(), state.in_flight)
+        };
+        let channel = self.monitor.stats();
+        stats.lag = channel.in_memory as u64 + channel.on_disk + in_flight;
+        stats
+    }
+}
+
 /// The mutable part of [`Control`].
 #[derive(Debug, Default)]
 pub(crate) struct ControlState {
@@ -282,12 +326,7 @@ pub struct DrainHandle<T> {
 impl<T> DrainHandle<T> {
     /// A snapshot of what the drainer has done.
     pub fn stats(&self) -> DrainStats {
-        let (mut stats, in_flight) = {
-            let state = self.control.state.lock();
-            (state.stats.clone(), state.in_flight)
-        };
-        let channel = self.control.monitor.stats();
-        stats.lag = channel.in_memory as u64 + channel.on_disk + in_flight;
+        let mut stats = self.control.snapshot();
         stats.running = self.thread.as_ref().is_some_and(|t| !t.is_finished());
         stats
     }

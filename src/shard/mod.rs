@@ -273,9 +273,26 @@ impl<T> ShardedBuilder<T> {
         let mut senders = Vec::with_capacity(self.shards);
         let mut receivers = Vec::with_capacity(self.shards);
         for shard in 0..self.shards {
-            let (tx, rx) = crate::open::open(root.path(), &shard_name(shard), self.settings.clone())?;
+            let mut settings = self.settings.clone();
+            settings.labels = Some(crate::options::MetricLabels { channel: self.name.clone(), shard: Some(shard) });
+            let (tx, rx) = crate::open::open(root.path(), &shard_name(shard), settings)?;
             senders.push(tx);
             receivers.push(rx);
+        }
+        #[cfg(all(feature = "metrics", not(loom)))]
+        {
+            // The totals, while any shard is open.
+            let shards: Vec<_> = receivers.iter().map(crate::channel::Receiver::weak_shared).collect();
+            let labels =
+                vec![::metrics::Label::new("channel", self.name.clone()), ::metrics::Label::new("shard", "all")];
+            crate::metrics::register(Box::new(move || {
+                let live: Vec<Stats> = shards.iter().filter_map(std::sync::Weak::upgrade).map(|s| s.stats()).collect();
+                let open = !live.is_empty();
+                if open {
+                    crate::metrics::record_stats(&labels, &sum_stats(live.into_iter()));
+                }
+                open
+            }));
         }
         let root = Arc::new(root);
         Ok((
@@ -302,7 +319,7 @@ pub(crate) fn shard_name(index: usize) -> String {
 }
 
 /// Adds up the counters of several shards.
-fn sum_stats(shards: impl Iterator<Item = Stats>) -> Stats {
+pub(crate) fn sum_stats(shards: impl Iterator<Item = Stats>) -> Stats {
     shards.fold(Stats::default(), |mut total, shard| {
         total.in_memory += shard.in_memory;
         total.on_disk += shard.on_disk;

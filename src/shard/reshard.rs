@@ -166,6 +166,7 @@ fn moving(settings: &Settings) -> Settings {
         durability: Durability::Persistent,
         sync: SyncPolicy::Never,
         retry_unreadable: true,
+        labels: None,
         ..settings.clone()
     }
 }
