@@ -57,12 +57,12 @@ static PUBLISHER: Once = Once::new();
 /// | `sump_dropped_total` | counter | [`Stats::dropped`] |
 /// | `sump_corrupt_total` | counter | [`Stats::corrupt`] |
 /// | `sump_lost_total` | counter | [`Stats::lost`] |
-/// | `sump_drain_delivered_total` | counter | [`DrainStats::delivered`] |
-/// | `sump_drain_batches_total` | counter | [`DrainStats::batches`] |
-/// | `sump_drain_retried_total` | counter | [`DrainStats::retried`] |
-/// | `sump_drain_rejected_total` | counter | [`DrainStats::rejected`] |
-/// | `sump_drain_lag_items` | gauge | [`DrainStats::lag`] |
-/// | `sump_drain_breaker_open` | gauge | 0 closed, 1 open, 0.5 half-open ([`DrainStats::breaker`]) |
+/// | `sump_drain_delivered_total` | counter | [`DrainStats::delivered`](crate::DrainStats::delivered) |
+/// | `sump_drain_batches_total` | counter | [`DrainStats::batches`](crate::DrainStats::batches) |
+/// | `sump_drain_retried_total` | counter | [`DrainStats::retried`](crate::DrainStats::retried) |
+/// | `sump_drain_rejected_total` | counter | [`DrainStats::rejected`](crate::DrainStats::rejected) |
+/// | `sump_drain_lag_items` | gauge | [`DrainStats::lag`](crate::DrainStats::lag) |
+/// | `sump_drain_breaker_open` | gauge | 0 closed, 1 open, 0.5 half-open ([`DrainStats::breaker`](crate::DrainStats::breaker)) |
 ///
 /// Counters are set to the channel's own totals since it was opened
 /// (`Counter::absolute`), so they restart from 0 with the process, as

@@ -139,6 +139,10 @@ struct State<T> {
     receiver_alive: bool,
     /// Blocking receives parked on `Shared::ready`.
     receivers_waiting: usize,
+    /// Whether every receive parked now was notified since it parked, so
+    /// further news need not notify again (senders would otherwise
+    /// notify on every send until a woken receiver gets the lock).
+    receivers_notified: bool,
     /// Async receives waiting for an item or the last sender to leave.
     recv_wakers: Wakers,
     /// Async sends waiting for disk space or the receiver to leave.
@@ -285,6 +289,7 @@ impl<T: serde::Serialize> Shared<T> {
                 senders: 1,
                 receiver_alive: true,
                 receivers_waiting: 0,
+                receivers_notified: false,
                 recv_wakers: Wakers::default(),
                 send_wakers: Wakers::default(),
                 senders_waiting: 0,
@@ -365,7 +370,8 @@ impl<T> Shared<T> {
         if !self.queued.load(Ordering::Relaxed) {
             self.queued.store(true, Ordering::Relaxed);
         }
-        if state.receivers_waiting > 0 {
+        if state.receivers_waiting > 0 && !state.receivers_notified {
+            state.receivers_notified = true;
             self.ready.notify_all();
         }
         if !state.recv_wakers.is_empty() {

@@ -180,6 +180,8 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 continue;
             }
             state.receivers_waiting += 1;
+            // This one has not been notified yet.
+            state.receivers_notified = false;
             MutexGuard::unlocked(side, || {
                 let mut state = state;
                 match deadline {
