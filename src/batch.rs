@@ -148,7 +148,7 @@ fn waiting(stats: &crate::Stats) -> usize {
 pub trait Handle<T>: sealed::Sealed {
     /// Identifies the channel the handle belongs to while it is open.
     #[doc(hidden)]
-    fn channel_id(&self) -> usize;
+    fn handle_key(&self) -> usize;
 }
 
 mod sealed {
@@ -158,18 +158,23 @@ mod sealed {
 }
 
 impl<T> Handle<T> for Sender<T> {
-    fn channel_id(&self) -> usize {
+    fn handle_key(&self) -> usize {
         std::ptr::from_ref(self.core()) as usize
     }
 }
 
 impl<T> Handle<T> for Receiver<T> {
-    fn channel_id(&self) -> usize {
+    fn handle_key(&self) -> usize {
         std::ptr::from_ref(self.shared()) as usize
     }
 }
 
 impl<T> Sender<T> {
+    /// The channel's id; see [`Receiver::channel_id`].
+    pub fn channel_id(&self) -> crate::ChannelId {
+        self.core().channel_id
+    }
+
     /// Whether `other` (a sender or the receiver) belongs to the same
     /// channel as this sender. Two opens of one channel directory, one
     /// after the other, are different channels.
@@ -184,15 +189,21 @@ impl<T> Sender<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn same_channel(&self, other: &impl Handle<T>) -> bool {
-        self.channel_id() == other.channel_id()
+        self.handle_key() == other.handle_key()
     }
 }
 
 impl<T> Receiver<T> {
+    /// The channel's id: with an item's sequence number, it names the item
+    /// uniquely, across restarts and across channels (see [`ChannelId`](crate::ChannelId)).
+    pub fn channel_id(&self) -> crate::ChannelId {
+        self.shared().channel_id
+    }
+
     /// Whether `other` (a sender, or a receiver) belongs to the same
     /// channel as this receiver; see [`Sender::same_channel`].
     pub fn same_channel(&self, other: &impl Handle<T>) -> bool {
-        self.channel_id() == other.channel_id()
+        self.handle_key() == other.handle_key()
     }
 }
 

@@ -138,6 +138,7 @@
 mod batch;
 mod builder;
 mod channel;
+mod channel_id;
 mod core;
 mod dir;
 mod disk;
@@ -176,11 +177,14 @@ mod sync;
 pub use crate::batch::Handle;
 pub use crate::builder::{channel, channel_with_explicit_capacity, Builder};
 pub use crate::channel::{IntoIter, Iter, Receiver, Sender, TryIter};
+pub use crate::channel_id::ChannelId;
 pub use crate::drain::{
-    BoxError, BreakerState, ChannelSink, DrainError, DrainHandle, DrainStats, Drainer, JsonLinesSink, Sink, SinkError,
-    DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_BATCH_SIZE, DEFAULT_BREAKER_OPEN_FOR,
+    BoxError, BreakerState, ChannelSink, DrainError, DrainHandle, DrainStats, Drainer, JsonLinesSink, Numbers, Sink,
+    SinkError, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_BATCH_SIZE, DEFAULT_BREAKER_OPEN_FOR,
     DEFAULT_BREAKER_THRESHOLD, DEFAULT_LINGER, SHUTDOWN_GRACE,
 };
+#[cfg(feature = "nats")]
+pub use crate::drain::{JetStreamSink, DEFAULT_DUPLICATE_WINDOW, DEFAULT_NATS_TIMEOUT};
 #[cfg(feature = "redis")]
 pub use crate::drain::{RedisSink, DEFAULT_REDIS_FIELD, DEFAULT_REDIS_TIMEOUT};
 pub use crate::err::{

@@ -229,3 +229,34 @@ fn batches_given_back_in_any_order_come_back_in_send_order_and_keep_their_segmen
     let rest: Vec<u64> = rx.iter().collect();
     assert_eq!(rest, (0..100).chain(200..300).collect::<Vec<_>>());
 }
+
+#[test]
+fn the_channel_id_is_kept_across_restarts_and_drawn_anew_when_numbers_could_repeat() {
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let (tx, rx) = open(dir.path(), mode, 8);
+            assert_eq!(tx.channel_id(), rx.channel_id());
+            rx.channel_id()
+        };
+        let (tx, rx) = open(dir.path(), mode, 8);
+        assert_eq!(rx.channel_id(), first, "{mode:?}: kept across a restart");
+        let (other, _other_rx) = Builder::new("other", dir.path()).durability(mode).open::<u64>().unwrap();
+        assert_ne!(other.channel_id(), first, "{mode:?}: each channel has its own");
+        drop((tx, rx));
+
+        // Numbers could start again once the sequence file is lost.
+        std::fs::remove_file(dir.path().join("acks").join("sump.seq")).unwrap();
+        let second = open(dir.path(), mode, 8).1.channel_id();
+        assert_ne!(second, first, "{mode:?}: a lost sequence file gives a new id");
+
+        // A damaged id file is replaced, with a new id.
+        let path = dir.path().join("acks").join("sump.id");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[14] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let third = open(dir.path(), mode, 8).1.channel_id();
+        assert_ne!(third, second, "{mode:?}: a damaged id file gives a new id");
+        assert_eq!(open(dir.path(), mode, 8).1.channel_id(), third, "{mode:?}: and that one is kept");
+    }
+}

@@ -483,3 +483,83 @@ fn reads_before_a_clean_shutdown_never_come_again_across_several_restarts() {
         }
     }
 }
+
+#[test]
+fn max_rate_paces_delivery_in_small_batches_and_shutdown_does_not_wait_for_the_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open(&dir, "paced");
+    tx.send_batch(0..300).unwrap();
+    let sink = Recorder::default();
+    let started = Instant::now();
+    let handle = fast(rx, sink.clone()).max_rate(1_000.0).spawn();
+    sink.wait_for(300);
+    let took = started.elapsed();
+    // 300 items at 1,000 a second: the last batch may go at 0.3 s less
+    // one batch's share (0.1 s).
+    assert!(took >= Duration::from_millis(190), "300 items at 1,000/s took only {took:?}");
+    assert!(sink.batches.lock().unwrap().iter().all(|&len| len <= 100), "a paced batch holds 0.1 s of items");
+    assert_eq!(sink.accepted(), (0..300).collect::<Vec<_>>());
+
+    // One item a second: the drainer paces for a second after each item,
+    // and a shutdown cuts that wait short.
+    tx.send_batch(300..310).unwrap();
+    drop(tx);
+    let (tx2, rx2) = open(&dir, "slow");
+    tx2.send_batch(0..10).unwrap();
+    drop(tx2);
+    let slow = Recorder::default();
+    let slow_handle = fast(rx2, slow.clone()).max_rate(0.5).spawn();
+    slow.wait_for(1);
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(slow.accepted().len(), 1, "the next item waits for its share of the rate");
+    let asked = Instant::now();
+    let rest = slow_handle.shutdown(Duration::from_secs(30)).unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(1), "shutdown waited for the pace: {:?}", asked.elapsed());
+    assert_eq!(rest.try_iter().collect::<Vec<_>>(), (1..10).collect::<Vec<_>>(), "the rest stays in the channel");
+    handle.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// Records the numbers the drainer gives with each batch.
+#[derive(Clone, Default)]
+struct Numbered {
+    seen: Arc<Mutex<Vec<(u64, sump::ChannelId, u64)>>>,
+}
+
+impl Sink<u64> for Numbered {
+    fn send_batch(&mut self, _: &[u64]) -> Result<(), SinkError> {
+        Err(SinkError::permanent("the drainer calls send_numbered"))
+    }
+
+    fn send_numbered(&mut self, batch: &[u64], numbers: sump::Numbers<'_>) -> Result<(), SinkError> {
+        assert_eq!(batch.len(), numbers.seqs().len());
+        let mut seen = self.seen.lock().unwrap();
+        for (item, seq) in batch.iter().zip(numbers.seqs()) {
+            seen.push((*item, numbers.channel(), *seq));
+        }
+        // Accept half of a batch now and then: the rest comes again with
+        // the same numbers.
+        if batch.len() > 3 && batch[0].is_multiple_of(5) {
+            let keep = seen.len() - (batch.len() - batch.len() / 2);
+            seen.truncate(keep);
+            return Err(SinkError::transient("half now").with_accepted(batch.len() / 2));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_sink_is_told_each_items_channel_and_number_the_same_on_every_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open(&dir, "numbers");
+    let channel = rx.channel_id();
+    let sink = Numbered::default();
+    let handle = fast(rx, sink.clone()).batch_size(20).spawn();
+    for i in 0..1_000 {
+        tx.send(i).unwrap();
+    }
+    drop(tx);
+    wait_until_finished(&handle);
+    let seen = sink.seen.lock().unwrap().clone();
+    let expected: Vec<_> = (0..1_000).map(|i| (i, channel, i)).collect();
+    assert_eq!(seen, expected, "items numbered from 0 in send order, with their channel");
+}

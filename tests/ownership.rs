@@ -87,7 +87,9 @@ fn overflow_open_discards_old_segments_but_never_foreign_files() {
     }
     let mut expected: Vec<String> = foreign.iter().map(|s| s.to_string()).collect();
     // The channel's own files: its lock, the record of its item type and
-    // the sequence numbers reserved (added with segment format 2).
+    // the sequence numbers reserved (added with segment format 2), and
+    // its id.
+    expected.push("sump.id".to_string());
     expected.push("sump.lock".to_string());
     expected.push("sump.seq".to_string());
     expected.push("sump.type".to_string());
@@ -96,7 +98,7 @@ fn overflow_open_discards_old_segments_but_never_foreign_files() {
 }
 
 #[test]
-fn closing_the_channel_deletes_its_segments_but_keeps_the_lock_type_and_sequence_files() {
+fn closing_the_channel_deletes_its_segments_but_keeps_the_lock_type_sequence_and_id_files() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = Builder::new("c", dir.path()).memory_capacity(0).open::<u8>().unwrap();
     for i in 0..10 {
@@ -104,6 +106,6 @@ fn closing_the_channel_deletes_its_segments_but_keeps_the_lock_type_and_sequence
     }
     assert!(names_in(&dir.path().join("c")).iter().any(|n| n.ends_with(".seg")));
     rx.close().unwrap();
-    assert_eq!(names_in(&dir.path().join("c")), ["sump.lock", "sump.seq", "sump.type"]);
+    assert_eq!(names_in(&dir.path().join("c")), ["sump.id", "sump.lock", "sump.seq", "sump.type"]);
     assert!(tx.send(1).unwrap_err().is_disconnected());
 }

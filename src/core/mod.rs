@@ -214,6 +214,8 @@ pub(crate) struct Shared<T> {
     round_trip_checked: AtomicBool,
     /// Bound on `State::in_memory`.
     capacity: usize,
+    /// The channel's id, as the disk tier recorded it.
+    pub(crate) channel_id: crate::ChannelId,
     /// How the channel is named in published metrics, if it is.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) labels: Option<crate::options::MetricLabels>,
@@ -280,6 +282,7 @@ impl<T: serde::Serialize> Shared<T> {
     /// receiver alive.
     pub(crate) fn new(disk: DiskQueue, settings: &Settings) -> Shared<T> {
         use crate::options::{Durability, SyncPolicy};
+        let channel_id = disk.channel_id();
         Shared {
             state: Mutex::new(State {
                 memory: Numbered::default(),
@@ -314,6 +317,7 @@ impl<T: serde::Serialize> Shared<T> {
             recv_waiters: AtomicUsize::new(0),
             round_trip_checked: AtomicBool::new(false),
             capacity: settings.memory_capacity,
+            channel_id,
             labels: settings.labels.clone(),
             retry_unreadable: settings.retry_unreadable,
             read_ahead: if settings.durability == Durability::Overflow {

@@ -157,6 +157,8 @@ pub(crate) struct DiskQueue {
     /// Segments of format version 1 still owned: left out when the index
     /// is compacted, so the next open scans them and knows their format.
     old_format: std::collections::BTreeSet<u64>,
+    /// The channel's id (see [`crate::channel_id`]).
+    channel_id: crate::ChannelId,
 }
 
 impl DiskQueue {
@@ -203,6 +205,8 @@ impl DiskQueue {
         // byte (a compressed block packs up to 65,535 records into a few
         // bytes), which is never exhausted.
         let reserved = crate::sequence::read(&*fs, dir.path());
+        let channel_id = crate::channel_id::load(&*fs, dir.path(), reserved == 0, durable)
+            .map_err(|err| OpenError::io(dir.path().join(crate::channel_id::ID_FILE), err))?;
         let unnumbered_from = reserved.max(recovered.last_seq.map_or(0, |seq| seq.saturating_add(1)));
         let first_seq = unnumbered_from.saturating_add(recovered.unnumbered_bytes.saturating_mul(1 << 16));
         let sync_seq = settings.sync == SyncPolicy::Always;
@@ -240,6 +244,7 @@ impl DiskQueue {
             sync_seq,
             index,
             old_format: recovered.old_format,
+            channel_id,
         })
         .map(|mut queue| {
             queue.reserve_seqs(first_seq);
@@ -290,6 +295,11 @@ impl DiskQueue {
     /// file. A failure (a full disk) is logged and tried again a sixteenth
     /// of a block later; meanwhile the records on disk still bound the
     /// numbers a restart goes on from, so a send is never refused for it.
+    /// The channel's id.
+    pub(crate) fn channel_id(&self) -> crate::ChannelId {
+        self.channel_id
+    }
+
     pub(crate) fn reserve_seqs(&mut self, next: u64) {
         let end = next.saturating_add(crate::sequence::RESERVE);
         match crate::sequence::write(&*self.fs, self.dir.path(), end, self.sync_seq) {

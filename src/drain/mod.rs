@@ -21,6 +21,8 @@
 //!   A sink that panics stops the drainer the same way.
 
 mod breaker;
+#[cfg(feature = "nats")]
+mod jetstream_sink;
 #[cfg(feature = "redis")]
 mod redis_sink;
 mod sink;
@@ -39,9 +41,11 @@ use crate::sync::{Arc, Condvar, Mutex};
 pub use breaker::{
     BreakerState, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_BREAKER_OPEN_FOR, DEFAULT_BREAKER_THRESHOLD,
 };
+#[cfg(feature = "nats")]
+pub use jetstream_sink::{JetStreamSink, DEFAULT_DUPLICATE_WINDOW, DEFAULT_NATS_TIMEOUT};
 #[cfg(feature = "redis")]
 pub use redis_sink::{RedisSink, DEFAULT_REDIS_FIELD, DEFAULT_REDIS_TIMEOUT};
-pub use sink::{BoxError, ChannelSink, JsonLinesSink, Sink, SinkError};
+pub use sink::{BoxError, ChannelSink, JsonLinesSink, Numbers, Sink, SinkError};
 
 /// Default bound on items per batch.
 pub const DEFAULT_BATCH_SIZE: usize = 512;
@@ -109,6 +113,8 @@ pub(crate) struct DrainSettings<T> {
     pub(crate) breaker_open_for: Duration,
     /// Batch boundaries by key, if set.
     pub(crate) same_key: Option<SameKey<T>>,
+    /// Most items delivered per second, if paced.
+    pub(crate) max_rate: Option<f64>,
 }
 
 impl<T, S> Drainer<T, S>
@@ -132,6 +138,7 @@ where
                 breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
                 breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
                 same_key: None,
+                max_rate: None,
             },
         }
     }
@@ -192,6 +199,39 @@ where
         F: Fn(&T) -> K + Send + 'static,
     {
         self.settings.same_key = Some(Box::new(move |a, b| key(a) == key(b)));
+        self
+    }
+
+    /// Delivers at most `items_per_second` items per second on average, so
+    /// that a backlog built up while the sink was down does not knock over
+    /// the downstream that just came back. Unpaced by default.
+    ///
+    /// After each batch the drainer waits until the batch's share of the
+    /// rate has passed, so the rate holds over any stretch longer than one
+    /// batch; to keep that stretch short, a paced batch holds at most a
+    /// tenth of a second's worth of items (and at least one). Retries of a
+    /// failed batch are paced by the backoff, not by the rate. A rate of 0
+    /// or less, or not a number, is taken as one item per second.
+    ///
+    /// ```
+    /// # use std::time::{Duration, Instant};
+    /// let dir = tempfile::tempdir()?;
+    /// let (tx, rx) = sump::channel::<u32>("paced", dir.path())?;
+    /// tx.send_batch(0..200)?;
+    /// drop(tx);
+    /// let started = Instant::now();
+    /// let handle = sump::Drainer::new(rx, |_: &[u32]| Ok(())).max_rate(500.0).spawn();
+    /// while handle.stats().delivered < 200 {
+    ///     std::thread::sleep(Duration::from_millis(5));
+    /// }
+    /// // Four batches of 50 (a tenth of a second each), the last of which
+    /// // goes 0.3 s after the first.
+    /// assert!(started.elapsed() >= Duration::from_millis(290));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn max_rate(mut self, items_per_second: f64) -> Self {
+        let rate = if items_per_second.is_nan() || items_per_second <= 0.0 { 1.0 } else { items_per_second };
+        self.settings.max_rate = Some(rate);
         self
     }
 

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::channel::Sender;
+use crate::ChannelId;
 
 /// The boxed error a [`SinkError`] carries.
 pub type BoxError = Box<dyn Error + Send + Sync>;
@@ -45,6 +46,73 @@ pub trait Sink<T> {
     /// leading part of the batch was accepted before the failure, so the
     /// drainer does not send it again.
     fn send_batch(&mut self, batch: &[T]) -> Result<(), SinkError>;
+
+    /// Delivers a batch, in order, told where its items come from: the
+    /// channel's id and each item's sequence number. The drainer calls
+    /// this; the default forwards to [`send_batch`](Sink::send_batch).
+    ///
+    /// A sink that can drop what it already delivered overrides it: an
+    /// item delivered, then delivered again after a crash of the process
+    /// before its commit (the at-least-once window), comes back with the
+    /// same channel id and number.
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use sump::{Numbers, Sink, SinkError};
+    ///
+    /// /// Keeps each item once, however often it is delivered.
+    /// #[derive(Default)]
+    /// struct Once(HashSet<(u128, u64)>, Vec<String>);
+    ///
+    /// impl Sink<String> for Once {
+    ///     fn send_batch(&mut self, _: &[String]) -> Result<(), SinkError> {
+    ///         Err(SinkError::permanent("needs the numbers"))
+    ///     }
+    ///     fn send_numbered(&mut self, batch: &[String], numbers: Numbers<'_>) -> Result<(), SinkError> {
+    ///         for (item, seq) in batch.iter().zip(numbers.seqs()) {
+    ///             if self.0.insert((numbers.channel().as_u128(), *seq)) {
+    ///                 self.1.push(item.clone());
+    ///             }
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send_batch`](Sink::send_batch).
+    fn send_numbered(&mut self, batch: &[T], numbers: Numbers<'_>) -> Result<(), SinkError> {
+        let _ = numbers;
+        self.send_batch(batch)
+    }
+}
+
+/// Where the items of a batch come from, as a [`Sink`] is told by
+/// [`Sink::send_numbered`]: the channel's id and each item's sequence
+/// number, in the batch's order.
+#[derive(Debug, Clone, Copy)]
+pub struct Numbers<'a> {
+    channel: ChannelId,
+    seqs: &'a [u64],
+}
+
+impl<'a> Numbers<'a> {
+    /// Numbers for a batch from `channel`, one per item. For a sink's own
+    /// tests, and for code that calls a sink outside a drainer.
+    pub fn new(channel: ChannelId, seqs: &'a [u64]) -> Numbers<'a> {
+        Numbers { channel, seqs }
+    }
+
+    /// The channel the items were sent on.
+    pub fn channel(&self) -> ChannelId {
+        self.channel
+    }
+
+    /// Each item's sequence number, in the batch's order.
+    pub fn seqs(&self) -> &'a [u64] {
+        self.seqs
+    }
 }
 
 impl<T, F> Sink<T> for F

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::breaker::{Backoff, Breaker};
-use super::{Control, DrainSettings, Sink, SinkError};
+use super::{Control, DrainSettings, Numbers, Sink, SinkError};
 use crate::channel::Receiver;
 use crate::encoding;
 use crate::err::RecvTimeoutError;
@@ -39,6 +39,8 @@ pub(crate) struct Worker<T, S> {
     backoff: Backoff,
     /// The circuit breaker.
     breaker: Breaker,
+    /// With [`DrainSettings::max_rate`]: when the next batch may go.
+    paced_until: Option<Instant>,
 }
 
 impl<T, S> Worker<T, S>
@@ -49,7 +51,7 @@ where
     pub(crate) fn new(sink: S, settings: DrainSettings<T>, control: Arc<Control<T>>) -> Self {
         let backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
         let breaker = Breaker::new(settings.breaker_threshold, settings.breaker_open_for);
-        Worker { sink, settings, control, backoff, breaker }
+        Worker { sink, settings, control, backoff, breaker, paced_until: None }
     }
 
     fn stopping(&self) -> bool {
@@ -66,11 +68,16 @@ where
     /// either.
     pub(crate) fn run(mut self, receiver: Receiver<T>) -> Receiver<T> {
         while !self.stopping() {
+            if self.wait_for_pace() {
+                break;
+            }
             let Some(collected) = self.collect(&receiver) else { break };
             let Some((batch, cut)) = collected else { continue };
             self.control.state.lock().in_flight = cut as u64;
-            let (done, halt) = self.deliver(&batch[..cut]);
+            let numbers = Numbers::new(receiver.channel_id(), &batch.seqs()[..cut]);
+            let (done, halt) = self.deliver(&batch[..cut], numbers);
             self.control.state.lock().in_flight = 0;
+            self.pace(done);
             if let Err(err) = batch.commit_first(done) {
                 tracing::error!(error = %err, "delivered items may be delivered again after a restart");
             }
@@ -87,13 +94,49 @@ where
         receiver
     }
 
+    /// With a rate limit: after `delivered` items went, the next batch
+    /// waits for their share of the rate. Time not used (the channel was
+    /// empty, say) is not saved up: an idle drainer does not burst later.
+    fn pace(&mut self, delivered: usize) {
+        let Some(rate) = self.settings.max_rate else { return };
+        let now = Instant::now();
+        let from = self.paced_until.map_or(now, |until| until.max(now));
+        let share = Duration::try_from_secs_f64(delivered as f64 / rate).unwrap_or(Duration::MAX);
+        self.paced_until = from.checked_add(share);
+    }
+
+    /// Waits until the rate limit lets the next batch go; `true` if a
+    /// shutdown was requested meanwhile (or before).
+    fn wait_for_pace(&self) -> bool {
+        let Some(until) = self.paced_until else { return false };
+        let mut state = self.control.state.lock();
+        loop {
+            if state.deadline.is_some() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            self.control.wake.wait_until(&mut state, until);
+        }
+    }
+
+    /// Most items in a batch: the batch size, and with a rate limit a
+    /// tenth of a second's worth of items.
+    fn batch_limit(&self) -> usize {
+        match self.settings.max_rate {
+            Some(rate) => self.settings.batch_size.min(((rate / 10.0) as usize).max(1)),
+            None => self.settings.batch_size,
+        }
+    }
+
     /// Peeks the next batch, and how many of its items to send now: up
     /// to the first whose key differs or that would go over the byte
     /// limit. `None` when the channel is disconnected and empty;
     /// `Some(None)` when a shutdown was requested meanwhile.
     #[allow(clippy::type_complexity)]
     fn collect<'r>(&self, receiver: &'r Receiver<T>) -> Option<Option<(Peeked<'r, T>, usize)>> {
-        let batch_size = self.settings.batch_size;
+        let batch_size = self.batch_limit();
         let mut batch = loop {
             match receiver.peek_batch(batch_size, STOP_POLL) {
                 Ok(batch) => break batch,
@@ -136,7 +179,7 @@ where
     /// Delivers `batch` in order. Returns how many items from the front
     /// were accepted or dead-lettered, and why it halted early, if it did;
     /// the rest go back to the channel.
-    fn deliver(&mut self, batch: &[T]) -> (usize, Option<Halt>) {
+    fn deliver(&mut self, batch: &[T], numbers: Numbers<'_>) -> (usize, Option<Halt>) {
         let mut done = 0;
         // Lengths of the parts still to send, in order; they add up to
         // `batch.len() - done`. A permanent refusal splits a part in two.
@@ -146,7 +189,8 @@ where
                 return (done, Some(halt));
             }
             let slice = &batch[done..done + part];
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.sink.send_batch(slice)));
+            let slice_numbers = Numbers::new(numbers.channel(), &numbers.seqs()[done..done + part]);
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.sink.send_numbered(slice, slice_numbers)));
             let result = match outcome {
                 Ok(result) => result,
                 Err(_) => return (done, Some(Halt::Stopped("the sink panicked".to_string()))),

@@ -446,6 +446,7 @@ where
         .remove(&dir.join(crate::dir::LOCK_FILE))
         .and_then(|()| crate::storage::remove_if_present(fs, &dir.join(crate::identity::TYPE_FILE)))
         .and_then(|()| crate::storage::remove_if_present(fs, &dir.join(crate::sequence::SEQUENCE_FILE)))
+        .and_then(|()| crate::storage::remove_if_present(fs, &dir.join(crate::channel_id::ID_FILE)))
         .and_then(|()| fs.remove_dir(&dir));
     if let Err(err) = removed {
         tracing::warn!(dir = %dir.display(), error = %err, "left a shard directory that holds other files");

@@ -1,0 +1,492 @@
+//! [`JetStreamSink`]: publishes each item to a NATS JetStream stream and
+//! waits for every acknowledgement, with a `Nats-Msg-Id` made from the
+//! channel's id and the item's sequence number so that the server drops
+//! what a crash made the drainer deliver twice. Behind the `nats` feature.
+//!
+//! The client is `async-nats`, driven by a current-thread tokio runtime
+//! that the sink owns and runs on a thread of its own (named
+//! `sump-nats`), so that the connection keeps answering the server's
+//! pings while the drainer waits for items; each batch is handed to that
+//! runtime and waited for, so the [`Sink`] stays blocking.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{Config, StorageType};
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::{self, Context};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::sink::{BoxError, Numbers, Sink, SinkError};
+
+/// Default timeout for connecting and for each batch's acknowledgements.
+pub const DEFAULT_NATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default duplicate window of a stream the sink creates: JetStream's own
+/// default, two minutes.
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How an item becomes a message's payload.
+type Encode<T> = fn(&T, &mut Vec<u8>) -> Result<(), BoxError>;
+
+/// The subject of each item.
+type SubjectOf<T> = Box<dyn Fn(&T) -> String + Send>;
+
+/// Headers of each item, beyond the fixed ones.
+type HeadersOf<T> = Box<dyn Fn(&T, &mut HeaderMap) + Send>;
+
+fn encode_json<T: Serialize>(item: &T, out: &mut Vec<u8>) -> Result<(), BoxError> {
+    serde_json::to_writer(out, item).map_err(Into::into)
+}
+
+#[allow(clippy::ptr_arg)] // the type of `Encode<Vec<u8>>`
+fn encode_raw(item: &Vec<u8>, out: &mut Vec<u8>) -> Result<(), BoxError> {
+    out.extend_from_slice(item);
+    Ok(())
+}
+
+/// The stream the sink creates when it finds none.
+#[derive(Debug, Clone)]
+struct Create {
+    subjects: Vec<String>,
+    replicas: usize,
+}
+
+/// A sink that publishes every item to a NATS JetStream stream, waits for
+/// the server's acknowledgement of each, and names each message with a
+/// `Nats-Msg-Id` so that the stream keeps an item once however often it
+/// is delivered.
+///
+/// # Exactly once, within the duplicate window
+///
+/// A drainer commits a batch only after the sink accepted it, so a
+/// forwarding process that crashes between the two delivers the batch
+/// again after its restart (the at-least-once window). Here every message
+/// carries `Nats-Msg-Id: <channel id>-<sequence number>` (see
+/// [`ChannelId`](crate::ChannelId)), the same on every delivery of the
+/// item, and JetStream drops a message whose id it saw within the
+/// stream's duplicate window. So a redelivery is dropped if the process
+/// is back and delivering within that window of the first delivery: two
+/// minutes by default ([`DEFAULT_DUPLICATE_WINDOW`]); a longer window
+/// ([`JetStreamSink::duplicate_window`]) costs the server memory for the
+/// ids it remembers. On connecting the sink reads the stream's window and
+/// warns when it is shorter than the one asked for. With
+/// [`JetStreamSink::deduplicate`]`(false)` no id is sent.
+///
+/// # Order
+///
+/// Items are published in channel order on one connection and the stream
+/// stores them in that order. A batch is retried from its first item not
+/// acknowledged; items after it that were stored meanwhile come again and
+/// are dropped as duplicates, so the stream's order stays the channel's.
+///
+/// # Failures
+///
+/// A server that cannot be reached, a connection that drops, an
+/// acknowledgement that does not come within the timeout
+/// ([`DEFAULT_NATS_TIMEOUT`]) or an error the server may recover from
+/// (no quorum, say) is transient: the drainer retries with backoff, and
+/// [`SinkError::accepted`] says how many leading items were acknowledged.
+/// A message the server refuses for good (larger than the stream or the
+/// server allows) and a stream that does not exist (unless the sink was
+/// asked to create it, [`JetStreamSink::create_stream`]) are permanent,
+/// so the drainer routes those items to its dead-letter channel.
+///
+/// ```no_run
+/// use sump::{Drainer, JetStreamSink};
+///
+/// let dir = tempfile::tempdir()?;
+/// let (tx, rx) = sump::channel::<String>("events", dir.path())?;
+/// let sink = JetStreamSink::new("nats://127.0.0.1:4222", "EVENTS", "events.all")?
+///     .create_stream(["events.>"]);
+/// let drainer = Drainer::new(rx, sink).spawn();
+/// tx.send("hello".to_string())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct JetStreamSink<T> {
+    /// Where the runtime runs, and how it is stopped.
+    runtime: Runtime,
+    /// Where to connect, as given.
+    url: String,
+    /// The servers in it.
+    servers: Vec<async_nats::ServerAddr>,
+    /// The JetStream context, once connected and the stream checked.
+    context: Option<Context>,
+    /// The stream's name.
+    stream: String,
+    /// Each item's subject.
+    subject: SubjectOf<T>,
+    /// Headers on every message.
+    headers: HeaderMap,
+    /// Headers of each item.
+    item_headers: Option<HeadersOf<T>>,
+    /// The payload of an item.
+    encode: Encode<T>,
+    /// Whether to create the stream when it is missing, and how.
+    create: Option<Create>,
+    /// Whether messages carry a `Nats-Msg-Id`.
+    deduplicate: bool,
+    /// The duplicate window wanted.
+    duplicate_window: Duration,
+    /// Connect and acknowledgement timeout.
+    timeout: Duration,
+    /// The payloads of one batch, reused.
+    encoded: Vec<Vec<u8>>,
+}
+
+/// The sink's runtime: a current-thread tokio runtime driven by a thread
+/// of its own until the sink is dropped.
+struct Runtime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Runtime {
+    fn start() -> std::io::Result<Runtime> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("sump-nats".to_string()).spawn(move || {
+            runtime.block_on(async move {
+                let _ = stopped.await;
+            });
+        })?;
+        Ok(Runtime { handle, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Runs `future` on the runtime and waits for it.
+    fn run<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.handle.block_on(future)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<T: Serialize> JetStreamSink<T> {
+    /// A sink publishing to stream `stream` on the server at `url`
+    /// (`nats://host:port`, or several separated by commas: the nodes of
+    /// a cluster), every item on
+    /// `subject`, encoded as JSON. Does not connect yet.
+    ///
+    /// # Errors
+    ///
+    /// When a server address is not valid (an error of kind
+    /// `InvalidInput`), or the sink's runtime thread cannot be started.
+    pub fn new(url: impl Into<String>, stream: impl Into<String>, subject: impl Into<String>) -> std::io::Result<Self> {
+        let url = url.into();
+        let servers = url
+            .split(',')
+            .map(|server| {
+                server.trim().parse::<async_nats::ServerAddr>().map_err(|err| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("NATS server {server:?}: {err}"))
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let subject = subject.into();
+        Ok(JetStreamSink {
+            runtime: Runtime::start()?,
+            url,
+            servers,
+            context: None,
+            stream: stream.into(),
+            subject: Box::new(move |_| subject.clone()),
+            headers: HeaderMap::new(),
+            item_headers: None,
+            encode: encode_json::<T>,
+            create: None,
+            deduplicate: true,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            timeout: DEFAULT_NATS_TIMEOUT,
+            encoded: Vec::new(),
+        })
+    }
+}
+
+impl JetStreamSink<Vec<u8>> {
+    /// Publishes each `Vec<u8>` item as it is, instead of as JSON.
+    #[must_use]
+    pub fn raw(mut self) -> Self {
+        self.encode = encode_raw;
+        self
+    }
+}
+
+impl<T> JetStreamSink<T> {
+    /// Publishes each item on the subject `subject` gives it, instead of
+    /// the one subject given to [`new`](JetStreamSink::new).
+    #[must_use]
+    pub fn subject_of(mut self, subject: impl Fn(&T) -> String + Send + 'static) -> Self {
+        self.subject = Box::new(subject);
+        self
+    }
+
+    /// Adds a header to every message.
+    #[must_use]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Lets `headers` add headers of each item to its message.
+    #[must_use]
+    pub fn headers_of(mut self, headers: impl Fn(&T, &mut HeaderMap) + Send + 'static) -> Self {
+        self.item_headers = Some(Box::new(headers));
+        self
+    }
+
+    /// Creates the stream, on file storage with one replica, bound to
+    /// `subjects` and with the [duplicate window](Self::duplicate_window),
+    /// when the sink finds no stream of its name. Without this a missing
+    /// stream refuses every item.
+    #[must_use]
+    pub fn create_stream<S: Into<String>>(mut self, subjects: impl IntoIterator<Item = S>) -> Self {
+        let replicas = self.create.as_ref().map_or(1, |create| create.replicas);
+        self.create = Some(Create { subjects: subjects.into_iter().map(Into::into).collect(), replicas });
+        self
+    }
+
+    /// The number of replicas of a stream the sink creates (default 1; 3
+    /// on a three-node cluster keeps every acknowledged item through the
+    /// loss of one node).
+    #[must_use]
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        let subjects = self.create.take().map(|create| create.subjects).unwrap_or_default();
+        self.create = Some(Create { subjects, replicas: replicas.max(1) });
+        self
+    }
+
+    /// The duplicate window a stream the sink creates gets, and the one it
+    /// expects of a stream that exists (default
+    /// [`DEFAULT_DUPLICATE_WINDOW`]): a redelivery later than this after
+    /// the first delivery is stored again.
+    #[must_use]
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// Whether messages carry a `Nats-Msg-Id` (default `true`). Without
+    /// it, a batch delivered again after a crash is stored twice.
+    #[must_use]
+    pub fn deduplicate(mut self, deduplicate: bool) -> Self {
+        self.deduplicate = deduplicate;
+        self
+    }
+
+    /// Bounds connecting and the wait for each batch's acknowledgements
+    /// (default [`DEFAULT_NATS_TIMEOUT`]).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connects, and finds (or creates) the stream.
+    async fn connect(&self) -> Result<Context, SinkError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(self.timeout)
+            .connect(self.servers.as_slice())
+            .await
+            .map_err(SinkError::transient)?;
+        let context = jetstream::ContextBuilder::new()
+            .timeout(self.timeout)
+            .ack_timeout(self.timeout)
+            .backpressure_on_inflight(true)
+            .build(client);
+        let stream = match &self.create {
+            Some(create) => {
+                let config = Config {
+                    name: self.stream.clone(),
+                    subjects: create.subjects.clone(),
+                    storage: StorageType::File,
+                    num_replicas: create.replicas,
+                    duplicate_window: self.duplicate_window,
+                    ..Config::default()
+                };
+                context.get_or_create_stream(config).await.map_err(SinkError::transient)?
+            }
+            None => context.get_stream(&self.stream).await.map_err(|err| {
+                if is_missing_stream(&err) {
+                    SinkError::permanent(format!("no JetStream stream named {:?}: {err}", self.stream))
+                } else {
+                    SinkError::transient(err)
+                }
+            })?,
+        };
+        let window = stream.cached_info().config.duplicate_window;
+        if self.deduplicate && window < self.duplicate_window {
+            tracing::warn!(stream = %self.stream, window = ?window, wanted = ?self.duplicate_window,
+                "the stream's duplicate window is shorter than asked: a redelivery later than it is stored again");
+        }
+        Ok(context)
+    }
+
+    /// Publishes the first `count` encoded items of `batch` and waits for
+    /// their acknowledgements; the error says how many leading ones were
+    /// acknowledged.
+    async fn publish(
+        &self,
+        context: &Context,
+        batch: &[T],
+        numbers: Numbers<'_>,
+        count: usize,
+    ) -> Result<(), SinkError> {
+        let channel = numbers.channel();
+        let mut acks = Vec::with_capacity(count);
+        for (index, item) in batch[..count].iter().enumerate() {
+            let mut headers = self.headers.clone();
+            if let Some(item_headers) = &self.item_headers {
+                item_headers(item, &mut headers);
+            }
+            let mut message =
+                PublishMessage::build().payload(Bytes::copy_from_slice(&self.encoded[index])).headers(headers);
+            if self.deduplicate {
+                if let Some(seq) = numbers.seqs().get(index) {
+                    message = message.message_id(format!("{channel}-{seq}"));
+                }
+            }
+            match context.send_publish((self.subject)(item), message).await {
+                Ok(ack) => acks.push(ack),
+                Err(err) => {
+                    // Those published so far still count if acknowledged.
+                    let acked = match acknowledged(acks).await {
+                        Ok(()) => index,
+                        Err((done, _)) => done,
+                    };
+                    return Err(self.classify(context, &err).await.with_accepted(acked));
+                }
+            }
+        }
+        match acknowledged(acks).await {
+            Ok(()) => Ok(()),
+            Err((done, err)) => Err(self.classify(context, &err).await.with_accepted(done)),
+        }
+    }
+}
+
+impl<T> JetStreamSink<T> {
+    /// Transient or permanent, by what the server or the client said. "No
+    /// responders" is permanent only if the server says the stream does
+    /// not exist: a cluster electing the stream's leader answers a
+    /// publish that way too, for a moment.
+    async fn classify(&self, context: &Context, err: &PublishError) -> SinkError {
+        match err.kind() {
+            PublishErrorKind::MaxPayloadExceeded => SinkError::permanent(err.to_string()),
+            PublishErrorKind::StreamNotFound => match context.get_stream(&self.stream).await {
+                Err(lookup) if is_missing_stream(&lookup) => SinkError::permanent(format!(
+                    "no JetStream stream named {:?} (no stream takes the subject): {err}",
+                    self.stream
+                )),
+                Ok(_) => SinkError::transient(format!("the stream has no leader yet: {err}")),
+                Err(lookup) => SinkError::transient(format!("{err}; and looking the stream up failed: {lookup}")),
+            },
+            PublishErrorKind::Other => {
+                let refused = std::error::Error::source(err)
+                    .and_then(|source| source.downcast_ref::<jetstream::Error>())
+                    .is_some_and(|server| server.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM);
+                if refused {
+                    SinkError::permanent(err.to_string())
+                } else {
+                    SinkError::transient(err.to_string())
+                }
+            }
+            _ => SinkError::transient(err.to_string()),
+        }
+    }
+}
+
+/// Waits for `acks` in order; the first failure, and how many came
+/// before it.
+async fn acknowledged(acks: Vec<jetstream::context::PublishAckFuture>) -> Result<(), (usize, PublishError)> {
+    for (done, ack) in acks.into_iter().enumerate() {
+        if let Err(err) = ack.await {
+            return Err((done, err));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a failed stream lookup says the stream does not exist.
+fn is_missing_stream(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(err)
+        if err.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+impl<T> fmt::Debug for JetStreamSink<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamSink")
+            .field("url", &self.url)
+            .field("stream", &self.stream)
+            .field("connected", &self.context.is_some())
+            .field("deduplicate", &self.deduplicate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Sink<T> for JetStreamSink<T> {
+    /// Publishes without `Nats-Msg-Id`s: called directly, outside a
+    /// drainer, the items come with no numbers. A drainer calls
+    /// [`send_numbered`](Sink::send_numbered).
+    fn send_batch(&mut self, batch: &[T]) -> Result<(), SinkError> {
+        self.send_numbered(batch, Numbers::new(crate::ChannelId::from_u128(0), &[]))
+    }
+
+    fn send_numbered(&mut self, batch: &[T], numbers: Numbers<'_>) -> Result<(), SinkError> {
+        self.encoded.resize_with(batch.len(), Vec::new);
+        let mut refused = None;
+        for (index, item) in batch.iter().enumerate() {
+            let payload = &mut self.encoded[index];
+            payload.clear();
+            if let Err(err) = (self.encode)(item, payload) {
+                refused = Some((index, err));
+                break;
+            }
+        }
+        let good = refused.as_ref().map_or(batch.len(), |(index, _)| *index);
+        if good > 0 {
+            // One connection for the sink's life once it is made: the
+            // client reconnects by itself and sends what it buffered in
+            // order, so a new connection beside it could reorder.
+            let context = match &self.context {
+                Some(context) => context.clone(),
+                None => {
+                    let context = self.runtime.run(within(self.timeout.saturating_mul(2), self.connect()))?;
+                    self.context = Some(context.clone());
+                    context
+                }
+            };
+            let timeout = self.timeout.saturating_mul(2);
+            self.runtime.run(within(timeout, self.publish(&context, batch, numbers, good)))?;
+        }
+        match refused {
+            Some((index, err)) => Err(SinkError::permanent(err).with_accepted(index)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `future`'s result, or a transient error once `timeout` passed (a
+/// connection that is down can hold a publish back however long).
+async fn within<O>(
+    timeout: Duration,
+    future: impl std::future::Future<Output = Result<O, SinkError>>,
+) -> Result<O, SinkError> {
+    match tokio::time::timeout(timeout, future).await {
+        Ok(output) => output,
+        Err(_) => Err(SinkError::transient(format!("no answer from the NATS server within {timeout:?}"))),
+    }
+}
