@@ -1,8 +1,10 @@
 //! Items per second into a NATS JetStream stream: `sump`'s channel and
-//! drainer with the `JetStreamSink` (a `Nats-Msg-Id` on every message),
-//! beside the ceiling, the same client publishing the same payloads
-//! straight from memory with the same number of acknowledgements in
-//! flight (what `nats bench js pub` measures), in the same run.
+//! drainer with the `JetStreamSink` (with and without a `Nats-Msg-Id` on
+//! every message), beside the ceiling, the same client publishing the
+//! same payloads straight from memory with the same number of
+//! acknowledgements in flight (what `nats bench js pub` measures; with
+//! and without ids too, since the server's deduplication has a cost of
+//! its own), in the same run.
 //!
 //! 1,000,000 items of 200 bytes per iteration (`SUMP_BENCH_NATS_ITEMS`
 //! changes it) into a file-backed stream on a `nats-server` the bench
@@ -15,6 +17,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::message::PublishMessage;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sump::{Builder, Drainer, JetStreamSink};
 
@@ -85,53 +88,64 @@ fn jetstream(c: &mut Criterion) {
     group.throughput(Throughput::Elements(items));
     group.sample_size(10).measurement_time(Duration::from_secs(20));
 
-    group.bench_function("raw_publish_same_client", |b| {
-        let context = rt.block_on(async { async_nats::jetstream::new(async_nats::connect(&url).await.unwrap()) });
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                fresh_stream(&rt, &url, "RAW", "raw");
-                let start = Instant::now();
-                rt.block_on(async {
-                    for window in payloads.chunks(IN_FLIGHT) {
-                        let mut acks = Vec::with_capacity(window.len());
-                        for bytes in window {
-                            acks.push(context.publish("raw", bytes.clone().into()).await.unwrap());
+    for with_ids in [false, true] {
+        let name = if with_ids { "raw_publish_with_msg_ids" } else { "raw_publish_same_client" };
+        group.bench_function(name, |b| {
+            let context = rt.block_on(async { async_nats::jetstream::new(async_nats::connect(&url).await.unwrap()) });
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    fresh_stream(&rt, &url, "RAW", "raw");
+                    let start = Instant::now();
+                    rt.block_on(async {
+                        for (n, window) in payloads.chunks(IN_FLIGHT).enumerate() {
+                            let mut acks = Vec::with_capacity(window.len());
+                            for (i, bytes) in window.iter().enumerate() {
+                                let mut message = PublishMessage::build().payload(bytes.clone().into());
+                                if with_ids {
+                                    message = message.message_id(format!("bench-{}", n * IN_FLIGHT + i));
+                                }
+                                acks.push(context.send_publish("raw", message).await.unwrap());
+                            }
+                            for ack in acks {
+                                ack.await.unwrap();
+                            }
                         }
-                        for ack in acks {
-                            ack.await.unwrap();
-                        }
-                    }
-                });
-                total += start.elapsed();
-            }
-            total
-        })
-    });
+                    });
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
 
-    group.bench_function("sump_drainer_jetstream_sink", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                fresh_stream(&rt, &url, "SUMP", "sump");
-                let dir = tempfile::tempdir().unwrap();
-                let (tx, rx) = Builder::new("bench", dir.path()).memory_capacity(100_000).open::<Vec<u8>>().unwrap();
-                let sink = JetStreamSink::new(url.as_str(), "SUMP", "sump").unwrap().raw();
-                let start = Instant::now();
-                let handle = Drainer::new(rx, sink).batch_size(IN_FLIGHT).spawn();
-                for bytes in &payloads {
-                    tx.send(bytes.clone()).unwrap();
+    for dedupe in [true, false] {
+        let name = if dedupe { "sump_drainer_jetstream_sink" } else { "sump_drainer_jetstream_sink_no_ids" };
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    fresh_stream(&rt, &url, "SUMP", "sump");
+                    let dir = tempfile::tempdir().unwrap();
+                    let (tx, rx) =
+                        Builder::new("bench", dir.path()).memory_capacity(100_000).open::<Vec<u8>>().unwrap();
+                    let sink = JetStreamSink::new(url.as_str(), "SUMP", "sump").unwrap().raw().deduplicate(dedupe);
+                    let start = Instant::now();
+                    let handle = Drainer::new(rx, sink).batch_size(IN_FLIGHT).spawn();
+                    for bytes in &payloads {
+                        tx.send(bytes.clone()).unwrap();
+                    }
+                    drop(tx);
+                    while !handle.is_finished() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    total += start.elapsed();
+                    assert_eq!(handle.stats().delivered, items);
                 }
-                drop(tx);
-                while !handle.is_finished() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                total += start.elapsed();
-                assert_eq!(handle.stats().delivered, items);
-            }
-            total
-        })
-    });
+                total
+            })
+        });
+    }
     group.finish();
 }
 

@@ -33,8 +33,20 @@ pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How an item becomes a message's payload.
 type Encode<T> = fn(&T, &mut Vec<u8>) -> Result<(), BoxError>;
 
-/// The subject of each item.
-type SubjectOf<T> = Box<dyn Fn(&T) -> String + Send>;
+/// The subject of each item: one for all, or one of its own.
+enum SubjectOf<T> {
+    Fixed(async_nats::Subject),
+    Each(Box<dyn Fn(&T) -> String + Send>),
+}
+
+impl<T> SubjectOf<T> {
+    fn of(&self, item: &T) -> async_nats::Subject {
+        match self {
+            SubjectOf::Fixed(subject) => subject.clone(),
+            SubjectOf::Each(subject) => async_nats::Subject::from(subject(item)),
+        }
+    }
+}
 
 /// Headers of each item, beyond the fixed ones.
 type HeadersOf<T> = Box<dyn Fn(&T, &mut HeaderMap) + Send>;
@@ -134,8 +146,6 @@ pub struct JetStreamSink<T> {
     duplicate_window: Duration,
     /// Connect and acknowledgement timeout.
     timeout: Duration,
-    /// The payloads of one batch, reused.
-    encoded: Vec<Vec<u8>>,
 }
 
 /// The sink's runtime: a current-thread tokio runtime driven by a thread
@@ -196,14 +206,14 @@ impl<T: Serialize> JetStreamSink<T> {
                 })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        let subject = subject.into();
+        let subject = async_nats::Subject::from(subject.into());
         Ok(JetStreamSink {
             runtime: Runtime::start()?,
             url,
             servers,
             context: None,
             stream: stream.into(),
-            subject: Box::new(move |_| subject.clone()),
+            subject: SubjectOf::Fixed(subject),
             headers: HeaderMap::new(),
             item_headers: None,
             encode: encode_json::<T>,
@@ -211,7 +221,6 @@ impl<T: Serialize> JetStreamSink<T> {
             deduplicate: true,
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             timeout: DEFAULT_NATS_TIMEOUT,
-            encoded: Vec::new(),
         })
     }
 }
@@ -230,7 +239,7 @@ impl<T> JetStreamSink<T> {
     /// the one subject given to [`new`](JetStreamSink::new).
     #[must_use]
     pub fn subject_of(mut self, subject: impl Fn(&T) -> String + Send + 'static) -> Self {
-        self.subject = Box::new(subject);
+        self.subject = SubjectOf::Each(Box::new(subject));
         self
     }
 
@@ -335,31 +344,35 @@ impl<T> JetStreamSink<T> {
         Ok(context)
     }
 
-    /// Publishes the first `count` encoded items of `batch` and waits for
-    /// their acknowledgements; the error says how many leading ones were
-    /// acknowledged.
+    /// Publishes the leading items of `batch`, one per payload, and waits
+    /// for their acknowledgements; the error says how many leading ones
+    /// were acknowledged.
     async fn publish(
         &self,
         context: &Context,
         batch: &[T],
         numbers: Numbers<'_>,
-        count: usize,
+        mut payloads: Vec<Vec<u8>>,
     ) -> Result<(), SinkError> {
         let channel = numbers.channel();
+        let count = payloads.len();
         let mut acks = Vec::with_capacity(count);
         for (index, item) in batch[..count].iter().enumerate() {
-            let mut headers = self.headers.clone();
-            if let Some(item_headers) = &self.item_headers {
-                item_headers(item, &mut headers);
+            let payload = Bytes::from(std::mem::take(&mut payloads[index]));
+            let mut message = PublishMessage::build().payload(payload);
+            if !self.headers.is_empty() || self.item_headers.is_some() {
+                let mut headers = self.headers.clone();
+                if let Some(item_headers) = &self.item_headers {
+                    item_headers(item, &mut headers);
+                }
+                message = message.headers(headers);
             }
-            let mut message =
-                PublishMessage::build().payload(Bytes::copy_from_slice(&self.encoded[index])).headers(headers);
             if self.deduplicate {
                 if let Some(seq) = numbers.seqs().get(index) {
                     message = message.message_id(format!("{channel}-{seq}"));
                 }
             }
-            match context.send_publish((self.subject)(item), message).await {
+            match context.send_publish(self.subject.of(item), message).await {
                 Ok(ack) => acks.push(ack),
                 Err(err) => {
                     // Those published so far still count if acknowledged.
@@ -446,17 +459,17 @@ impl<T> Sink<T> for JetStreamSink<T> {
     }
 
     fn send_numbered(&mut self, batch: &[T], numbers: Numbers<'_>) -> Result<(), SinkError> {
-        self.encoded.resize_with(batch.len(), Vec::new);
+        let mut payloads = Vec::with_capacity(batch.len());
         let mut refused = None;
         for (index, item) in batch.iter().enumerate() {
-            let payload = &mut self.encoded[index];
-            payload.clear();
-            if let Err(err) = (self.encode)(item, payload) {
+            let mut payload = Vec::new();
+            if let Err(err) = (self.encode)(item, &mut payload) {
                 refused = Some((index, err));
                 break;
             }
+            payloads.push(payload);
         }
-        let good = refused.as_ref().map_or(batch.len(), |(index, _)| *index);
+        let good = payloads.len();
         if good > 0 {
             // One connection for the sink's life once it is made: the
             // client reconnects by itself and sends what it buffered in
@@ -470,7 +483,7 @@ impl<T> Sink<T> for JetStreamSink<T> {
                 }
             };
             let timeout = self.timeout.saturating_mul(2);
-            self.runtime.run(within(timeout, self.publish(&context, batch, numbers, good)))?;
+            self.runtime.run(within(timeout, self.publish(&context, batch, numbers, payloads)))?;
         }
         match refused {
             Some((index, err)) => Err(SinkError::permanent(err).with_accepted(index)),
