@@ -8,8 +8,11 @@
 //! on. It is drawn anew whenever the numbers could start again: when the
 //! file is missing or damaged, and when the sequence file is (the numbers
 //! then go on only after the records still on disk, so a number given to
-//! an item already delivered and gone could be given again). A new id
-//! costs deduplication across that one event, never an item.
+//! an item already delivered and gone could be given again), and the file
+//! is removed when numbers cannot be reserved (see
+//! `DiskQueue::reserve_seqs`). A new id costs deduplication across that
+//! one event, never an item. A copy of the directory (a restored backup)
+//! shares the id; deleting `sump.id` in the copy gives it its own.
 //!
 //! The byte layout is in `FORMAT.md` ("Id file"), pinned by
 //! `tests::id_file_bytes_are_pinned_and_damage_is_refused`.
@@ -108,13 +111,34 @@ fn decode(bytes: &[u8]) -> Option<ChannelId> {
 
 /// The channel's id: the recorded one, or, when there is none, it is
 /// damaged, or the numbering starts again (`renumbered`), a new one,
-/// recorded (synced when `sync`) before it is returned.
-///
-/// # Errors
-///
-/// When the file cannot be read (other than missing) or the new id
-/// cannot be recorded.
-pub(crate) fn load(fs: &dyn Storage, dir: &Path, renumbered: bool, sync: bool) -> io::Result<ChannelId> {
+/// recorded (synced when `sync`) before it is returned. When the file
+/// cannot be read or the new id cannot be recorded (a full disk), a new
+/// id for this run only, with a warning: the next open draws another,
+/// which costs deduplication across the restart, never an item.
+pub(crate) fn load(fs: &dyn Storage, dir: &Path, renumbered: bool, sync: bool) -> ChannelId {
+    match recorded_or_new(fs, dir, renumbered, sync) {
+        Ok(id) => id,
+        Err(err) => {
+            tracing::warn!(path = %dir.join(ID_FILE).display(), error = %err,
+                "cannot read or record the channel's id; using a new one for this run");
+            forget(fs, dir);
+            ChannelId::draw()
+        }
+    }
+}
+
+/// Removes the id file, so that the next open draws a new id: numbers
+/// given out from now on could repeat after a restart. Best effort; a
+/// failure is logged.
+pub(crate) fn forget(fs: &dyn Storage, dir: &Path) {
+    let removed = crate::storage::remove_if_present(fs, &dir.join(ID_FILE)).and_then(|()| fs.sync_dir(dir));
+    if let Err(err) = removed {
+        tracing::error!(dir = %dir.display(), error = %err,
+            "cannot remove the channel's id file: after a restart, a deduplicating sink could take new items for old ones");
+    }
+}
+
+fn recorded_or_new(fs: &dyn Storage, dir: &Path, renumbered: bool, sync: bool) -> io::Result<ChannelId> {
     let path = dir.join(ID_FILE);
     match fs.read_all(&path) {
         Ok(bytes) => match decode(&bytes) {

@@ -260,3 +260,37 @@ fn the_channel_id_is_kept_across_restarts_and_drawn_anew_when_numbers_could_repe
         assert_eq!(open(dir.path(), mode, 8).1.channel_id(), third, "{mode:?}: and that one is kept");
     }
 }
+
+#[test]
+fn a_channel_that_cannot_reserve_numbers_or_record_its_id_still_opens_and_its_next_open_draws_a_new_id() {
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = dir.path().join("acks");
+        let first = open(dir.path(), mode, 8).1.channel_id();
+
+        // The sequence file cannot be replaced (its temporary name is
+        // taken by a directory): numbers past the reservation could
+        // repeat, so the id file goes.
+        std::fs::create_dir(channel.join("sump.seq.tmp")).unwrap();
+        {
+            let (tx, rx) = open(dir.path(), mode, 8);
+            assert_eq!(rx.channel_id(), first, "{mode:?}: this run still uses the recorded id");
+            tx.send(1).unwrap();
+            assert_eq!(rx.recv().unwrap(), 1);
+        }
+        assert!(!channel.join("sump.id").exists(), "{mode:?}: the id file was removed");
+        std::fs::remove_dir(channel.join("sump.seq.tmp")).unwrap();
+        let second = open(dir.path(), mode, 8).1.channel_id();
+        assert_ne!(second, first, "{mode:?}: the next open draws a new id");
+
+        // The id cannot be recorded: a new id for that run only.
+        std::fs::remove_file(channel.join("sump.id")).unwrap();
+        std::fs::create_dir(channel.join("sump.id.tmp")).unwrap();
+        let unrecorded = open(dir.path(), mode, 8).1.channel_id();
+        assert_ne!(unrecorded, second, "{mode:?}");
+        std::fs::remove_dir(channel.join("sump.id.tmp")).unwrap();
+        let third = open(dir.path(), mode, 8).1.channel_id();
+        assert_ne!(third, unrecorded, "{mode:?}: an id never recorded is never used again");
+        assert_eq!(open(dir.path(), mode, 8).1.channel_id(), third, "{mode:?}");
+    }
+}

@@ -500,8 +500,8 @@ fn max_rate_paces_delivery_in_small_batches_and_shutdown_does_not_wait_for_the_p
     assert!(sink.batches.lock().unwrap().iter().all(|&len| len <= 100), "a paced batch holds 0.1 s of items");
     assert_eq!(sink.accepted(), (0..300).collect::<Vec<_>>());
 
-    // One item a second: the drainer paces for a second after each item,
-    // and a shutdown cuts that wait short.
+    // One item every two seconds: the drainer paces for two seconds after
+    // each item, and a shutdown cuts that wait short.
     tx.send_batch(300..310).unwrap();
     drop(tx);
     let (tx2, rx2) = open(&dir, "slow");

@@ -264,16 +264,19 @@ fn items_arrive_in_order_with_their_subjects_ids_and_headers() {
 }
 
 #[test]
-fn raw_bytes_are_published_as_they_are() {
+fn raw_bytes_are_published_as_they_are_in_batches_larger_than_the_acknowledgements_in_flight() {
     let data = tempfile::tempdir().unwrap();
     let nats = tempfile::tempdir().unwrap();
     let server = Server::single(nats.path(), free_port());
-    let (tx, rx) = Builder::new("raw", data.path()).open::<Vec<u8>>().unwrap();
+    let (tx, rx) = Builder::new("raw", data.path()).memory_capacity(20_000).open::<Vec<u8>>().unwrap();
     let sink = JetStreamSink::new(server.url(), "RAW", "raw").unwrap().raw().create_stream(["raw"]);
-    let handle = Drainer::new(rx, sink).spawn();
-    let items: Vec<Vec<u8>> = (0..100u8).map(|n| vec![n; usize::from(n) + 1]).collect();
+    // Batches of 10,000: more than the 4,096 publishes the sink keeps
+    // waiting for their acknowledgement, and than the client's 5,000.
+    let handle = Drainer::new(rx, sink).batch_size(10_000).linger(Duration::from_millis(200)).spawn();
+    let items: Vec<Vec<u8>> = (0..12_000u32).map(|n| vec![(n % 251) as u8; (n % 100) as usize + 1]).collect();
     tx.send_batch(items.clone()).unwrap();
-    wait("every item delivered", Duration::from_secs(30), || handle.stats().delivered == 100);
+    wait("every item delivered", Duration::from_secs(60), || handle.stats().delivered == 12_000);
+    assert_eq!(handle.stats().retried, 0, "no batch timed out");
     drop(tx);
     handle.shutdown(Duration::from_secs(5)).unwrap();
     let stored: Vec<Vec<u8>> = read_stream(&server.url(), "RAW").into_iter().map(|m| m.payload).collect();
@@ -360,6 +363,63 @@ fn refused_items_go_to_the_dead_letter_channel_and_the_rest_keep_their_order() {
     assert_eq!(dead, (0..200).filter(|&s| too_large(s)).collect::<Vec<_>>());
     let seqs = events(&read_stream(&server.url(), "SMALL"));
     assert_eq!(seqs, (0..200).filter(|&s| !too_large(s)).collect::<Vec<_>>());
+}
+
+#[test]
+fn bad_subjects_and_headers_refuse_only_their_items() {
+    let data = tempfile::tempdir().unwrap();
+    let nats = tempfile::tempdir().unwrap();
+    let server = Server::single(nats.path(), free_port());
+    let (tx, rx) = Builder::new("events", data.path()).memory_capacity(20_000).open::<Event>().unwrap();
+    let (dead_tx, dead_rx) = Builder::new("dead", data.path()).open::<Event>().unwrap();
+    let bad_subject = |seq: u64| seq % 1_000 == 3;
+    let bad_header = |seq: u64| seq % 1_000 == 500;
+    let sink = JetStreamSink::new(server.url(), "EVENTS", "unused")
+        .unwrap()
+        .create_stream(["events.>"])
+        .subject_of(
+            move |e: &Event| if bad_subject(e.seq) { "events.a b".to_string() } else { "events.ok".to_string() },
+        )
+        .headers_of(move |e: &Event, headers| {
+            let value = if bad_header(e.seq) { "line\r\nbreak" } else { "fine" };
+            headers.insert("Note", value);
+        });
+    let handle = Drainer::new(rx, sink).batch_size(1_000).dead_letter(dead_tx).spawn();
+    let items = 12_000;
+    tx.send_batch((0..items).map(event)).unwrap();
+    wait("every item settled", Duration::from_secs(60), || {
+        let stats = handle.stats();
+        stats.delivered + stats.rejected == items
+    });
+    drop(tx);
+    handle.shutdown(Duration::from_secs(5)).unwrap();
+    let refused = |seq: u64| bad_subject(seq) || bad_header(seq);
+    let dead: Vec<u64> = dead_rx.try_iter().map(|e| e.seq).collect();
+    assert_eq!(dead, (0..items).filter(|&s| refused(s)).collect::<Vec<_>>());
+    let seqs = events(&read_stream(&server.url(), "EVENTS"));
+    assert_eq!(seqs, (0..items).filter(|&s| !refused(s)).collect::<Vec<_>>(), "the rest once, in order");
+}
+
+#[test]
+fn a_stream_deleted_while_forwarding_is_created_again_when_the_sink_creates_it() {
+    let data = tempfile::tempdir().unwrap();
+    let nats = tempfile::tempdir().unwrap();
+    let server = Server::single(nats.path(), free_port());
+    let (tx, rx) = Builder::new("events", data.path()).open::<Event>().unwrap();
+    let sink = JetStreamSink::new(server.url(), "EVENTS", "events").unwrap().create_stream(["events"]);
+    let handle = Drainer::new(rx, sink).backoff(Duration::from_millis(5), Duration::from_millis(50)).spawn();
+    tx.send_batch((0..100).map(event)).unwrap();
+    wait("the first items", Duration::from_secs(30), || handle.stats().delivered == 100);
+    runtime().block_on(async {
+        let context = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        context.delete_stream("EVENTS").await.unwrap();
+    });
+    tx.send_batch((100..200).map(event)).unwrap();
+    wait("the rest", Duration::from_secs(30), || handle.stats().delivered == 200);
+    assert_eq!(handle.stats().rejected, 0, "a missing stream the sink creates refuses nothing");
+    drop(tx);
+    handle.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(events(&read_stream(&server.url(), "EVENTS")), (100..200).collect::<Vec<_>>());
 }
 
 #[test]

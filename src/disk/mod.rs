@@ -205,11 +205,14 @@ impl DiskQueue {
         // byte (a compressed block packs up to 65,535 records into a few
         // bytes), which is never exhausted.
         let reserved = crate::sequence::read(&*fs, dir.path());
-        let channel_id = crate::channel_id::load(&*fs, dir.path(), reserved == 0, durable)
-            .map_err(|err| OpenError::io(dir.path().join(crate::channel_id::ID_FILE), err))?;
+        let channel_id = crate::channel_id::load(&*fs, dir.path(), reserved == 0, durable);
         let unnumbered_from = reserved.max(recovered.last_seq.map_or(0, |seq| seq.saturating_add(1)));
         let first_seq = unnumbered_from.saturating_add(recovered.unnumbered_bytes.saturating_mul(1 << 16));
-        let sync_seq = settings.sync == SyncPolicy::Always;
+        // Synced in the durable modes whatever the policy: a power loss
+        // that took an older sequence file back would repeat numbers under
+        // the same channel id. It is written once per open and per 2^20
+        // numbers.
+        let sync_seq = durable;
         let items = recovered.segments.iter().map(|meta| meta.records).sum();
         let bytes = recovered.segments.iter().map(|meta| meta.bytes).sum();
         Ok(DiskQueue {
@@ -291,15 +294,18 @@ impl DiskQueue {
         self.seq_checkpoint
     }
 
-    /// Reserves the next block of numbers from `next` on in the sequence
-    /// file. A failure (a full disk) is logged and tried again a sixteenth
-    /// of a block later; meanwhile the records on disk still bound the
-    /// numbers a restart goes on from, so a send is never refused for it.
     /// The channel's id.
     pub(crate) fn channel_id(&self) -> crate::ChannelId {
         self.channel_id
     }
 
+    /// Reserves the next block of numbers from `next` on in the sequence
+    /// file. A failure (a full disk) is logged and tried again a sixteenth
+    /// of a block later; meanwhile the records on disk still bound the
+    /// numbers a restart goes on from, so a send is never refused for it.
+    /// Numbers past the recorded end could then repeat after a restart,
+    /// once their items are gone, so the id file is removed: the next
+    /// open draws a new id (see [`crate::channel_id`]).
     pub(crate) fn reserve_seqs(&mut self, next: u64) {
         let end = next.saturating_add(crate::sequence::RESERVE);
         match crate::sequence::write(&*self.fs, self.dir.path(), end, self.sync_seq) {
@@ -307,6 +313,7 @@ impl DiskQueue {
             Err(err) => {
                 tracing::warn!(error = %err, "could not reserve sequence numbers; trying again later");
                 self.seq_checkpoint = next.saturating_add(crate::sequence::RESERVE / 16);
+                crate::channel_id::forget(&*self.fs, self.dir.path());
             }
         }
     }

@@ -9,6 +9,7 @@
 //! pings while the drainer waits for items; each batch is handed to that
 //! runtime and waited for, so the [`Sink`] stays blocking.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
@@ -61,12 +62,12 @@ fn encode_raw(item: &Vec<u8>, out: &mut Vec<u8>) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The stream the sink creates when it finds none.
-#[derive(Debug, Clone)]
-struct Create {
-    subjects: Vec<String>,
-    replicas: usize,
-}
+/// Most publishes awaiting their acknowledgement at once; a larger
+/// batch waits for the oldest before it publishes more.
+const MAX_ACKS_IN_FLIGHT: usize = 4_096;
+
+/// How the connection is set up, beyond the servers and the timeout.
+type Options = Box<dyn Fn(async_nats::ConnectOptions) -> std::io::Result<async_nats::ConnectOptions> + Send>;
 
 /// A sink that publishes every item to a NATS JetStream stream, waits for
 /// the server's acknowledgement of each, and names each message with a
@@ -87,14 +88,27 @@ struct Create {
 /// ([`JetStreamSink::duplicate_window`]) costs the server memory for the
 /// ids it remembers. On connecting the sink reads the stream's window and
 /// warns when it is shorter than the one asked for. With
-/// [`JetStreamSink::deduplicate`]`(false)` no id is sent.
+/// [`JetStreamSink::deduplicate`]`(false)` no id is sent, and besides a
+/// crash's redeliveries, the items after one the server refused for good
+/// are stored again each time the drainer splits the batch to find it.
+///
+/// The pair (channel id, number) is the same on every delivery of an
+/// item, but for items a reshard moved (numbered anew in their new shard)
+/// and records of segment format version 1 (numbered as they are read).
+/// A copy of the channel directory (a restored backup, a volume snapshot)
+/// shares the id: two forwarders running from copies of one directory
+/// must not publish to one stream, or one's items are dropped as the
+/// other's; delete `sump.id` in the copy to give it an id of its own.
 ///
 /// # Order
 ///
 /// Items are published in channel order on one connection and the stream
 /// stores them in that order. A batch is retried from its first item not
 /// acknowledged; items after it that were stored meanwhile come again and
-/// are dropped as duplicates, so the stream's order stays the channel's.
+/// are dropped as duplicates. One case breaks the order: the server
+/// refuses one message for a reason that passes (a stream electing its
+/// leader) and stores the next ones already in flight; the refused one
+/// then lands after them.
 ///
 /// # Failures
 ///
@@ -104,9 +118,15 @@ struct Create {
 /// (no quorum, say) is transient: the drainer retries with backoff, and
 /// [`SinkError::accepted`] says how many leading items were acknowledged.
 /// A message the server refuses for good (larger than the stream or the
-/// server allows) and a stream that does not exist (unless the sink was
-/// asked to create it, [`JetStreamSink::create_stream`]) are permanent,
-/// so the drainer routes those items to its dead-letter channel.
+/// server allows), a subject that is not valid, headers a closure could
+/// not set, and a stream that does not exist (unless the sink was asked
+/// to create it, [`JetStreamSink::create_stream`]: it is created again)
+/// are permanent, so the drainer routes those items to its dead-letter
+/// channel.
+///
+/// Call it from a plain thread, as a drainer does: called from inside a
+/// tokio runtime it refuses every batch (a runtime cannot wait on another
+/// from within).
 ///
 /// ```no_run
 /// use sump::{Drainer, JetStreamSink};
@@ -138,8 +158,12 @@ pub struct JetStreamSink<T> {
     item_headers: Option<HeadersOf<T>>,
     /// The payload of an item.
     encode: Encode<T>,
-    /// Whether to create the stream when it is missing, and how.
-    create: Option<Create>,
+    /// The subjects of the stream to create when it is missing, if asked.
+    create: Option<Vec<String>>,
+    /// Replicas of a stream the sink creates.
+    replicas: usize,
+    /// Connection settings (credentials, TLS, ...).
+    options: Option<Options>,
     /// Whether messages carry a `Nats-Msg-Id`.
     deduplicate: bool,
     /// The duplicate window wanted.
@@ -165,12 +189,24 @@ impl Runtime {
             runtime.block_on(async move {
                 let _ = stopped.await;
             });
+            // Not waiting on a name lookup that hangs.
+            runtime.shutdown_timeout(Duration::from_secs(1));
         })?;
         Ok(Runtime { handle, stop: Some(stop), thread: Some(thread) })
     }
 
-    /// Runs `future` on the runtime and waits for it.
-    fn run<F: std::future::Future>(&self, future: F) -> F::Output {
+    /// Runs `future` on the runtime and waits for it; an error if the
+    /// caller is itself on a tokio runtime, or the runtime's thread is
+    /// gone.
+    fn run<O>(&self, future: impl std::future::Future<Output = Result<O, SinkError>>) -> Result<O, SinkError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(SinkError::transient(
+                "JetStreamSink called from inside a tokio runtime: call it from a thread",
+            ));
+        }
+        if self.thread.as_ref().is_none_or(std::thread::JoinHandle::is_finished) {
+            return Err(SinkError::transient("the JetStreamSink's runtime thread is gone"));
+        }
         self.handle.block_on(future)
     }
 }
@@ -218,6 +254,8 @@ impl<T: Serialize> JetStreamSink<T> {
             item_headers: None,
             encode: encode_json::<T>,
             create: None,
+            replicas: 1,
+            options: None,
             deduplicate: true,
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             timeout: DEFAULT_NATS_TIMEOUT,
@@ -244,13 +282,20 @@ impl<T> JetStreamSink<T> {
     }
 
     /// Adds a header to every message.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid header name (empty, or holding a colon,
+    /// a space or a control character) or `value` holds a line break.
     #[must_use]
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.insert(name, value);
         self
     }
 
-    /// Lets `headers` add headers of each item to its message.
+    /// Lets `headers` add headers of each item to its message. A closure
+    /// that panics on an item (the header map panics on a value with a
+    /// line break, say) refuses that item, permanently.
     #[must_use]
     pub fn headers_of(mut self, headers: impl Fn(&T, &mut HeaderMap) + Send + 'static) -> Self {
         self.item_headers = Some(Box::new(headers));
@@ -263,18 +308,42 @@ impl<T> JetStreamSink<T> {
     /// stream refuses every item.
     #[must_use]
     pub fn create_stream<S: Into<String>>(mut self, subjects: impl IntoIterator<Item = S>) -> Self {
-        let replicas = self.create.as_ref().map_or(1, |create| create.replicas);
-        self.create = Some(Create { subjects: subjects.into_iter().map(Into::into).collect(), replicas });
+        self.create = Some(subjects.into_iter().map(Into::into).collect());
         self
     }
 
-    /// The number of replicas of a stream the sink creates (default 1; 3
-    /// on a three-node cluster keeps every acknowledged item through the
-    /// loss of one node).
+    /// The number of replicas of a stream the sink creates with
+    /// [`create_stream`](Self::create_stream) (default 1; 3 on a
+    /// three-node cluster keeps every acknowledged item through the loss
+    /// of one node).
     #[must_use]
     pub fn replicas(mut self, replicas: usize) -> Self {
-        let subjects = self.create.take().map(|create| create.subjects).unwrap_or_default();
-        self.create = Some(Create { subjects, replicas: replicas.max(1) });
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// Sets up the connection further: credentials, TLS, a client name,
+    /// anything `async_nats::ConnectOptions` offers. Called at every
+    /// connect; the sink sets the connection timeout after it. An error
+    /// (a credentials file that cannot be read) fails the connect,
+    /// transiently: the drainer retries, and nothing is refused for it.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let sink = sump::JetStreamSink::<String>::new("tls://nats.example:4222", "EVENTS", "events")?
+    ///     .connect_options(|options| {
+    ///         let creds = std::fs::read_to_string("/etc/shipper/nats.creds")?;
+    ///         options.name("shipper").credentials(&creds)
+    ///     });
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn connect_options(
+        mut self,
+        options: impl Fn(async_nats::ConnectOptions) -> std::io::Result<async_nats::ConnectOptions> + Send + 'static,
+    ) -> Self {
+        self.options = Some(Box::new(options));
         self
     }
 
@@ -296,8 +365,11 @@ impl<T> JetStreamSink<T> {
         self
     }
 
-    /// Bounds connecting and the wait for each batch's acknowledgements
-    /// (default [`DEFAULT_NATS_TIMEOUT`]).
+    /// How long the server may take to answer (default
+    /// [`DEFAULT_NATS_TIMEOUT`]): to connect, and to acknowledge each
+    /// message. A call gives up, transiently, after twice this to connect
+    /// and twice this to publish the batch; items acknowledged by then
+    /// count as accepted.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -306,7 +378,13 @@ impl<T> JetStreamSink<T> {
 
     /// Connects, and finds (or creates) the stream.
     async fn connect(&self) -> Result<Context, SinkError> {
-        let client = async_nats::ConnectOptions::new()
+        let options = async_nats::ConnectOptions::new();
+        let options = match &self.options {
+            Some(more) => more(options)
+                .map_err(|err| SinkError::transient(format!("cannot set up the NATS connection: {err}")))?,
+            None => options,
+        };
+        let client = options
             .connection_timeout(self.timeout)
             .connect(self.servers.as_slice())
             .await
@@ -317,17 +395,7 @@ impl<T> JetStreamSink<T> {
             .backpressure_on_inflight(true)
             .build(client);
         let stream = match &self.create {
-            Some(create) => {
-                let config = Config {
-                    name: self.stream.clone(),
-                    subjects: create.subjects.clone(),
-                    storage: StorageType::File,
-                    num_replicas: create.replicas,
-                    duplicate_window: self.duplicate_window,
-                    ..Config::default()
-                };
-                context.get_or_create_stream(config).await.map_err(SinkError::transient)?
-            }
+            Some(_) => context.get_or_create_stream(self.stream_config()).await.map_err(SinkError::transient)?,
             None => context.get_stream(&self.stream).await.map_err(|err| {
                 if is_missing_stream(&err) {
                     SinkError::permanent(format!("no JetStream stream named {:?}: {err}", self.stream))
@@ -354,40 +422,86 @@ impl<T> JetStreamSink<T> {
         numbers: Numbers<'_>,
         mut payloads: Vec<Vec<u8>>,
     ) -> Result<(), SinkError> {
-        let channel = numbers.channel();
         let count = payloads.len();
-        let mut acks = Vec::with_capacity(count);
+        let mut acks = VecDeque::with_capacity(count.min(MAX_ACKS_IN_FLIGHT));
+        // Leading items acknowledged.
+        let mut done = 0;
         for (index, item) in batch[..count].iter().enumerate() {
-            let payload = Bytes::from(std::mem::take(&mut payloads[index]));
-            let mut message = PublishMessage::build().payload(payload);
-            if !self.headers.is_empty() || self.item_headers.is_some() {
-                let mut headers = self.headers.clone();
-                if let Some(item_headers) = &self.item_headers {
-                    item_headers(item, &mut headers);
-                }
-                message = message.headers(headers);
-            }
-            if self.deduplicate {
-                if let Some(seq) = numbers.seqs().get(index) {
-                    message = message.message_id(format!("{channel}-{seq}"));
+            if acks.len() == MAX_ACKS_IN_FLIGHT {
+                if let Some(ack) = acks.pop_front() {
+                    match ack.await {
+                        Ok(_) => done += 1,
+                        Err(err) => return Err(self.classify(context, &err).await.with_accepted(done)),
+                    }
                 }
             }
-            match context.send_publish(self.subject.of(item), message).await {
-                Ok(ack) => acks.push(ack),
-                Err(err) => {
-                    // Those published so far still count if acknowledged.
-                    let acked = match acknowledged(acks).await {
-                        Ok(()) => index,
-                        Err((done, _)) => done,
-                    };
-                    return Err(self.classify(context, &err).await.with_accepted(acked));
+            let id = numbers.seqs().get(index).map(|seq| format!("{}-{seq}", numbers.channel()));
+            let refusal = match self.message(item, std::mem::take(&mut payloads[index]), id) {
+                Ok((subject, message)) => match context.send_publish(subject, message).await {
+                    Ok(ack) => {
+                        acks.push_back(ack);
+                        continue;
+                    }
+                    Err(err) => self.classify(context, &err).await,
+                },
+                Err(refusal) => refusal,
+            };
+            // Those published before still count if acknowledged.
+            self.settle(context, acks, done).await?;
+            return Err(refusal.with_accepted(index));
+        }
+        self.settle(context, acks, done).await.map(|_| ())
+    }
+
+    /// The subject and message of `item`; a permanent refusal if its
+    /// subject is not valid or its headers closure panicked.
+    fn message(
+        &self,
+        item: &T,
+        payload: Vec<u8>,
+        id: Option<String>,
+    ) -> Result<(async_nats::Subject, PublishMessage), SinkError> {
+        let subject = self.subject.of(item);
+        if !subject.is_valid() {
+            return Err(SinkError::permanent(format!("{:?} is not a valid NATS subject", subject.as_str())));
+        }
+        let mut message = PublishMessage::build().payload(Bytes::from(payload));
+        if !self.headers.is_empty() || self.item_headers.is_some() {
+            let mut headers = self.headers.clone();
+            if let Some(item_headers) = &self.item_headers {
+                let set = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| item_headers(item, &mut headers)));
+                if set.is_err() {
+                    return Err(SinkError::permanent(
+                        "the headers closure panicked on this item (a line break in a value?)",
+                    ));
                 }
+            }
+            message = message.headers(headers);
+        }
+        if self.deduplicate {
+            if let Some(id) = id {
+                message = message.message_id(id);
             }
         }
-        match acknowledged(acks).await {
-            Ok(()) => Ok(()),
-            Err((done, err)) => Err(self.classify(context, &err).await.with_accepted(done)),
+        Ok((subject, message))
+    }
+
+    /// Waits for the acknowledgements in flight, after `done` leading
+    /// ones; how many were acknowledged in all, or the first failure with
+    /// how many came before it.
+    async fn settle(
+        &self,
+        context: &Context,
+        acks: VecDeque<jetstream::context::PublishAckFuture>,
+        mut done: usize,
+    ) -> Result<usize, SinkError> {
+        for ack in acks {
+            match ack.await {
+                Ok(_) => done += 1,
+                Err(err) => return Err(self.classify(context, &err).await.with_accepted(done)),
+            }
         }
+        Ok(done)
     }
 }
 
@@ -400,6 +514,16 @@ impl<T> JetStreamSink<T> {
         match err.kind() {
             PublishErrorKind::MaxPayloadExceeded => SinkError::permanent(err.to_string()),
             PublishErrorKind::StreamNotFound => match context.get_stream(&self.stream).await {
+                Err(lookup) if is_missing_stream(&lookup) && self.create.is_some() => {
+                    match context.get_or_create_stream(self.stream_config()).await {
+                        Ok(_) => {
+                            SinkError::transient(format!("the stream {:?} was missing; created again", self.stream))
+                        }
+                        Err(create) => {
+                            SinkError::transient(format!("the stream {:?} is missing: {create}", self.stream))
+                        }
+                    }
+                }
                 Err(lookup) if is_missing_stream(&lookup) => SinkError::permanent(format!(
                     "no JetStream stream named {:?} (no stream takes the subject): {err}",
                     self.stream
@@ -417,20 +541,25 @@ impl<T> JetStreamSink<T> {
                     SinkError::transient(err.to_string())
                 }
             }
+            // Only with expectations set by a headers closure.
+            PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+                SinkError::permanent(err.to_string())
+            }
             _ => SinkError::transient(err.to_string()),
         }
     }
-}
 
-/// Waits for `acks` in order; the first failure, and how many came
-/// before it.
-async fn acknowledged(acks: Vec<jetstream::context::PublishAckFuture>) -> Result<(), (usize, PublishError)> {
-    for (done, ack) in acks.into_iter().enumerate() {
-        if let Err(err) = ack.await {
-            return Err((done, err));
+    /// The stream [`create_stream`](Self::create_stream) creates.
+    fn stream_config(&self) -> Config {
+        Config {
+            name: self.stream.clone(),
+            subjects: self.create.clone().unwrap_or_default(),
+            storage: StorageType::File,
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            ..Config::default()
         }
     }
-    Ok(())
 }
 
 /// Whether a failed stream lookup says the stream does not exist.

@@ -211,7 +211,8 @@ where
     /// batch; to keep that stretch short, a paced batch holds at most a
     /// tenth of a second's worth of items (and at least one). Retries of a
     /// failed batch are paced by the backoff, not by the rate. A rate of 0
-    /// or less, or not a number, is taken as one item per second.
+    /// or less, or not a number, is taken as one item per second, and
+    /// the wait after a batch is at most a day, however low the rate.
     ///
     /// ```
     /// # use std::time::{Duration, Instant};

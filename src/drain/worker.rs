@@ -75,9 +75,10 @@ where
             let Some((batch, cut)) = collected else { continue };
             self.control.state.lock().in_flight = cut as u64;
             let numbers = Numbers::new(receiver.channel_id(), &batch.seqs()[..cut]);
+            let started = Instant::now();
             let (done, halt) = self.deliver(&batch[..cut], numbers);
             self.control.state.lock().in_flight = 0;
-            self.pace(done);
+            self.pace(done, started);
             if let Err(err) = batch.commit_first(done) {
                 tracing::error!(error = %err, "delivered items may be delivered again after a restart");
             }
@@ -94,15 +95,18 @@ where
         receiver
     }
 
-    /// With a rate limit: after `delivered` items went, the next batch
-    /// waits for their share of the rate. Time not used (the channel was
-    /// empty, say) is not saved up: an idle drainer does not burst later.
-    fn pace(&mut self, delivered: usize) {
+    /// With a rate limit: after `delivered` items went in a batch
+    /// `started` then, the next batch waits for their share of the rate,
+    /// counted from when the batch started (the sink's own time is part of
+    /// the share). Time not used (the channel was empty, say) is not saved
+    /// up: an idle drainer does not burst later.
+    fn pace(&mut self, delivered: usize, started: Instant) {
         let Some(rate) = self.settings.max_rate else { return };
-        let now = Instant::now();
-        let from = self.paced_until.map_or(now, |until| until.max(now));
-        let share = Duration::try_from_secs_f64(delivered as f64 / rate).unwrap_or(Duration::MAX);
-        self.paced_until = from.checked_add(share);
+        let from = self.paced_until.map_or(started, |until| until.max(started));
+        // At most a day, however low the rate.
+        const DAY: Duration = Duration::from_secs(86_400);
+        let share = Duration::try_from_secs_f64(delivered as f64 / rate).map_or(DAY, |share| share.min(DAY));
+        self.paced_until = Some(from + share);
     }
 
     /// Waits until the rate limit lets the next batch go; `true` if a
