@@ -54,7 +54,8 @@ pub trait Sink<T> {
     /// A sink that can drop what it already delivered overrides it: an
     /// item delivered, then delivered again after a crash of the process
     /// before its commit (the at-least-once window), comes back with the
-    /// same channel id and number.
+    /// same channel id and number. A sink that wraps another must forward
+    /// this call too, or the inner sink gets no numbers.
     ///
     /// ```
     /// use std::collections::HashSet;
