@@ -4,6 +4,9 @@
 //! - `always/1` and `always/32`: `WriteAhead` + `SyncPolicy::Always`, 1 and
 //!   32 producers, 2,000 items of 64 bytes each. Group commit should give
 //!   32 producers at least 10x the items per second of 1.
+//! - `always_wait_100us/32` and `always_wait_1ms/1`: the same with a
+//!   gathering wait (`Builder::group_commit_wait`), which a lone sender
+//!   does not pay.
 //! - `never/32` and `overflow/32`: the same with no fsync, and with disk as
 //!   scratch only, for scale.
 //!
@@ -17,14 +20,14 @@ use sump::{Builder, Durability, SyncPolicy};
 
 const PER_PRODUCER: u64 = 2_000;
 
-fn run(producers: u64, durability: Durability, sync: SyncPolicy) -> Duration {
+fn run(producers: u64, durability: Durability, sync: SyncPolicy, wait: Option<Duration>) -> Duration {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, rx) = Builder::new("w4", dir.path())
-        .durability(durability)
-        .sync(sync)
-        .memory_capacity(1_000)
-        .open::<[u64; 8]>()
-        .unwrap();
+    let builder = Builder::new("w4", dir.path());
+    let builder = match wait {
+        Some(wait) => builder.group_commit_wait(wait),
+        None => builder,
+    };
+    let (tx, rx) = builder.durability(durability).sync(sync).memory_capacity(1_000).open::<[u64; 8]>().unwrap();
     let start = Instant::now();
     let handles: Vec<_> = (0..producers)
         .map(|p| {
@@ -42,15 +45,18 @@ fn run(producers: u64, durability: Durability, sync: SyncPolicy) -> Duration {
 fn w4_durable(c: &mut Criterion) {
     let mut group = c.benchmark_group("w4_durable");
     group.sample_size(10).measurement_time(Duration::from_secs(10));
-    for (name, producers, durability, sync) in [
-        ("always", 1, Durability::WriteAhead, SyncPolicy::Always),
-        ("always", 32, Durability::WriteAhead, SyncPolicy::Always),
-        ("never", 32, Durability::WriteAhead, SyncPolicy::Never),
-        ("overflow", 32, Durability::Overflow, SyncPolicy::Never),
+    let us = Duration::from_micros;
+    for (name, producers, durability, sync, wait) in [
+        ("always", 1, Durability::WriteAhead, SyncPolicy::Always, None),
+        ("always", 32, Durability::WriteAhead, SyncPolicy::Always, None),
+        ("always_wait_100us", 32, Durability::WriteAhead, SyncPolicy::Always, Some(us(100))),
+        ("always_wait_1ms", 1, Durability::WriteAhead, SyncPolicy::Always, Some(us(1_000))),
+        ("never", 32, Durability::WriteAhead, SyncPolicy::Never, None),
+        ("overflow", 32, Durability::Overflow, SyncPolicy::Never, None),
     ] {
         group.throughput(Throughput::Elements(producers * PER_PRODUCER));
         group.bench_with_input(BenchmarkId::new(name, producers), &producers, |b, &producers| {
-            b.iter_custom(|iterations| (0..iterations).map(|_| run(producers, durability, sync)).sum())
+            b.iter_custom(|iterations| (0..iterations).map(|_| run(producers, durability, sync, wait)).sum())
         });
     }
     group.finish();

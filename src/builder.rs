@@ -10,8 +10,8 @@ use serde::Serialize;
 use crate::channel::{Receiver, Sender};
 use crate::err::OpenError;
 use crate::options::{
-    Compression, Durability, Settings, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS,
-    DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES,
+    Compression, Durability, Settings, SyncPolicy, WhenFull, DEFAULT_GROUP_COMMIT_WAIT, DEFAULT_MAX_DISK_BYTES,
+    DEFAULT_MAX_SEGMENTS, DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES,
 };
 use crate::segment::format::{FRAME_OVERHEAD, HEADER_LEN};
 
@@ -61,6 +61,7 @@ impl Builder {
                 when_full: WhenFull::default(),
                 durability: Durability::default(),
                 sync: SyncPolicy::default(),
+                group_commit_wait: DEFAULT_GROUP_COMMIT_WAIT,
                 compression: Compression::None,
                 max_set_aside_bytes: DEFAULT_MAX_SET_ASIDE_BYTES,
                 identity: crate::identity::TypeIdentity::default(),
@@ -130,6 +131,28 @@ impl Builder {
     /// [`SyncPolicy::Never`]).
     pub fn sync(mut self, policy: SyncPolicy) -> Builder {
         self.settings.sync = policy;
+        self
+    }
+
+    /// Under [`SyncPolicy::Always`], how long the sender that leads a
+    /// group commit waits for other senders to append before it syncs
+    /// for all of them (default [`DEFAULT_GROUP_COMMIT_WAIT`]), like
+    /// BookKeeper's `journalMaxGroupWaitMSec` or Postgres's
+    /// `commit_delay`. It waits only while other senders are appending:
+    /// a lone sender syncs at once, and pays nothing for it. A longer
+    /// wait covers more records with each sync (more items per second
+    /// with many senders) at the cost of each send's latency; zero syncs
+    /// as soon as the senders already appending are in.
+    ///
+    /// Measured on a VM whose fsync takes about 0.2 ms (`cargo bench
+    /// --bench durable`, 32 senders): no wait 58,600 to 70,000 items/s,
+    /// 100 µs 56,100, 300 µs 38,900, 1 ms 21,200; one sender 5,300 with
+    /// or without a wait. Where a sync is that cheap, the senders already
+    /// appending are the group, and waiting only adds latency, hence the
+    /// default of zero; a wait pays off where a sync costs milliseconds
+    /// (a disk without a write cache, a network filesystem).
+    pub fn group_commit_wait(mut self, wait: std::time::Duration) -> Builder {
+        self.settings.group_commit_wait = wait;
         self
     }
 

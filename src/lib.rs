@@ -196,8 +196,9 @@ pub use crate::future::{RecvFuture, RecvManyFuture, RecvStream, SendFuture};
 #[cfg(all(feature = "metrics", not(loom)))]
 pub use crate::metrics::{publish_metrics, METRICS_INTERVAL};
 pub use crate::options::{
-    Compression, Durability, SyncPolicy, WhenFull, DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS,
-    DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES, FREE_SPACE_CHECK_INTERVAL,
+    Compression, Durability, SyncPolicy, WhenFull, DEFAULT_GROUP_COMMIT_WAIT, DEFAULT_MAX_DISK_BYTES,
+    DEFAULT_MAX_SEGMENTS, DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES,
+    FREE_SPACE_CHECK_INTERVAL,
 };
 pub use crate::peeked::Peeked;
 pub use crate::shard::{

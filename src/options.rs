@@ -11,6 +11,11 @@ use std::time::Duration;
 /// Default bound on the in-memory queue, in items.
 pub const DEFAULT_MEMORY_CAPACITY: usize = 4096;
 
+/// Default longest wait of a group commit for more senders to join it,
+/// under [`SyncPolicy::Always`]; see
+/// [`Builder::group_commit_wait`](crate::Builder::group_commit_wait).
+pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_micros(0);
+
 /// Default size at which the active segment is sealed and a new one
 /// started, in bytes (8 MiB).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 8 << 20;
@@ -149,6 +154,8 @@ pub(crate) struct Settings {
     pub(crate) durability: Durability,
     /// Sync policy.
     pub(crate) sync: SyncPolicy,
+    /// Longest a group commit waits for more senders to join it.
+    pub(crate) group_commit_wait: std::time::Duration,
     /// Codec for segment data.
     pub(crate) compression: Compression,
     /// Bound on the bytes of set-aside files.

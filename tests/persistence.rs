@@ -273,3 +273,46 @@ fn close_reports_items_that_could_not_be_written() {
     let (_tx, rx) = Builder::new("fussy", dir.path()).durability(Durability::Persistent).open::<Fussy>().unwrap();
     assert_eq!(rx.try_iter().map(|f| f.0).collect::<Vec<_>>(), vec![1]);
 }
+
+#[test]
+fn a_group_commit_wait_is_paid_only_when_other_senders_append_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |wait_ms: u64| {
+        Builder::new("gather", dir.path())
+            .durability(Durability::WriteAhead)
+            .sync(SyncPolicy::Always)
+            .group_commit_wait(std::time::Duration::from_millis(wait_ms))
+            .memory_capacity(0)
+            .open::<(u64, u64)>()
+            .unwrap()
+    };
+    // A lone sender: 40 sends would take at least 2 s if each waited 50 ms.
+    {
+        let (tx, rx) = open(50);
+        let started = std::time::Instant::now();
+        for i in 0..40 {
+            tx.send((0, i)).unwrap();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "a lone sender waited: {:?}", started.elapsed());
+        assert_eq!(rx.try_iter().count(), 40);
+    }
+    // Eight senders sharing syncs with a wait: everything arrives, each
+    // sender's items in its order, and survives a reopen.
+    {
+        let (tx, _rx) = open(2);
+        let senders: Vec<_> = (0..8u64)
+            .map(|p| {
+                let tx = tx.clone();
+                std::thread::spawn(move || (0..200).for_each(|i| tx.send((p, i)).unwrap()))
+            })
+            .collect();
+        senders.into_iter().for_each(|s| s.join().unwrap());
+    }
+    let (_tx, rx) = open(2);
+    let mut next = [0u64; 8];
+    for (p, i) in rx.try_iter() {
+        assert_eq!(i, next[p as usize], "sender {p}'s items in order");
+        next[p as usize] += 1;
+    }
+    assert_eq!(next, [200; 8]);
+}

@@ -152,13 +152,23 @@ impl<T> Shared<T> {
             state.sync_target = u64::MAX;
             // Let senders about to append join this sync: yield while
             // appends keep arriving (a lone sender yields once).
+            let mut joined = false;
             for _ in 0..GROUP_COMMIT_GATHER_ROUNDS {
                 let seen = state.appended;
                 MutexGuard::unlocked(&mut state, yield_now);
                 if state.appended == seen {
                     break;
                 }
+                joined = true;
             }
+            // Others are appending: give them up to the gathering wait to
+            // join this sync (a lone sender does not wait).
+            #[cfg(not(loom))]
+            if joined && !self.group_commit_wait.is_zero() {
+                MutexGuard::unlocked(&mut state, || std::thread::sleep(self.group_commit_wait));
+            }
+            #[cfg(loom)]
+            let _ = joined;
             let target = state.appended;
             state.sync_target = target;
             let synced = match state.disk.flush_for_sync() {

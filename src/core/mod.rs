@@ -230,6 +230,9 @@ pub(crate) struct Shared<T> {
     when_full: WhenFull,
     /// Whether `flush` also syncs.
     sync_on_flush: bool,
+    /// Longest a group commit waits for more senders
+    /// ([`Settings::group_commit_wait`]).
+    group_commit_wait: std::time::Duration,
     /// `SyncPolicy::Always`: a spilled record is synced before `send`
     /// returns.
     sync_always: bool,
@@ -327,6 +330,7 @@ impl<T: serde::Serialize> Shared<T> {
             },
             when_full: settings.when_full,
             sync_on_flush: settings.sync != SyncPolicy::Never,
+            group_commit_wait: settings.group_commit_wait,
             sync_always: settings.sync == SyncPolicy::Always,
             write_ahead: settings.durability == Durability::WriteAhead,
             durable: settings.durability != Durability::Overflow,
