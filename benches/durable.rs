@@ -37,6 +37,19 @@ fn run(producers: u64, durability: Durability, sync: SyncPolicy, wait: Option<Du
         .collect();
     handles.into_iter().for_each(|h| h.join().unwrap());
     let elapsed = start.elapsed();
+    let stats = tx.stats();
+    if stats.group_commits > 0 {
+        // Once per configuration: how much of the waiting each sync covered.
+        static SEEN: std::sync::Mutex<Vec<(u64, Option<Duration>)>> = std::sync::Mutex::new(Vec::new());
+        let mut seen = SEEN.lock().unwrap();
+        if !seen.contains(&(producers, wait)) {
+            seen.push((producers, wait));
+            eprintln!(
+                "{producers} producers, wait {wait:?}: {:.1} records per sync",
+                stats.spilled as f64 / stats.group_commits as f64
+            );
+        }
+    }
     drop(tx);
     assert_eq!(rx.iter().count() as u64, producers * PER_PRODUCER);
     elapsed

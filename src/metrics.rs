@@ -57,6 +57,7 @@ static PUBLISHER: Once = Once::new();
 /// | `sump_dropped_total` | counter | [`Stats::dropped`] |
 /// | `sump_corrupt_total` | counter | [`Stats::corrupt`] |
 /// | `sump_lost_total` | counter | [`Stats::lost`] |
+/// | `sump_group_commits_total` | counter | [`Stats::group_commits`] |
 /// | `sump_drain_delivered_total` | counter | [`DrainStats::delivered`](crate::DrainStats::delivered) |
 /// | `sump_drain_batches_total` | counter | [`DrainStats::batches`](crate::DrainStats::batches) |
 /// | `sump_drain_retried_total` | counter | [`DrainStats::retried`](crate::DrainStats::retried) |
@@ -117,6 +118,7 @@ pub(crate) fn record_stats(labels: &[Label], stats: &Stats) {
     counter!("sump_dropped_total", labels()).absolute(stats.dropped);
     counter!("sump_corrupt_total", labels()).absolute(stats.corrupt);
     counter!("sump_lost_total", labels()).absolute(stats.lost);
+    counter!("sump_group_commits_total", labels()).absolute(stats.group_commits);
 }
 
 /// Publishes a channel while any handle of it is alive.

@@ -57,4 +57,8 @@ pub struct Stats {
     pub set_aside_files: usize,
     /// Bytes of those files.
     pub set_aside_bytes: u64,
+    /// Syncs made by group commits under
+    /// [`SyncPolicy::Always`](crate::SyncPolicy::Always) since open: with
+    /// `spilled`, the records each sync covered on average.
+    pub group_commits: u64,
 }

@@ -294,6 +294,7 @@ fn a_group_commit_wait_is_paid_only_when_other_senders_append_and_loses_nothing(
             tx.send((0, i)).unwrap();
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(2), "a lone sender waited: {:?}", started.elapsed());
+        assert_eq!(tx.stats().group_commits, 40, "a lone sender syncs each of its records");
         assert_eq!(rx.try_iter().count(), 40);
     }
     // Eight senders sharing syncs with a wait: everything arrives, each
@@ -307,7 +308,13 @@ fn a_group_commit_wait_is_paid_only_when_other_senders_append_and_loses_nothing(
             })
             .collect();
         senders.into_iter().for_each(|s| s.join().unwrap());
+        let stats = tx.stats();
+        assert!(stats.group_commits > 0 && stats.group_commits <= stats.spilled, "{stats:?}");
     }
+    let other = tempfile::tempdir().unwrap();
+    let (tx, _rx) = Builder::new("never", other.path()).memory_capacity(0).open::<u8>().unwrap();
+    tx.send(1).unwrap();
+    assert_eq!(tx.stats().group_commits, 0, "no group commits without SyncPolicy::Always");
     let (_tx, rx) = open(2);
     let mut next = [0u64; 8];
     for (p, i) in rx.try_iter() {

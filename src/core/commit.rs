@@ -182,6 +182,7 @@ impl<T> Shared<T> {
                 Ok(point) => {
                     if let Some(point) = point {
                         state.disk.mark_synced(&point);
+                        state.group_commits += 1;
                     }
                     state.synced = state.synced.max(target);
                     self.synced[(round % 2) as usize].notify_all();

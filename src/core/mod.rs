@@ -163,6 +163,8 @@ struct State<T> {
     syncing: bool,
     /// Group commits started since open; the one in progress, if any.
     sync_round: u64,
+    /// Syncs a group commit made, since open (`Stats::group_commits`).
+    group_commits: u64,
     /// The last record the sync in progress covers.
     sync_target: u64,
     /// Records whose group commit failed, until each sender has seen it.
@@ -306,6 +308,7 @@ impl<T: serde::Serialize> Shared<T> {
                 synced: 0,
                 syncing: false,
                 sync_round: 0,
+                group_commits: 0,
                 sync_target: 0,
                 commit_failures: CommitFailures::default(),
             }),
@@ -425,6 +428,7 @@ impl<T> Shared<T> {
             lost: state.disk.lost(),
             set_aside_files: state.disk.set_aside_totals().0,
             set_aside_bytes: state.disk.set_aside_totals().1,
+            group_commits: state.group_commits,
         }
     }
 

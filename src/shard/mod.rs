@@ -333,6 +333,7 @@ pub(crate) fn sum_stats(shards: impl Iterator<Item = Stats>) -> Stats {
         total.lost += shard.lost;
         total.set_aside_files += shard.set_aside_files;
         total.set_aside_bytes += shard.set_aside_bytes;
+        total.group_commits += shard.group_commits;
         total
     })
 }
