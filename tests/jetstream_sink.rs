@@ -209,6 +209,25 @@ fn events(stored: &[Stored]) -> Vec<u64> {
     stored.iter().map(|m| serde_json::from_slice::<Event>(&m.payload).unwrap().seq).collect()
 }
 
+/// Sends events `0..items` on a thread of its own, pausing for `pause`
+/// every `burst` items; hands the sender back when done.
+fn produce_in_bursts(
+    tx: sump::Sender<Event>,
+    items: u64,
+    burst: u64,
+    pause: Duration,
+) -> thread::JoinHandle<sump::Sender<Event>> {
+    thread::spawn(move || {
+        for seq in 0..items {
+            tx.send(event(seq)).unwrap();
+            if seq % burst == 0 {
+                thread::sleep(pause);
+            }
+        }
+        tx
+    })
+}
+
 /// How many entries repeat an earlier one, and the list without them.
 fn without_repeats(seqs: &[u64]) -> (Vec<u64>, usize) {
     let mut first_seen: Vec<u64> = Vec::new();
@@ -298,15 +317,7 @@ fn a_killed_server_backs_items_up_to_disk_and_then_gets_all_of_them_once_in_orde
         .breaker(5, Duration::from_millis(200))
         .spawn();
     let items = 20_000;
-    let producer = thread::spawn(move || {
-        for seq in 0..items {
-            tx.send(event(seq)).unwrap();
-            if seq % 1_000 == 0 {
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        tx
-    });
+    let producer = produce_in_bursts(tx, items, 1_000, Duration::from_millis(20));
     wait("the first deliveries", Duration::from_secs(60), || handle.stats().delivered >= 2_000);
     server.kill();
     wait("a backlog while the server is down", Duration::from_secs(60), || {
@@ -558,15 +569,7 @@ fn a_three_node_cluster_that_loses_a_node_keeps_every_acknowledged_item() {
         .breaker(20, Duration::from_millis(200))
         .spawn();
     let items = 20_000;
-    let producer = thread::spawn(move || {
-        for seq in 0..items {
-            tx.send(event(seq)).unwrap();
-            if seq % 500 == 0 {
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-        tx
-    });
+    let producer = produce_in_bursts(tx, items, 500, Duration::from_millis(10));
     wait("the first deliveries", Duration::from_secs(60), || handle.stats().delivered >= 3_000);
     // The stream's leader: the stream elects another and keeps a quorum.
     let leader = stream_leader(&nodes[0].url(), "EVENTS");

@@ -302,7 +302,8 @@ impl<T> JetStreamSink<T> {
         self
     }
 
-    /// Creates the stream, on file storage with one replica, bound to
+    /// Creates the stream, on file storage with [`replicas`](Self::replicas)
+    /// replicas (one by default), bound to
     /// `subjects` and with the [duplicate window](Self::duplicate_window),
     /// when the sink finds no stream of its name. Without this a missing
     /// stream refuses every item.
@@ -435,7 +436,10 @@ impl<T> JetStreamSink<T> {
                     }
                 }
             }
-            let id = numbers.seqs().get(index).map(|seq| format!("{}-{seq}", numbers.channel()));
+            let id = match numbers.seqs().get(index) {
+                Some(seq) if self.deduplicate => Some(format!("{}-{seq}", numbers.channel())),
+                _ => None,
+            };
             let refusal = match self.message(item, std::mem::take(&mut payloads[index]), id) {
                 Ok((subject, message)) => match context.send_publish(subject, message).await {
                     Ok(ack) => {
@@ -478,10 +482,8 @@ impl<T> JetStreamSink<T> {
             }
             message = message.headers(headers);
         }
-        if self.deduplicate {
-            if let Some(id) = id {
-                message = message.message_id(id);
-            }
+        if let Some(id) = id {
+            message = message.message_id(id);
         }
         Ok((subject, message))
     }
