@@ -68,6 +68,10 @@ impl Builder {
                 fs: crate::storage::os(),
                 retry_unreadable: false,
                 labels: None,
+                remote: None,
+                offload_after_bytes: None,
+                max_remote_bytes: u64::MAX,
+                fetch_ahead: crate::options::DEFAULT_FETCH_AHEAD,
             },
         }
     }
@@ -204,6 +208,77 @@ impl Builder {
         self
     }
 
+    /// Offloads sealed segments to `store` once the local disk holds more
+    /// than [`offload_after_bytes`](Self::offload_after_bytes), and
+    /// fetches them back, in order, as the receiver reaches them: the
+    /// backlog can then be as large as the store, while the local disk
+    /// holds at most [`max_disk_bytes`](Self::max_disk_bytes). See
+    /// [`crate::tier`] for the lifecycle and its failures; `FORMAT.md`
+    /// for the tier file.
+    ///
+    /// Objects are keyed by the channel's [`ChannelId`](crate::ChannelId)
+    /// and the segment's id, so several channels can share a store. A
+    /// channel whose segments are in a store must be opened with one: an
+    /// open without it fails with [`OpenError::InvalidConfig`]. In
+    /// [`Durability::Overflow`] mode the store holds scratch space, and a
+    /// new run deletes what an old one left there.
+    ///
+    /// ```
+    /// use sump::{Builder, DirStore, Durability};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let (tx, rx) = Builder::new("events", dir.path().join("local"))
+    ///     .durability(Durability::Persistent)
+    ///     .memory_capacity(0)
+    ///     .segment_bytes(64 << 10)
+    ///     .max_disk_bytes(1 << 20)
+    ///     .offload_after_bytes(256 << 10)
+    ///     .remote(DirStore::new(dir.path().join("remote")))
+    ///     .open::<Vec<u8>>()?;
+    /// for _ in 0..4_000 {
+    ///     tx.send(vec![7u8; 1_000])?; // 4 MB: four times the local bound
+    /// }
+    /// for _ in 0..4_000 {
+    ///     assert_eq!(rx.recv()?.len(), 1_000);
+    /// }
+    /// assert!(rx.stats().uploads > 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remote(mut self, store: impl crate::tier::RemoteStore) -> Builder {
+        self.settings.remote = Some(std::sync::Arc::new(store));
+        self
+    }
+
+    /// Local segment bytes above which sealed segments are offloaded to
+    /// the [`remote`](Self::remote) store (default: half of
+    /// [`max_disk_bytes`](Self::max_disk_bytes)). The newest sealed
+    /// segments go first; the oldest [`fetch_ahead`](Self::fetch_ahead)
+    /// plus one, which the receiver reads next, stay local. It must be
+    /// below `max_disk_bytes`, which stays the hard local bound.
+    pub fn offload_after_bytes(mut self, bytes: u64) -> Builder {
+        self.settings.offload_after_bytes = Some(bytes);
+        self
+    }
+
+    /// Bounds the bytes the channel keeps in the [`remote`](Self::remote)
+    /// store (default: no bound). At the bound nothing more is offloaded,
+    /// so the local disk fills, and at [`max_disk_bytes`](Self::max_disk_bytes)
+    /// [`WhenFull`] decides, as without a store.
+    pub fn max_remote_bytes(mut self, bytes: u64) -> Builder {
+        self.settings.max_remote_bytes = bytes;
+        self
+    }
+
+    /// How many remote segments are fetched ahead of the receiver
+    /// (default [`DEFAULT_FETCH_AHEAD`](crate::DEFAULT_FETCH_AHEAD); at
+    /// least one, the one it reads next). The first is fetched whatever the
+    /// local bound; the others only while the local disk is under
+    /// [`offload_after_bytes`](Self::offload_after_bytes).
+    pub fn fetch_ahead(mut self, segments: usize) -> Builder {
+        self.settings.fetch_ahead = segments;
+        self
+    }
+
     /// Does every file operation through `fs` (tests inject faults).
     #[cfg(test)]
     pub(crate) fn storage(mut self, fs: crate::storage::Fs) -> Builder {
@@ -275,6 +350,15 @@ impl Settings {
         }
         if settings.max_segments == 0 {
             return invalid("max_segments is 0, but the active segment needs one".to_string());
+        }
+        if let (Some(_), Some(offload)) = (&settings.remote, settings.offload_after_bytes) {
+            if offload >= settings.max_disk_bytes {
+                return invalid(format!(
+                    "offload_after_bytes is {offload}, but it must be below max_disk_bytes ({}), \
+                     or the local bound is reached before anything is offloaded",
+                    settings.max_disk_bytes
+                ));
+            }
         }
         if let Compression::Zstd { level } = settings.compression {
             if level > 22 {

@@ -83,6 +83,11 @@ impl ChannelId {
     }
 }
 
+/// 64 random bits, drawn as a channel id is.
+pub(crate) fn random_u64() -> u64 {
+    ChannelId::draw().0 as u64
+}
+
 impl fmt::Display for ChannelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:032x}", self.0)

@@ -47,6 +47,9 @@ struct Run {
     close_failed: bool,
     /// Records reported lost or corrupt during the run.
     reported_lost: u64,
+    /// For a scenario with a remote tier: segments uploaded and fetched
+    /// back during the run (the unfaulted run must do both).
+    tier_moves: Option<(u64, u64)>,
 }
 
 /// The item for sender `sender`'s `seq`th send.
@@ -293,6 +296,49 @@ fn drainer_put_back(dir: &Path, scenario: &Scenario, fs: &Fs) -> Run {
     run
 }
 
+/// A channel whose sealed segments are offloaded to a directory store
+/// (on the real filesystem: the store is another machine's disk; the
+/// faults hit the channel's own files, the tier file among them).
+fn tiered(dir: &Path, scenario: &Scenario, fs: &Fs) -> Builder {
+    scenario
+        .builder(dir, fs)
+        .remote(crate::DirStore::new(dir.join("remote")))
+        .max_disk_bytes(1 << 20)
+        .offload_after_bytes(320)
+        .fetch_ahead(1)
+}
+
+/// Spills into segments that the tier offloads, waits for some uploads,
+/// receives part (fetching segments back), sends more, and closes.
+fn offload_and_fetch(dir: &Path, scenario: &Scenario, fs: &Fs) -> Run {
+    let mut run = Run::default();
+    let Ok((tx, rx)) = tiered(dir, scenario, fs).open::<u64>() else { return run };
+    send_all(&tx, 0, 40, &mut run);
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    while rx.stats().uploads < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    receive_some(&rx, 25, &mut run);
+    let stats = rx.stats();
+    run.tier_moves = Some((stats.uploads, stats.fetches));
+    send_all(&tx, 1, 6, &mut run);
+    drop(tx);
+    close(rx, &mut run);
+    run
+}
+
+/// Reopens the tiered channel on a working disk and drains it.
+fn drain_tiered(dir: &Path, scenario: &Scenario) -> (Vec<u64>, u64) {
+    let (tx, rx) = tiered(dir, scenario, &crate::storage::os())
+        .open::<u64>()
+        .unwrap_or_else(|err| panic!("{}: the reopen on a working disk failed: {err}", scenario.name));
+    drop(tx);
+    let mut after = Run::default();
+    receive_some(&rx, usize::MAX, &mut after);
+    let stats = rx.stats();
+    (after.received, stats.lost + stats.corrupt)
+}
+
 /// The scenarios swept.
 fn scenarios() -> Vec<Scenario> {
     let plain = crate::Compression::None;
@@ -349,6 +395,16 @@ fn scenarios() -> Vec<Scenario> {
             may_repeat: false,
         },
         Scenario {
+            name: "offload to a remote tier and fetch back",
+            mode: Durability::Persistent,
+            sync: SyncPolicy::Never,
+            compression: plain,
+            prepare: nothing,
+            body: offload_and_fetch,
+            drain: drain_tiered,
+            may_repeat: false,
+        },
+        Scenario {
             name: "reshard from two shards to three",
             mode: Durability::Persistent,
             sync: SyncPolicy::Never,
@@ -401,6 +457,9 @@ fn run_once(scenario: &Scenario, injection: Injection) -> u64 {
     }
     let fs: Fs = faulty.clone();
     let run = (scenario.body)(dir.path(), scenario, &fs);
+    if let (Injection::None, Some((uploads, fetches))) = (injection, run.tier_moves) {
+        assert!(uploads > 0 && fetches > 0, "{}: uploaded {uploads}, fetched {fetches}", scenario.name);
+    }
     let ops = faulty.ops();
     let crashed = faulty.is_dead();
     if crashed {

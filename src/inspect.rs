@@ -79,6 +79,70 @@ pub fn segment_files(dir: impl AsRef<Path>, name: &str) -> io::Result<Vec<Segmen
     Ok(files)
 }
 
+/// A segment the remote tier handles, as the channel's tier file lists it
+/// (see [`crate::tier`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierSegment {
+    /// The segment's id.
+    pub id: u64,
+    /// Where it stands in the lifecycle.
+    pub state: crate::TierState,
+    /// The key of its object in the store; empty until the copy is
+    /// finished.
+    pub key: String,
+    /// The segment's length.
+    pub bytes: u64,
+    /// Its records.
+    pub records: u64,
+    /// CRC32C of the whole segment, which its object must match.
+    pub crc: u32,
+}
+
+/// The segments the remote tier of channel `dir/name/` handles, in id
+/// order; none for a channel without a tier file.
+///
+/// # Errors
+///
+/// When the tier file cannot be read or is damaged.
+pub fn tier_segments(dir: impl AsRef<Path>, name: &str) -> io::Result<Vec<TierSegment>> {
+    let entries = crate::tier::file::read(&*crate::storage::os(), &dir.as_ref().join(name))?;
+    Ok(entries
+        .into_iter()
+        .map(|(id, entry)| TierSegment {
+            id,
+            state: entry.state,
+            key: entry.key,
+            bytes: entry.bytes,
+            records: entry.records,
+            crc: entry.crc,
+        })
+        .collect())
+}
+
+/// Checks the remote copy of `segment` in `store`: it exists, and its
+/// length and CRC32C are the segment's. `Ok(Err(reason))` says what is
+/// wrong with it; a segment whose copy is not finished has none to check.
+///
+/// # Errors
+///
+/// When the store cannot be asked.
+pub fn verify_remote(store: &dyn crate::RemoteStore, segment: &TierSegment) -> io::Result<Result<(), String>> {
+    use crate::TierState::{CopyFinished, Fetched, LocalDeleted};
+    if !matches!(segment.state, CopyFinished | LocalDeleted | Fetched) {
+        return Ok(Ok(()));
+    }
+    let Some(data) = store.get(&segment.key)? else {
+        return Ok(Err(format!("object {} is missing from the store", segment.key)));
+    };
+    if data.len() as u64 != segment.bytes {
+        return Ok(Err(format!("object {} is {} bytes, not {}", segment.key, data.len(), segment.bytes)));
+    }
+    if crc32c::crc32c(&data) != segment.crc {
+        return Ok(Err(format!("object {} fails its CRC", segment.key)));
+    }
+    Ok(Ok(()))
+}
+
 /// One record found in a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

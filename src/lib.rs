@@ -173,6 +173,7 @@ mod shard;
 mod stats;
 mod storage;
 mod sync;
+pub mod tier;
 
 pub use crate::batch::Handle;
 pub use crate::builder::{channel, channel_with_explicit_capacity, Builder};
@@ -196,12 +197,15 @@ pub use crate::future::{RecvFuture, RecvManyFuture, RecvStream, SendFuture};
 #[cfg(all(feature = "metrics", not(loom)))]
 pub use crate::metrics::{publish_metrics, METRICS_INTERVAL};
 pub use crate::options::{
-    Compression, Durability, SyncPolicy, WhenFull, DEFAULT_GROUP_COMMIT_WAIT, DEFAULT_MAX_DISK_BYTES,
-    DEFAULT_MAX_SEGMENTS, DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY, DEFAULT_SEGMENT_BYTES,
-    FREE_SPACE_CHECK_INTERVAL,
+    Compression, Durability, SyncPolicy, WhenFull, DEFAULT_FETCH_AHEAD, DEFAULT_GROUP_COMMIT_WAIT,
+    DEFAULT_MAX_DISK_BYTES, DEFAULT_MAX_SEGMENTS, DEFAULT_MAX_SET_ASIDE_BYTES, DEFAULT_MEMORY_CAPACITY,
+    DEFAULT_SEGMENT_BYTES, FREE_SPACE_CHECK_INTERVAL,
 };
 pub use crate::peeked::Peeked;
 pub use crate::shard::{
     Dispatch, ShardedBuilder, ShardedDrainHandle, ShardedDrainer, ShardedReceiver, ShardedSender, MAX_SHARDS,
 };
 pub use crate::stats::Stats;
+pub use crate::tier::{DirStore, RemoteStore, TierState};
+#[cfg(feature = "s3")]
+pub use crate::tier::{S3Config, S3Store, DEFAULT_S3_TIMEOUT};

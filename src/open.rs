@@ -30,6 +30,10 @@ where
         crate::core::start_interval_sync(Arc::downgrade(&shared), every)
             .map_err(|err| OpenError::io(dir.join(name), err))?;
     }
+    #[cfg(not(loom))]
+    if settings.remote.is_some() {
+        crate::core::start_tier(Arc::downgrade(&shared)).map_err(|err| OpenError::io(dir.join(name), err))?;
+    }
     #[cfg(feature = "metrics")]
     if let Some(labels) = settings.labels {
         crate::metrics::register_channel(Arc::downgrade(&shared), labels);

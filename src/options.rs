@@ -175,7 +175,20 @@ pub(crate) struct Settings {
     /// set by the open paths users call, `None` for a reshard's scratch
     /// channels, which are not published.
     pub(crate) labels: Option<MetricLabels>,
+    /// The remote tier's store, if any.
+    pub(crate) remote: Option<std::sync::Arc<dyn crate::tier::store::RemoteStore>>,
+    /// Local bytes above which sealed segments are offloaded; `None` for
+    /// half of `max_disk_bytes`.
+    pub(crate) offload_after_bytes: Option<u64>,
+    /// Bound on the bytes in the remote store.
+    pub(crate) max_remote_bytes: u64,
+    /// Remote segments fetched ahead of the receiver.
+    pub(crate) fetch_ahead: usize,
 }
+
+/// Remote segments fetched ahead of the receiver unless
+/// [`Builder::fetch_ahead`](crate::Builder::fetch_ahead) says otherwise.
+pub const DEFAULT_FETCH_AHEAD: usize = 2;
 
 /// How a channel is named in published metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]

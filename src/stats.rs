@@ -61,4 +61,17 @@ pub struct Stats {
     /// [`SyncPolicy::Always`](crate::SyncPolicy::Always) since open: with
     /// `spilled`, the records each sync covered on average.
     pub group_commits: u64,
+    /// Sealed segments whose only copy is in the remote store (see
+    /// [`Builder::remote`](crate::Builder::remote)); their records count in
+    /// `on_disk`, their bytes not in `disk_bytes` (which is local only).
+    pub remote_segments: usize,
+    /// Bytes of those segments.
+    pub remote_bytes: u64,
+    /// Segments copied to the remote store since open.
+    pub uploads: u64,
+    /// Segments fetched back from it since open.
+    pub fetches: u64,
+    /// Failed calls to the remote store (and local steps of the remote
+    /// tier) since open; each is retried with backoff.
+    pub remote_failures: u64,
 }

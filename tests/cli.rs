@@ -210,3 +210,48 @@ fn a_closed_output_pipe_ends_dump_quietly() {
     assert!(status.success(), "exit {status:?}: {stderr}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+#[test]
+fn ls_shows_each_segments_tier_and_verify_checks_the_remote_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = dir.path().join("remote");
+    let (tx, rx) = Builder::new("jobs", dir.path())
+        .durability(Durability::WriteAhead)
+        .memory_capacity(0)
+        .segment_bytes(1_024)
+        .max_disk_bytes(16 << 10)
+        .offload_after_bytes(4 << 10)
+        .remote(sump::DirStore::new(&remote))
+        .open::<String>()
+        .unwrap();
+    for i in 0..1_000 {
+        tx.send(format!("job number {i:03}")).unwrap();
+    }
+    let start = std::time::Instant::now();
+    while tx.stats().remote_segments < 3 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{:?}", tx.stats());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop((tx, rx));
+    let listing = text(&sump(&["ls"], dir.path()));
+    assert!(listing.contains("total: 1000 records"), "{listing}");
+    assert!(listing.lines().filter(|line| line.ends_with("  remote")).count() >= 3, "{listing}");
+    assert!(listing.lines().any(|line| line.ends_with("  local")), "{listing}");
+
+    let remote_arg = format!("--remote-dir={}", remote.display());
+    let output = sump(&["verify", &remote_arg], dir.path());
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text(&output).contains("ok: 1000 records"), "{}", text(&output));
+    // Without the store, the remote copies are named as not checked.
+    let output = sump(&["verify"], dir.path());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("remote copies not checked"));
+
+    // A damaged remote copy fails verification, naming the segment.
+    let object = std::fs::read_dir(&remote).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[40] ^= 0x01;
+    std::fs::write(&object, bytes).unwrap();
+    let output = sump(&["verify", &remote_arg], dir.path());
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("remote copy: object"), "{output:?}");
+}

@@ -19,7 +19,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use sump::inspect::{read_segment, segment_files, SegmentFile, SegmentState};
+use sump::inspect::{
+    read_segment, segment_files, tier_segments, verify_remote, SegmentFile, SegmentState, TierSegment,
+};
 
 #[derive(Parser)]
 #[command(name = "sump", version, about = "Inspect the files of a sump channel (read-only; safe on a live channel)")]
@@ -30,7 +32,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the channel's segments: records, bytes and state.
+    /// List the channel's segments: records, bytes, state, and for a
+    /// channel with a remote tier where each stands in its lifecycle
+    /// (segments only in the store are listed too).
     Ls {
         /// The directory the channel was opened in.
         dir: PathBuf,
@@ -39,11 +43,14 @@ enum Command {
     },
     /// Check every segment header and record CRC. Exits 0 only when all is
     /// clean (a tail still being written in the active segment is fine).
+    /// With a store, every remote copy is fetched and checked too.
     Verify {
         /// The directory the channel was opened in.
         dir: PathBuf,
         /// The channel's name.
         name: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Print every intact record: segment, offset, sequence number, length and payload bytes
     /// as hex.
@@ -78,6 +85,50 @@ enum Command {
     },
 }
 
+/// Where `sump verify` finds the remote copies.
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// The directory of the channel's remote store (a `DirStore`).
+    #[arg(long)]
+    remote_dir: Option<PathBuf>,
+    /// The endpoint of the channel's S3-compatible store (credentials from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+    #[cfg(feature = "s3")]
+    #[arg(long, requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// The bucket.
+    #[cfg(feature = "s3")]
+    #[arg(long)]
+    s3_bucket: Option<String>,
+    /// The key prefix the store was given.
+    #[cfg(feature = "s3")]
+    #[arg(long, default_value = "")]
+    s3_prefix: String,
+    /// The region.
+    #[cfg(feature = "s3")]
+    #[arg(long, default_value = "us-east-1")]
+    s3_region: String,
+}
+
+impl RemoteArgs {
+    fn store(&self) -> std::io::Result<Option<Box<dyn sump::RemoteStore>>> {
+        if let Some(dir) = &self.remote_dir {
+            return Ok(Some(Box::new(sump::DirStore::new(dir))));
+        }
+        #[cfg(feature = "s3")]
+        if let (Some(endpoint), Some(bucket)) = (&self.s3_endpoint, &self.s3_bucket) {
+            let config = sump::S3Config::new(endpoint, bucket).prefix(&self.s3_prefix).region(&self.s3_region);
+            return Ok(Some(Box::new(sump::S3Store::new(config)?)));
+        }
+        Ok(None)
+    }
+}
+
+fn tiers(dir: &std::path::Path, name: &str) -> std::io::Result<Vec<TierSegment>> {
+    tier_segments(dir, name)
+        .map_err(|err| std::io::Error::new(err.kind(), format!("{}: {err}", dir.join(name).display())))
+}
+
 fn state_name(state: SegmentState) -> &'static str {
     match state {
         SegmentState::Sealed => "sealed",
@@ -90,7 +141,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ls { dir, name } => ls(&dir, &name),
-        Command::Verify { dir, name } => verify(&dir, &name),
+        Command::Verify { dir, name, remote } => verify(&dir, &name, &remote),
         Command::Dump { dir, name, max_bytes } => dump(&dir, &name, max_bytes),
         Command::Salvage { dir, name, out } => salvage(&dir, &name, out.as_deref()),
         Command::Purge { dir, name } => purge(&dir, &name),
@@ -112,28 +163,62 @@ fn files(dir: &std::path::Path, name: &str) -> std::io::Result<Vec<SegmentFile>>
 
 fn ls(dir: &std::path::Path, name: &str) -> std::io::Result<ExitCode> {
     let files = files(dir, name)?;
+    let tiered = tiers(dir, name)?;
+    let tier_of = |id: u64| tiered.iter().find(|segment| segment.id == id).map_or("local", |s| s.state.name());
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:>20}  {:>10}  {:>12}  {:>7}  state", "segment", "records", "bytes", "damaged")?;
+    writeln!(out, "{:>20}  {:>10}  {:>12}  {:>7}  {:<9}  tier", "segment", "records", "bytes", "damaged", "state")?;
     let (mut records, mut bytes) = (0, 0);
+    // Local files and remote-only segments, in id order.
+    let mut remote = tiered.iter().filter(|s| !s.state.is_local()).peekable();
     for file in files {
+        while let Some(segment) = remote.next_if(|segment| segment.id < file.id) {
+            remote_row(&mut out, segment, &mut records)?;
+        }
         let report = read_segment(&file, |_| {}, |_| {})?;
         let damaged = report.damage.iter().filter(|d| !(d.at_end && file.state == SegmentState::Active)).count();
         writeln!(
             out,
-            "{:>20}  {:>10}  {:>12}  {:>7}  {}",
+            "{:>20}  {:>10}  {:>12}  {:>7}  {:<9}  {}",
             file.id,
             report.records,
             file.bytes,
             damaged,
-            state_name(file.state)
+            state_name(file.state),
+            tier_of(file.id)
         )?;
         if file.state != SegmentState::SetAside {
             records += report.records;
             bytes += file.bytes;
         }
     }
-    writeln!(out, "total: {records} records in {bytes} bytes (set-aside segments not counted)")?;
+    for segment in remote {
+        remote_row(&mut out, segment, &mut records)?;
+    }
+    let remote_bytes: u64 = tiered.iter().filter(|s| s.state == sump::TierState::LocalDeleted).map(|s| s.bytes).sum();
+    writeln!(
+        out,
+        "total: {records} records in {bytes} local bytes and {remote_bytes} remote bytes (set-aside segments not counted)"
+    )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A row of `sump ls` for a segment not on the local disk.
+fn remote_row(out: &mut impl Write, segment: &TierSegment, records: &mut u64) -> std::io::Result<()> {
+    let counted = segment.state == sump::TierState::LocalDeleted;
+    writeln!(
+        out,
+        "{:>20}  {:>10}  {:>12}  {:>7}  {:<9}  {}",
+        segment.id,
+        segment.records,
+        segment.bytes,
+        "-",
+        "remote",
+        segment.state.name()
+    )?;
+    if counted {
+        *records += segment.records;
+    }
+    Ok(())
 }
 
 /// Prints a finding to stderr without tearing the progress bar (which
@@ -142,8 +227,10 @@ fn say(bar: &ProgressBar, message: String) {
     bar.suspend(|| eprintln!("{message}"));
 }
 
-fn verify(dir: &std::path::Path, name: &str) -> std::io::Result<ExitCode> {
+fn verify(dir: &std::path::Path, name: &str, remote: &RemoteArgs) -> std::io::Result<ExitCode> {
     let files = files(dir, name)?;
+    let tiered = tiers(dir, name)?;
+    let store = remote.store()?;
     let total: u64 = files.iter().map(|f| f.bytes).sum();
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -176,9 +263,37 @@ fn verify(dir: &std::path::Path, name: &str) -> std::io::Result<ExitCode> {
             }
         }
     }
+    let copies: Vec<&TierSegment> =
+        tiered.iter().filter(|s| !s.key.is_empty() && s.state != sump::TierState::Read).collect();
+    let mut segments = files.len();
+    match &store {
+        Some(store) => {
+            for segment in &copies {
+                bar.set_message(format!("remote copy of segment {}", segment.id));
+                if let Err(reason) = verify_remote(&**store, segment)? {
+                    say(&bar, format!("segment {}: remote copy: {reason}", segment.id));
+                    problems += 1;
+                }
+            }
+        }
+        None if !copies.is_empty() => say(
+            &bar,
+            format!(
+                "{} remote copies not checked: give the store (--remote-dir, or --s3-endpoint with feature s3)",
+                copies.len()
+            ),
+        ),
+        None => {}
+    }
+    if store.is_some() {
+        for segment in tiered.iter().filter(|s| s.state == sump::TierState::LocalDeleted) {
+            records += segment.records;
+            segments += 1;
+        }
+    }
     bar.finish_and_clear();
     if problems == 0 {
-        println!("ok: {records} records in {} segments, every header and CRC intact", files.len());
+        println!("ok: {records} records in {segments} segments, every header and CRC intact");
         Ok(ExitCode::SUCCESS)
     } else {
         println!("damaged: {problems} problems found; {records} intact records");

@@ -57,12 +57,16 @@ mod peek;
 mod recv;
 mod send;
 mod shutdown;
+#[cfg(not(loom))]
+mod tier;
 mod wakers;
 
 #[cfg(not(loom))]
 pub(crate) use commit::start_interval_sync;
 use commit::CommitFailures;
 pub(crate) use numbered::Numbered;
+#[cfg(not(loom))]
+pub(crate) use tier::start_tier;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -415,6 +419,7 @@ impl<T> Shared<T> {
     pub(crate) fn stats(&self) -> Stats {
         let mut state = self.state.lock();
         self.fold_taken(&mut state);
+        let tier = state.disk.tier_stats();
         Stats {
             in_memory: state.in_memory,
             on_disk: state.disk.items() + self.prefetched.load(Ordering::Relaxed) as u64,
@@ -429,6 +434,11 @@ impl<T> Shared<T> {
             set_aside_files: state.disk.set_aside_totals().0,
             set_aside_bytes: state.disk.set_aside_totals().1,
             group_commits: state.group_commits,
+            remote_segments: tier.remote_segments,
+            remote_bytes: tier.remote_bytes,
+            uploads: tier.uploads,
+            fetches: tier.fetches,
+            remote_failures: tier.failures,
         }
     }
 

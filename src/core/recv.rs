@@ -127,6 +127,10 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                         }
                         stuck = true;
                     }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                        tracing::debug!(error = %err, "the disk backlog is not readable yet; retrying");
+                        stuck = true;
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot read the disk backlog yet; retrying");
                         stuck = true;

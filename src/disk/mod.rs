@@ -41,12 +41,14 @@
 //! rotate, drop-oldest, sync points), [`reader`] is the receiver's read
 //! position, [`read`] moves it and gives up unreadable segments, [`release`] decides which
 //! segments may be deleted (consumed, retired until committed, set aside,
-//! recorded as read), and [`shutdown`] writes a clean shutdown.
+//! recorded as read), [`tier`] offloads segments to a remote store and
+//! fetches them back, and [`shutdown`] writes a clean shutdown.
 
 mod read;
 mod reader;
 mod release;
 mod shutdown;
+pub(crate) mod tier;
 mod write;
 
 use std::collections::VecDeque;
@@ -159,6 +161,8 @@ pub(crate) struct DiskQueue {
     old_format: std::collections::BTreeSet<u64>,
     /// The channel's id (see [`crate::channel_id`]).
     channel_id: crate::ChannelId,
+    /// The remote tier, if the channel has one.
+    tier: Option<tier::Tier>,
 }
 
 impl DiskQueue {
@@ -170,7 +174,25 @@ impl DiskQueue {
         let fs = Arc::clone(dir.fs());
         let durable = settings.durability != Durability::Overflow;
         crate::identity::check(&dir, &settings.identity, durable)?;
-        let recovered = if durable {
+        let tier_path = dir.path().join(crate::tier::file::TIER_FILE);
+        let mut tier_entries = match &settings.remote {
+            Some(_) => tier::prepare(&*fs, dir.path(), durable).map_err(|err| OpenError::io(&tier_path, err))?,
+            None => {
+                let entries =
+                    crate::tier::file::read(&*fs, dir.path()).map_err(|err| OpenError::io(&tier_path, err))?;
+                if !entries.is_empty() {
+                    return Err(OpenError::InvalidConfig {
+                        reason: format!(
+                            "{} segments of this channel are in a remote store (see {}); open it with Builder::remote",
+                            entries.len(),
+                            tier_path.display()
+                        ),
+                    });
+                }
+                entries
+            }
+        };
+        let mut recovered = if durable {
             recover(&mut dir)?
         } else {
             let (old_segments, highest) = dir.scan()?;
@@ -189,6 +211,19 @@ impl DiskQueue {
             }
             Recovered { next_id: highest.map_or(0, |id| id.saturating_add(1)), ..Recovered::default() }
         };
+        if !tier_entries.is_empty() {
+            tier::merge(&mut tier_entries, &mut recovered);
+            crate::tier::file::write(&*fs, dir.path(), &tier_entries).map_err(|err| OpenError::io(&tier_path, err))?;
+        }
+        let tier = settings.remote.as_ref().map(|store| {
+            let remote = crate::tier::RemoteSettings {
+                store: Arc::clone(store),
+                offload_after_bytes: settings.offload_after_bytes.unwrap_or(settings.max_disk_bytes / 2),
+                max_remote_bytes: settings.max_remote_bytes,
+                fetch_ahead: settings.fetch_ahead,
+            };
+            tier::Tier::new(remote, tier_entries)
+        });
         let index = if durable { Index::rewritten(recovered.indexed) } else { Index::none() };
         dir.bound_set_aside(settings.max_set_aside_bytes);
         match fs.available_space(dir.path()) {
@@ -248,6 +283,7 @@ impl DiskQueue {
             index,
             old_format: recovered.old_format,
             channel_id,
+            tier,
         })
         .map(|mut queue| {
             queue.reserve_seqs(first_seq);
@@ -325,12 +361,17 @@ impl DiskQueue {
     /// Bytes of all segment files, the active one's buffered bytes
     /// included.
     pub(crate) fn bytes(&self) -> u64 {
-        self.bytes + self.active.as_ref().map_or(0, SegmentWriter::len)
+        self.bytes - self.remote_only().1 + self.active.as_ref().map_or(0, SegmentWriter::len)
     }
 
     /// Segment files, the active one and retired ones included.
     pub(crate) fn segments(&self) -> usize {
-        self.sealed.len() + self.retired.len() + usize::from(self.active.is_some())
+        self.sealed.len() + self.retired.len() + usize::from(self.active.is_some()) - self.remote_only().0
+    }
+
+    /// Whether [`close`](Self::close) ran.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
     }
     /// Records skipped as damaged since open.
     pub(crate) fn corrupt(&self) -> u64 {

@@ -38,6 +38,13 @@ impl DiskQueue {
                         self.release_front(damaged);
                         freed = true;
                     }
+                    _ if !self.is_local(front.id) => {
+                        self.kick_tier();
+                        return Err(io::Error::new(
+                            io::ErrorKind::WouldBlock,
+                            format!("segment {} is in the remote store; waiting for it to be fetched", front.id),
+                        ));
+                    }
                     _ => match SegmentCursor::open_sealed(&self.fs, &self.path_of(front.id), front.id, front.bytes) {
                         Ok(open) => {
                             self.point(reader, Some(open));
@@ -150,6 +157,7 @@ impl DiskQueue {
                 self.bytes += meta.bytes;
                 self.sealed.push_back(meta);
                 self.index_sealed(meta);
+                self.kick_tier();
                 if let Some(open) = reader.cursor().filter(|open| open.id() == meta.id) {
                     open.set_limit(meta.bytes, true, true);
                 }

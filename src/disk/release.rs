@@ -58,6 +58,7 @@ impl DiskQueue {
     /// must not deliver it either), and again at shutdown. The error is
     /// that of recording it, when that failed too.
     pub(super) fn delete_segment(&mut self, id: u64) -> io::Result<()> {
+        self.tier_release(id);
         self.free_space.checked_at = None;
         let path = self.path_of(id);
         let Err(err) = storage::remove_if_present(&*self.fs, &path) else { return Ok(()) };
@@ -88,6 +89,7 @@ impl DiskQueue {
     /// is recorded as read instead, so that no restart delivers what the
     /// channel already counted as lost (and out of order).
     pub(super) fn set_aside(&mut self, id: u64) {
+        self.tier_release(id);
         let path = self.path_of(id);
         if !self.dir.set_aside(&path) {
             self.undeleted.push(id);

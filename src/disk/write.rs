@@ -147,6 +147,7 @@ impl DiskQueue {
                     self.bytes += meta.bytes;
                     self.sealed.push_back(meta);
                     self.index_sealed(meta);
+                    self.kick_tier();
                 }
                 Err(failed) => {
                     let (old, err) = *failed;
@@ -165,7 +166,9 @@ impl DiskQueue {
     /// one if it is the only such segment) and returns how many records it
     /// held, or `None` if there is no such segment.
     pub(crate) fn drop_oldest(&mut self) -> Option<u64> {
-        let (id, records) = match self.sealed.iter().position(|meta| Some(meta.id) != self.reading) {
+        // Only a local segment frees local space.
+        let droppable = |meta: &crate::segment::SegmentMeta| Some(meta.id) != self.reading && self.is_local(meta.id);
+        let (id, records) = match self.sealed.iter().position(droppable) {
             Some(index) => {
                 let meta = self.sealed.remove(index)?;
                 self.bytes -= meta.bytes;

@@ -1,0 +1,42 @@
+//! The `sump-tier` thread of a channel with a remote tier: it takes the
+//! next job from the disk queue under the lock, runs it outside the lock,
+//! and hands the outcome back (see `crate::disk::tier`).
+
+use std::time::Duration;
+
+use super::Shared;
+
+/// How long the thread sleeps when there is nothing to do and nobody woke
+/// it: also how soon a retry after a failure is looked at.
+const IDLE: Duration = Duration::from_millis(50);
+
+/// Starts the tier thread of `channel`. It ends once the channel is
+/// closed or gone.
+pub(crate) fn start_tier<T: Send + 'static>(channel: std::sync::Weak<Shared<T>>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("sump-tier".to_string()).spawn(move || {
+        let me = std::thread::current();
+        loop {
+            let Some(shared) = channel.upgrade() else { return };
+            let work = {
+                let mut state = shared.state.lock();
+                if state.disk.is_closed() {
+                    return;
+                }
+                state.disk.tier_attach(&me);
+                state.disk.tier_next()
+            };
+            let Some(work) = work else {
+                drop(shared);
+                std::thread::park_timeout(IDLE);
+                continue;
+            };
+            let outcome = work.run();
+            let mut state = shared.state.lock();
+            if state.disk.tier_finish(&work.job, outcome) {
+                shared.after_disk_change(&mut state);
+                shared.wake_receiver(&mut state);
+            }
+        }
+    })?;
+    Ok(())
+}

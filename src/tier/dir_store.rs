@@ -1,0 +1,141 @@
+//! [`DirStore`]: a remote tier that is a directory (another disk, an NFS
+//! mount).
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::RemoteStore;
+
+/// A [`RemoteStore`] that keeps each object as a file in a directory:
+/// another disk, or a network filesystem mounted on this machine.
+///
+/// `put` writes to a temporary file, syncs it, renames it into place and
+/// syncs the directory, so an object is either whole or absent, and a
+/// crash during a put leaves at most a `*.part` file, which the next put
+/// of that key replaces. The directory is created on first use.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// use sump::{DirStore, RemoteStore};
+///
+/// let store = DirStore::new(dir.path().join("remote"));
+/// store.put("a.seg", b"bytes")?;
+/// assert_eq!(store.get("a.seg")?.as_deref(), Some(&b"bytes"[..]));
+/// assert_eq!(store.size("a.seg")?, Some(5));
+/// store.delete("a.seg")?;
+/// assert_eq!(store.get("a.seg")?, None);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    /// A store in directory `root`.
+    pub fn new(root: impl Into<PathBuf>) -> DirStore {
+        DirStore { root: root.into() }
+    }
+
+    /// The store's directory.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> io::Result<PathBuf> {
+        let valid = !key.is_empty()
+            && !key.starts_with('.')
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid object key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+fn absent_is_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+impl RemoteStore for DirStore {
+    fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        let path = self.path(key)?;
+        fs::create_dir_all(&self.root)?;
+        let part = self.root.join(format!("{key}.part"));
+        let mut file = fs::File::create(&part)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&part, &path)?;
+        fs::File::open(&self.root)?.sync_all()
+    }
+
+    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        absent_is_none(fs::read(self.path(key)?))
+    }
+
+    fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        absent_is_none(fs::symlink_metadata(self.path(key)?).map(|meta| meta.len()))
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(key)?) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        let mut keys = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            if name.starts_with(prefix) && !name.ends_with(".part") && entry.file_type()?.is_file() {
+                keys.push(name);
+            }
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_could_leave_the_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path());
+        for key in ["", "../x", "a/b", ".hidden", "x y"] {
+            let err = store.put(key, b"x").unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn a_put_replaces_and_list_skips_partial_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path().join("r"));
+        assert_eq!(store.list("").unwrap(), Vec::<String>::new());
+        store.put("c-1.seg", b"one").unwrap();
+        store.put("c-1.seg", b"two!").unwrap();
+        store.put("d-1.seg", b"x").unwrap();
+        fs::write(dir.path().join("r/c-2.seg.part"), b"half").unwrap();
+        assert_eq!(store.get("c-1.seg").unwrap().unwrap(), b"two!");
+        assert_eq!(store.list("c-").unwrap(), vec!["c-1.seg".to_string()]);
+        store.delete("c-1.seg").unwrap();
+        store.delete("c-1.seg").unwrap();
+        assert_eq!(store.size("c-1.seg").unwrap(), None);
+    }
+}
