@@ -59,10 +59,10 @@ fn main() {
     let sent_in = start.elapsed();
     let stats = tx.stats();
     println!(
-        "sent {ITEMS} events ({:.0} MB) in {:.2} s; peak local disk {:.1} MB; {} segments ({:.0} MB) in the store, {} uploads",
+        "sent {ITEMS} events ({:.0} MB) in {:.2} s; peak local disk {:.1} MiB; {} segments ({:.0} MB) in the store, {} uploads",
         mb(ITEMS * PAYLOAD as u64),
         sent_in.as_secs_f64(),
-        mb(peak_local),
+        peak_local as f64 / f64::from(1 << 20),
         stats.remote_segments,
         mb(stats.remote_bytes),
         stats.uploads

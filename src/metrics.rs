@@ -58,6 +58,8 @@ static PUBLISHER: Once = Once::new();
 /// | `sump_corrupt_total` | counter | [`Stats::corrupt`] |
 /// | `sump_lost_total` | counter | [`Stats::lost`] |
 /// | `sump_group_commits_total` | counter | [`Stats::group_commits`] |
+/// | `sump_remote_segments`, `sump_remote_bytes` | gauge | [`Stats::remote_segments`], [`Stats::remote_bytes`] |
+/// | `sump_uploads_total`, `sump_fetches_total`, `sump_remote_failures_total` | counter | [`Stats::uploads`], [`Stats::fetches`], [`Stats::remote_failures`] |
 /// | `sump_drain_delivered_total` | counter | [`DrainStats::delivered`](crate::DrainStats::delivered) |
 /// | `sump_drain_batches_total` | counter | [`DrainStats::batches`](crate::DrainStats::batches) |
 /// | `sump_drain_retried_total` | counter | [`DrainStats::retried`](crate::DrainStats::retried) |
@@ -119,6 +121,11 @@ pub(crate) fn record_stats(labels: &[Label], stats: &Stats) {
     counter!("sump_corrupt_total", labels()).absolute(stats.corrupt);
     counter!("sump_lost_total", labels()).absolute(stats.lost);
     counter!("sump_group_commits_total", labels()).absolute(stats.group_commits);
+    gauge!("sump_remote_segments", labels()).set(stats.remote_segments as f64);
+    gauge!("sump_remote_bytes", labels()).set(stats.remote_bytes as f64);
+    counter!("sump_uploads_total", labels()).absolute(stats.uploads);
+    counter!("sump_fetches_total", labels()).absolute(stats.fetches);
+    counter!("sump_remote_failures_total", labels()).absolute(stats.remote_failures);
 }
 
 /// Publishes a channel while any handle of it is alive.
