@@ -35,7 +35,7 @@ fn run(offload: bool) -> (Duration, u64) {
         builder
             .max_disk_bytes(LOCAL_BOUND)
             .offload_after_bytes(LOCAL_BOUND / 2)
-            .remote(DirStore::new(dir.path().join("remote")))
+            .remote(DirStore::create(dir.path().join("remote")).unwrap())
     } else {
         builder.max_disk_bytes(1 << 30)
     };

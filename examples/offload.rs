@@ -32,7 +32,7 @@ fn open(local: &std::path::Path, remote: &std::path::Path) -> (sump::Sender<Even
         .segment_bytes(4 << 20)
         .max_disk_bytes(LOCAL_BOUND)
         .offload_after_bytes(LOCAL_BOUND / 2)
-        .remote(DirStore::new(remote))
+        .remote(DirStore::create(remote).expect("create the store's directory"))
         .open()
         .expect("open the channel")
 }

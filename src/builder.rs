@@ -233,7 +233,7 @@ impl Builder {
     ///     .segment_bytes(64 << 10)
     ///     .max_disk_bytes(1 << 20)
     ///     .offload_after_bytes(256 << 10)
-    ///     .remote(DirStore::new(dir.path().join("remote")))
+    ///     .remote(DirStore::create(dir.path().join("remote"))?)
     ///     .open::<Vec<u8>>()?;
     /// for _ in 0..4_000 {
     ///     tx.send(vec![7u8; 1_000])?; // 4 MB: four times the local bound
@@ -254,7 +254,8 @@ impl Builder {
     /// [`max_disk_bytes`](Self::max_disk_bytes)). The newest sealed
     /// segments go first; the oldest [`fetch_ahead`](Self::fetch_ahead)
     /// plus one, which the receiver reads next, stay local. It must be
-    /// below `max_disk_bytes`, which stays the hard local bound.
+    /// below `max_disk_bytes`, which stays the hard local bound, and
+    /// `max_disk_bytes` must hold at least `fetch_ahead + 3` segments.
     pub fn offload_after_bytes(mut self, bytes: u64) -> Builder {
         self.settings.offload_after_bytes = Some(bytes);
         self
@@ -350,6 +351,19 @@ impl Settings {
         }
         if settings.max_segments == 0 {
             return invalid("max_segments is 0, but the active segment needs one".to_string());
+        }
+        if settings.remote.is_some() {
+            // The oldest `fetch_ahead + 1` sealed segments stay local, and
+            // the active one: with no room for one more, nothing could
+            // ever be offloaded.
+            let kept = (settings.fetch_ahead.max(1) as u64).saturating_add(3);
+            if settings.max_disk_bytes / settings.segment_bytes.max(1) < kept {
+                return invalid(format!(
+                    "max_disk_bytes ({}) holds fewer than fetch_ahead + 3 = {kept} segments of {} bytes: \
+                     the segments kept local would leave none to offload",
+                    settings.max_disk_bytes, settings.segment_bytes
+                ));
+            }
         }
         if let (Some(_), Some(offload)) = (&settings.remote, settings.offload_after_bytes) {
             if offload >= settings.max_disk_bytes {

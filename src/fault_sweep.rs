@@ -302,7 +302,7 @@ fn drainer_put_back(dir: &Path, scenario: &Scenario, fs: &Fs) -> Run {
 fn tiered(dir: &Path, scenario: &Scenario, fs: &Fs) -> Builder {
     scenario
         .builder(dir, fs)
-        .remote(crate::DirStore::new(dir.join("remote")))
+        .remote(crate::DirStore::create(dir.join("remote")).expect("the store's directory"))
         .max_disk_bytes(1 << 20)
         .offload_after_bytes(320)
         .fetch_ahead(1)

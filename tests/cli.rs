@@ -221,7 +221,7 @@ fn ls_shows_each_segments_tier_and_verify_checks_the_remote_copies() {
         .segment_bytes(1_024)
         .max_disk_bytes(16 << 10)
         .offload_after_bytes(4 << 10)
-        .remote(sump::DirStore::new(&remote))
+        .remote(sump::DirStore::create(&remote).unwrap())
         .open::<String>()
         .unwrap();
     for i in 0..1_000 {
@@ -247,7 +247,11 @@ fn ls_shows_each_segments_tier_and_verify_checks_the_remote_copies() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("remote copies not checked"));
 
     // A damaged remote copy fails verification, naming the segment.
-    let object = std::fs::read_dir(&remote).unwrap().next().unwrap().unwrap().path();
+    let object = std::fs::read_dir(&remote)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .unwrap();
     let mut bytes = std::fs::read(&object).unwrap();
     bytes[40] ^= 0x01;
     std::fs::write(&object, bytes).unwrap();

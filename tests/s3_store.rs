@@ -154,10 +154,16 @@ fn expect_in_order(rx: &sump::Receiver<Item>, from: u64, count: u64) {
     }
 }
 
+/// Segment objects in the store (each channel also keeps one small
+/// marker object there).
+fn segment_objects(store: &S3Store) -> Vec<String> {
+    store.list("").unwrap().into_iter().filter(|key| !key.ends_with("-marker")).collect()
+}
+
 fn wait_until_empty(store: &S3Store) {
     let start = Instant::now();
-    while !store.list("").unwrap().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(20), "objects left: {:?}", store.list("").unwrap());
+    while !segment_objects(store).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "objects left: {:?}", segment_objects(store));
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -207,7 +213,7 @@ fn a_backlog_ten_times_the_local_bound_goes_through_s3_and_survives_a_restart() 
     let stats = tx.stats();
     assert!(stats.remote_segments > 0 && stats.uploads > 0, "{stats:?}");
     assert!(peak_local <= MAX_DISK_BYTES, "local disk {peak_local} over its bound");
-    assert!(!server.store("restart/").list("").unwrap().is_empty());
+    assert!(!segment_objects(&server.store("restart/")).is_empty());
     expect_in_order(&rx, 0, items / 3);
     drop((tx, rx));
     let (tx, rx) = open(&local, server.store("restart/"));
@@ -255,19 +261,63 @@ fn the_server_killed_mid_run_pauses_uploads_and_loses_nothing() {
     wait_until_empty(&server.store("killed/"));
 }
 
-/// In a child process: sends until killed, printing what was acknowledged.
+/// In a child process: sends until killed, printing what was
+/// acknowledged, or (`SUMP_S3_ROLE=recv`) receives, printing what arrived.
 fn child() -> bool {
     let Ok(endpoint) = std::env::var("SUMP_S3_ENDPOINT") else { return false };
     let local = PathBuf::from(std::env::var("SUMP_S3_LOCAL").unwrap());
-    let config = S3Config::new(endpoint, BUCKET).prefix("crash/").credentials(ACCESS_KEY, SECRET_KEY);
-    let (tx, _rx) = open(&local, S3Store::new(config).unwrap());
+    let prefix = std::env::var("SUMP_S3_PREFIX").unwrap();
+    let config = S3Config::new(endpoint, BUCKET).prefix(prefix).credentials(ACCESS_KEY, SECRET_KEY);
+    let (tx, rx) = open(&local, S3Store::new(config).unwrap());
     let mut out = std::io::stdout().lock();
+    if std::env::var("SUMP_S3_ROLE").is_ok_and(|role| role == "recv") {
+        drop(tx);
+        while let Ok(got) = rx.recv() {
+            writeln!(out, "item:{}", got.n).unwrap();
+            out.flush().unwrap();
+        }
+        thread::sleep(Duration::from_secs(60));
+        return true;
+    }
     for n in 0.. {
         tx.send(item(n)).unwrap();
         writeln!(out, "item:{n}").unwrap();
         out.flush().unwrap();
     }
     true
+}
+
+/// Runs this test binary's `test` as a child against `server` on `local`,
+/// kills it with SIGKILL `after` its first line, and returns the numbers
+/// it printed.
+fn run_and_kill(test: &str, role: &str, server: &Server, local: &Path, prefix: &str, after: Duration) -> Vec<u64> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env("SUMP_S3_ENDPOINT", server.endpoint())
+        .env("SUMP_S3_LOCAL", local)
+        .env("SUMP_S3_PREFIX", prefix)
+        .env("SUMP_S3_ROLE", role)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Some((_, number)) = line.rsplit_once("item:") else { continue };
+            if let Ok(n) = number.trim().parse::<u64>() {
+                let _ = lines_tx.send(n);
+            }
+        }
+    });
+    let first = lines_rx.recv_timeout(Duration::from_secs(30)).expect("the child printed nothing");
+    thread::sleep(after);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    std::iter::once(first).chain(lines_rx.try_iter()).collect()
 }
 
 #[test]
@@ -281,31 +331,9 @@ fn a_sender_killed_with_sigkill_while_offloading_to_s3_loses_nothing() {
     let mut offloaded = 0;
     for trial in 0..trials {
         let local = dir.path().join(format!("local-{trial}"));
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "a_sender_killed_with_sigkill_while_offloading_to_s3_loses_nothing", "--nocapture"])
-            .env("SUMP_S3_ENDPOINT", server.endpoint())
-            .env("SUMP_S3_LOCAL", &local)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (lines_tx, lines_rx) = mpsc::channel();
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let Some((_, number)) = line.rsplit_once("item:") else { continue };
-                if let Ok(n) = number.trim().parse::<u64>() {
-                    let _ = lines_tx.send(n);
-                }
-            }
-        });
-        lines_rx.recv_timeout(Duration::from_secs(30)).expect("the child printed nothing");
-        thread::sleep(Duration::from_millis(100 + 60 * trial));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        reader.join().unwrap();
-        let last_acked = lines_rx.try_iter().last().unwrap_or(0);
+        let name = "a_sender_killed_with_sigkill_while_offloading_to_s3_loses_nothing";
+        let acked = run_and_kill(name, "send", &server, &local, "crash/", Duration::from_millis(100 + 60 * trial));
+        let last_acked = *acked.last().unwrap();
         let (tx, rx) = open(&local, server.store("crash/"));
         drop(tx);
         offloaded += rx.stats().remote_segments;
@@ -326,5 +354,47 @@ fn a_sender_killed_with_sigkill_while_offloading_to_s3_loses_nothing() {
     let channels: Vec<_> =
         (0..trials).map(|trial| open(&dir.path().join(format!("local-{trial}")), server.store("crash/"))).collect();
     wait_until_empty(&server.store("crash/"));
+    drop(channels);
+}
+
+#[test]
+fn a_receiver_killed_with_sigkill_while_fetching_from_s3_loses_nothing() {
+    if child() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("weed"));
+    let items = ten_times_the_bound();
+    let per_segment = SEGMENT_BYTES / (PAYLOAD as u64 + 16) + 1;
+    let trials: u64 = std::env::var("SUMP_CRASH_TRIALS").ok().and_then(|n| n.parse().ok()).unwrap_or(5);
+    for trial in 0..trials {
+        let local = dir.path().join(format!("local-{trial}"));
+        let (tx, rx) = open(&local, server.store("fetch/"));
+        for n in 0..items {
+            tx.send(item(n)).unwrap();
+        }
+        assert!(tx.stats().remote_segments > 0);
+        drop((tx, rx));
+        let name = "a_receiver_killed_with_sigkill_while_fetching_from_s3_loses_nothing";
+        let received = run_and_kill(name, "recv", &server, &local, "fetch/", Duration::from_millis(40 + 40 * trial));
+        assert_eq!(received, (0..received.len() as u64).collect::<Vec<_>>(), "trial {trial}");
+        let (tx, rx) = open(&local, server.store("fetch/"));
+        drop(tx);
+        let first = rx.recv_timeout(Duration::from_secs(30)).map_or(items, |got| got.n);
+        assert!(first <= received.len() as u64, "trial {trial}: nothing skipped");
+        let repeated = received.len() as u64 - first;
+        assert!(repeated <= per_segment, "trial {trial}: {repeated} repeated, more than a segment");
+        for n in first + 1..items {
+            let got = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            assert_eq!(got, item(n), "trial {trial}");
+        }
+        assert_eq!(rx.stats().lost, 0, "trial {trial}");
+    }
+    // Every object read is deleted; what a killed process had in flight is
+    // swept at the next open (see the sender's test).
+    thread::sleep(Duration::from_secs(3));
+    let channels: Vec<_> =
+        (0..trials).map(|trial| open(&dir.path().join(format!("local-{trial}")), server.store("fetch/"))).collect();
+    wait_until_empty(&server.store("fetch/"));
     drop(channels);
 }

@@ -32,6 +32,11 @@ fn item(n: u64) -> Item {
     Item { n, payload: vec![(n % 251) as u8; PAYLOAD] }
 }
 
+/// A directory store in `path`, created.
+fn dir_store(path: impl AsRef<Path>) -> DirStore {
+    DirStore::create(path.as_ref()).unwrap()
+}
+
 fn builder(local: &Path) -> Builder {
     Builder::new("tiered", local)
         .durability(Durability::WriteAhead)
@@ -52,8 +57,10 @@ fn ten_times_the_bound() -> u64 {
     10 * MAX_DISK_BYTES / (PAYLOAD as u64 + 16)
 }
 
+/// Segment objects in the store (each channel also keeps one small
+/// marker object there).
 fn objects(store: &DirStore) -> usize {
-    store.list("").unwrap().len()
+    store.list("").unwrap().iter().filter(|key| !key.ends_with("-marker")).count()
 }
 
 /// Receives `count` items and checks they are `from..from + count`.
@@ -67,7 +74,7 @@ fn expect_in_order(rx: &sump::Receiver<Item>, from: u64, count: u64) {
 #[test]
 fn a_backlog_ten_times_the_local_bound_goes_through_the_store_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DirStore::new(dir.path().join("remote"));
+    let store = dir_store(dir.path().join("remote"));
     let (tx, rx) = open(&dir.path().join("local"), store.clone());
     let items = ten_times_the_bound();
     let mut peak_local = 0;
@@ -96,7 +103,7 @@ fn a_backlog_ten_times_the_local_bound_goes_through_the_store_in_order() {
 #[test]
 fn a_remote_backlog_survives_a_clean_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DirStore::new(dir.path().join("remote"));
+    let store = dir_store(dir.path().join("remote"));
     let local = dir.path().join("local");
     let items = ten_times_the_bound();
     let (tx, rx) = open(&local, store.clone());
@@ -117,7 +124,7 @@ fn a_remote_backlog_survives_a_clean_restart() {
 #[test]
 fn a_channel_with_remote_segments_refuses_to_open_without_its_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DirStore::new(dir.path().join("remote"));
+    let store = dir_store(dir.path().join("remote"));
     let local = dir.path().join("local");
     let (tx, rx) = open(&local, store.clone());
     for n in 0..ten_times_the_bound() {
@@ -141,7 +148,7 @@ fn offload_after_bytes_must_be_below_the_local_bound() {
     let dir = tempfile::tempdir().unwrap();
     let err = builder(dir.path())
         .offload_after_bytes(MAX_DISK_BYTES)
-        .remote(DirStore::new(dir.path().join("remote")))
+        .remote(dir_store(dir.path().join("remote")))
         .open::<Item>()
         .unwrap_err();
     assert!(matches!(err, OpenError::InvalidConfig { .. }), "{err:?}");
@@ -153,9 +160,26 @@ struct Switchable {
     inner: DirStore,
     down: Arc<AtomicBool>,
     calls: Arc<AtomicU64>,
+    /// Deletes fail while set.
+    deletes_down: Arc<AtomicBool>,
+    /// Listings always fail (a store policy without ListBucket).
+    lists_fail: bool,
+    /// The next put panics.
+    panic_next_put: Arc<AtomicBool>,
 }
 
 impl Switchable {
+    fn new(root: &Path) -> Switchable {
+        Switchable {
+            inner: dir_store(root),
+            down: Arc::new(AtomicBool::new(false)),
+            calls: Arc::new(AtomicU64::new(0)),
+            deletes_down: Arc::new(AtomicBool::new(false)),
+            lists_fail: false,
+            panic_next_put: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     fn check(&self) -> io::Result<()> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if self.down.load(Ordering::Relaxed) {
@@ -168,6 +192,9 @@ impl Switchable {
 impl RemoteStore for Switchable {
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
         self.check()?;
+        if self.panic_next_put.swap(false, Ordering::Relaxed) {
+            panic!("a store that panics");
+        }
         self.inner.put(key, data)
     }
     fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
@@ -180,10 +207,16 @@ impl RemoteStore for Switchable {
     }
     fn delete(&self, key: &str) -> io::Result<()> {
         self.check()?;
+        if self.deletes_down.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "deletes are refused"));
+        }
         self.inner.delete(key)
     }
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
         self.check()?;
+        if self.lists_fail {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "listing is not allowed"));
+        }
         self.inner.list(prefix)
     }
 }
@@ -191,12 +224,9 @@ impl RemoteStore for Switchable {
 #[test]
 fn a_store_that_is_down_blocks_nobody_while_local_space_remains_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let down = Arc::new(AtomicBool::new(true));
-    let store = Switchable {
-        inner: DirStore::new(dir.path().join("remote")),
-        down: Arc::clone(&down),
-        calls: Arc::new(AtomicU64::new(0)),
-    };
+    let store = Switchable::new(&dir.path().join("remote"));
+    let down = Arc::clone(&store.down);
+    down.store(true, Ordering::Relaxed);
     let (tx, rx) = open(&dir.path().join("local"), store.clone());
     // With the store down, sends go on until the local bound: try_send
     // never waits, so every one of these succeeding shows nobody blocked.
@@ -230,7 +260,7 @@ fn a_store_that_is_down_blocks_nobody_while_local_space_remains_and_loses_nothin
 #[test]
 fn a_missing_or_damaged_object_costs_only_its_records() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DirStore::new(dir.path().join("remote"));
+    let store = dir_store(dir.path().join("remote"));
     let local = dir.path().join("local");
     let items = ten_times_the_bound();
     let (tx, rx) = open(&local, store.clone());
@@ -238,7 +268,7 @@ fn a_missing_or_damaged_object_costs_only_its_records() {
         tx.send(item(n)).unwrap();
     }
     drop((tx, rx));
-    let mut keys = store.list("").unwrap();
+    let mut keys: Vec<String> = store.list("").unwrap().into_iter().filter(|key| key.ends_with(".seg")).collect();
     keys.sort();
     assert!(keys.len() >= 3, "{keys:?}");
     // One object deleted, one damaged by another program.
@@ -260,11 +290,160 @@ fn a_missing_or_damaged_object_costs_only_its_records() {
     assert!(got.windows(2).all(|w| w[0] < w[1]), "what arrives is in order");
 }
 
+#[test]
+fn a_store_that_is_not_the_one_written_to_loses_nothing() {
+    // The remote directory as an unmounted mount point would show it: empty.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    let items = ten_times_the_bound();
+    let (tx, rx) = open(&local, dir_store(dir.path().join("remote")));
+    for n in 0..items {
+        tx.send(item(n)).unwrap();
+    }
+    assert!(tx.stats().remote_segments > 0);
+    drop((tx, rx));
+    let (tx, rx) = open(&local, dir_store(dir.path().join("elsewhere")));
+    drop(tx);
+    let mut got = 0;
+    while rx.recv_timeout(Duration::from_secs(1)).is_ok() {
+        got += 1;
+    }
+    let stats = rx.stats();
+    assert!(got < items, "the remote segments could not be fetched");
+    assert_eq!(stats.lost, 0, "a missing object is not lost while the channel's marker is missing too: {stats:?}");
+    assert!(stats.remote_failures > 0, "{stats:?}");
+    drop(rx);
+    // With the right store, everything not yet delivered comes.
+    let (tx, rx) = open(&local, dir_store(dir.path().join("remote")));
+    drop(tx);
+    expect_in_order(&rx, got, items - got);
+    assert_eq!(rx.stats().lost, 0);
+}
+
+#[test]
+fn a_store_that_refuses_listings_still_offloads_and_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Switchable { lists_fail: true, ..Switchable::new(&dir.path().join("remote")) };
+    let (tx, rx) = open(&dir.path().join("local"), store);
+    let items = ten_times_the_bound();
+    for n in 0..items {
+        tx.send(item(n)).unwrap();
+    }
+    let stats = tx.stats();
+    assert!(stats.uploads > 0 && stats.remote_failures > 0, "the sweep fails, uploads go on: {stats:?}");
+    drop(tx);
+    expect_in_order(&rx, 0, items);
+}
+
+#[test]
+fn a_store_that_panics_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Switchable::new(&dir.path().join("remote"));
+    store.panic_next_put.store(true, Ordering::Relaxed);
+    let (tx, rx) = open(&dir.path().join("local"), store);
+    let items = ten_times_the_bound();
+    for n in 0..items {
+        tx.send(item(n)).unwrap();
+    }
+    let stats = tx.stats();
+    assert!(stats.uploads > 0 && stats.remote_failures > 0, "{stats:?}");
+    drop(tx);
+    expect_in_order(&rx, 0, items);
+}
+
+#[test]
+fn items_written_at_shutdown_never_take_the_id_of_a_consumed_remote_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    let store = Switchable::new(&dir.path().join("remote"));
+    let deletes_down = Arc::clone(&store.deletes_down);
+    let open_with_memory = |store: Switchable| {
+        builder(&local)
+            .memory_capacity(100)
+            .durability(Durability::Persistent)
+            .offload_after_bytes(SEGMENT_BYTES)
+            .remote(store)
+            .open::<Item>()
+            .unwrap()
+    };
+    let (tx, rx) = open_with_memory(store.clone());
+    // Remote deletes fail: consumed segments stay listed as read.
+    deletes_down.store(true, Ordering::Relaxed);
+    let items = ten_times_the_bound();
+    for n in 0..items {
+        tx.send(item(n)).unwrap();
+    }
+    // Let the tier offload the newest sealed segment too: it is the one
+    // just below the active segment, whose id a shutdown would reuse.
+    let start = Instant::now();
+    while tx.stats().disk_bytes > 4 * SEGMENT_BYTES + SEGMENT_BYTES / 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", tx.stats());
+        thread::sleep(Duration::from_millis(5));
+    }
+    expect_in_order(&rx, 0, items);
+    // The disk is empty: the next 100 stay in memory, the 50 after them
+    // spill; the clean shutdown writes the 100 in front of the 50, in a
+    // segment of its own with an id below the oldest owned one.
+    for n in items..items + 150 {
+        tx.send(item(n)).unwrap();
+    }
+    assert_eq!(tx.stats().in_memory, 100);
+    drop((tx, rx));
+    deletes_down.store(false, Ordering::Relaxed);
+    let (tx, rx) = open_with_memory(store);
+    drop(tx);
+    expect_in_order(&rx, items, 150);
+    assert_eq!(rx.stats().lost, 0);
+}
+
+#[test]
+fn a_local_bound_too_small_to_offload_anything_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = builder(dir.path())
+        .max_disk_bytes(4 * SEGMENT_BYTES)
+        .offload_after_bytes(SEGMENT_BYTES)
+        .remote(dir_store(dir.path().join("remote")))
+        .open::<Item>()
+        .unwrap_err();
+    match err {
+        OpenError::InvalidConfig { reason } => assert!(reason.contains("fetch_ahead + 3"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn at_max_remote_bytes_nothing_more_is_offloaded_and_the_local_bound_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let max_remote = 3 * SEGMENT_BYTES;
+    let (tx, rx) = builder(&dir.path().join("local"))
+        .max_remote_bytes(max_remote)
+        .remote(dir_store(dir.path().join("remote")))
+        .open::<Item>()
+        .unwrap();
+    let mut sent = 0;
+    let start = Instant::now();
+    loop {
+        match tx.send_timeout(item(sent), Duration::from_millis(300)) {
+            Ok(()) => sent += 1,
+            Err(err) => {
+                assert!(err.is_timeout(), "{err:?}");
+                break;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the bounds never held");
+    }
+    let stats = tx.stats();
+    assert!(stats.remote_bytes > 0 && stats.remote_bytes <= max_remote, "{stats:?}");
+    assert!(stats.disk_bytes <= MAX_DISK_BYTES, "{stats:?}");
+    drop(tx);
+    expect_in_order(&rx, 0, sent);
+}
+
 /// In a child process: the role named by `SUMP_TIER_ROLE`, until killed.
 fn child() -> bool {
     let Ok(role) = std::env::var("SUMP_TIER_ROLE") else { return false };
     let dir = PathBuf::from(std::env::var("SUMP_TIER_DIR").unwrap());
-    let store = DirStore::new(dir.join("remote"));
+    let store = dir_store(dir.join("remote"));
     let (tx, rx) = open(&dir.join("local"), store);
     let mut out = io::stdout().lock();
     match role.as_str() {
@@ -282,7 +461,9 @@ fn child() -> bool {
             while let Ok(got) = rx.recv() {
                 writeln!(out, "item:{}", got.n).unwrap(); // received
                 out.flush().unwrap();
-                thread::sleep(Duration::from_micros(50));
+                if got.n % 4 == 0 {
+                    thread::sleep(Duration::from_micros(50));
+                }
             }
             thread::sleep(Duration::from_secs(60));
         }
@@ -343,7 +524,7 @@ fn a_sender_killed_while_offloading_loses_nothing_whose_send_returned() {
         let dir = tempfile::tempdir().unwrap();
         let acked = run_and_kill(name, "send", dir.path(), delay(trial) * 2);
         let last_acked = *acked.last().unwrap();
-        let (tx, rx) = open(&dir.path().join("local"), DirStore::new(dir.path().join("remote")));
+        let (tx, rx) = open(&dir.path().join("local"), dir_store(dir.path().join("remote")));
         drop(tx);
         offloaded += rx.stats().remote_segments;
         let mut next = 0;
@@ -370,19 +551,19 @@ fn a_receiver_killed_while_fetching_loses_nothing_and_repeats_at_most_its_segmen
     for trial in 0..trials() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (tx, rx) = open(&dir.path().join("local"), DirStore::new(dir.path().join("remote")));
+            let (tx, rx) = open(&dir.path().join("local"), dir_store(dir.path().join("remote")));
             for n in 0..items {
                 tx.send(item(n)).unwrap();
             }
             assert!(tx.stats().remote_segments > 0);
             drop((tx, rx));
         }
-        let received = run_and_kill(name, "recv", dir.path(), delay(trial));
+        let received = run_and_kill(name, "recv", dir.path(), delay(trial) * 2);
         if received.len() as u64 > 4 * per_segment && (received.len() as u64) < items {
             killed_past_the_local_segments += 1;
         }
         assert_eq!(received, (0..received.len() as u64).collect::<Vec<_>>(), "trial {trial}");
-        let (tx, rx) = open(&dir.path().join("local"), DirStore::new(dir.path().join("remote")));
+        let (tx, rx) = open(&dir.path().join("local"), dir_store(dir.path().join("remote")));
         drop(tx);
         let first = rx.recv_timeout(Duration::from_secs(20)).map_or(items, |got| got.n);
         let repeated = (received.len() as u64).saturating_sub(first);

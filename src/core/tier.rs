@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::Shared;
+use crate::disk::tier::Outcome;
 
 /// How long the thread sleeps when there is nothing to do and nobody woke
 /// it: also how soon a retry after a failure is looked at.
@@ -17,20 +18,33 @@ pub(crate) fn start_tier<T: Send + 'static>(channel: std::sync::Weak<Shared<T>>)
         let me = std::thread::current();
         loop {
             let Some(shared) = channel.upgrade() else { return };
-            let work = {
+            let (work, freed) = {
                 let mut state = shared.state.lock();
                 if state.disk.is_closed() {
                     return;
                 }
                 state.disk.tier_attach(&me);
-                state.disk.tier_next()
+                let work = state.disk.tier_next();
+                let freed = state.disk.take_tier_freed();
+                if freed && work.is_none() {
+                    shared.after_disk_change(&mut state);
+                }
+                let freed = freed && work.is_some();
+                (work, freed)
             };
             let Some(work) = work else {
                 drop(shared);
                 std::thread::park_timeout(IDLE);
                 continue;
             };
-            let outcome = work.run();
+            if freed {
+                let mut state = shared.state.lock();
+                shared.after_disk_change(&mut state);
+            }
+            // A store that panics must not take the tier with it: the job
+            // counts as failed and is retried.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.run()))
+                .unwrap_or_else(|_| Outcome::Failed(std::io::Error::other("the remote store panicked")));
             let mut state = shared.state.lock();
             if state.disk.tier_finish(&work.job, outcome) {
                 shared.after_disk_change(&mut state);

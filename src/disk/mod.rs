@@ -181,9 +181,11 @@ impl DiskQueue {
                 let entries =
                     crate::tier::file::read(&*fs, dir.path()).map_err(|err| OpenError::io(&tier_path, err))?;
                 if !entries.is_empty() {
+                    let remote = entries.values().filter(|entry| !entry.state.is_local()).count();
                     return Err(OpenError::InvalidConfig {
                         reason: format!(
-                            "{} segments of this channel are in a remote store (see {}); open it with Builder::remote",
+                            "the remote tier of this channel handles {} segments ({remote} of them only in the \
+                             remote store; see {}): open it with Builder::remote and its store",
                             entries.len(),
                             tier_path.display()
                         ),
@@ -440,6 +442,7 @@ impl DiskQueue {
             return;
         }
         self.closed = true;
+        self.close_tier();
         if !self.durable {
             self.delete_all(None);
         }

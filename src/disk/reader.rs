@@ -62,6 +62,9 @@ impl DiskQueue {
     /// leaving.
     pub(crate) fn detach(&mut self, reader: &mut Reader) {
         self.point(reader, None);
+        // The saved read position points into a segment the tier must not
+        // change; nobody reads any more anyway.
+        self.freeze_tier();
     }
 
     /// Points `reader` at `cursor`, or at nothing: the one place the queue

@@ -58,10 +58,15 @@ impl DiskQueue {
     /// must not deliver it either), and again at shutdown. The error is
     /// that of recording it, when that failed too.
     pub(super) fn delete_segment(&mut self, id: u64) -> io::Result<()> {
-        self.tier_release(id);
+        let may_delete = self.tier_release(id);
         self.free_space.checked_at = None;
         let path = self.path_of(id);
-        let Err(err) = storage::remove_if_present(&*self.fs, &path) else { return Ok(()) };
+        let removed = if may_delete {
+            storage::remove_if_present(&*self.fs, &path)
+        } else {
+            Err(io::Error::other("its remote tier state could not be recorded as read"))
+        };
+        let Err(err) = removed else { return Ok(()) };
         tracing::warn!(path = %path.display(), error = %err, "could not delete a read segment; recorded as read");
         self.undeleted.push(id);
         if self.durable {
@@ -89,7 +94,7 @@ impl DiskQueue {
     /// is recorded as read instead, so that no restart delivers what the
     /// channel already counted as lost (and out of order).
     pub(super) fn set_aside(&mut self, id: u64) {
-        self.tier_release(id);
+        let _ = self.tier_release(id);
         let path = self.path_of(id);
         if !self.dir.set_aside(&path) {
             self.undeleted.push(id);

@@ -103,13 +103,16 @@ impl DiskQueue {
         }
         chunks.push(&frames[start..]);
         // Below every segment still owned, retired ones included: they are
-        // deleted only once these are written.
+        // deleted only once these are written. And below every id the
+        // remote tier still names: a consumed segment whose entry has not
+        // gone yet must not lend its id to a new one.
         let oldest = self
             .retired
             .iter()
             .map(|meta| meta.id)
             .chain(self.sealed.front().map(|meta| meta.id))
             .chain(self.active.as_ref().map(SegmentWriter::id))
+            .chain(self.tier_lowest_id())
             .min();
         let first_id = match oldest {
             Some(oldest) => oldest.checked_sub(chunks.len() as u64),

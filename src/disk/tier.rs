@@ -49,10 +49,23 @@ pub(crate) struct Tier {
     remote_only_bytes: u64,
     /// Whether a job is out with the tier thread.
     busy: bool,
-    /// No job starts before this, after a failure.
-    retry_at: Option<Instant>,
-    /// The wait after the next failure.
-    backoff: Duration,
+    /// Per kind of job: no job of the kind starts before this, after a
+    /// failure, and the wait after the next failure. Kinds back off on
+    /// their own, so that one that keeps failing (a listing the store's
+    /// policy refuses, say) holds up no other.
+    backoff: [(Option<Instant>, Duration); KINDS],
+    /// Whether the store was seen to hold this channel's marker object
+    /// in this run (see [`marker_key`]).
+    marker_confirmed: bool,
+    /// Whether the receiver has left: nothing is offloaded, fetched or
+    /// deleted locally any more (its saved read position points into a
+    /// segment that must stay as it is).
+    frozen: bool,
+    /// Set once the channel is closed, for the jobs still out.
+    closed: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether a local copy was deleted since the thread last looked, so
+    /// that senders waiting for space are woken.
+    freed: bool,
     /// Counters for `Stats`.
     uploads: u64,
     fetches: u64,
@@ -65,11 +78,44 @@ pub(crate) struct Tier {
     swept_at: Option<Instant>,
 }
 
+/// Kinds of job, each with its own backoff.
+const KINDS: usize = 5;
+const FETCH: usize = 0;
+const DELETE: usize = 1;
+const SWEEP: usize = 2;
+const UPLOAD: usize = 3;
+/// Deleting local copies the store confirmed, done under the lock.
+const LOCAL: usize = 4;
+
+/// The key of the marker object a channel writes before its first upload:
+/// a fetch that finds a segment's object missing declares the segment
+/// lost only if the marker is there, and while the channel has objects in
+/// the store no upload starts before the marker is found, so a store that
+/// is not the one written to (an unmounted directory, a wrong bucket or
+/// prefix) makes the tier fail and retry instead of losing the backlog or
+/// scattering it over two stores.
+pub(crate) fn marker_key(prefix: &str) -> String {
+    let channel = prefix.split('-').next().unwrap_or(prefix);
+    format!("{channel}-marker")
+}
+
+/// The marker step of an upload (see [`marker_key`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Marker {
+    /// The marker that must be in the store already: the channel has
+    /// objects there.
+    check: Option<String>,
+    /// The marker to write.
+    write: String,
+}
+
 /// What the tier thread does next, outside the lock.
 #[derive(Debug, Clone)]
 pub(crate) enum Job {
-    /// Copy a sealed segment to the store.
-    Upload { id: u64, prefix: String, run: u64, path: PathBuf, bytes: u64 },
+    /// Copy a sealed segment to the store, first (`marker`) checking that
+    /// the store holds the marker of the channel's earlier objects, if any,
+    /// and writing the channel's own.
+    Upload { id: u64, prefix: String, run: u64, path: PathBuf, bytes: u64, marker: Option<Marker> },
     /// Bring a remote segment back.
     Fetch { id: u64, key: String, temp: PathBuf, bytes: u64, crc: u32 },
     /// Delete the objects of a consumed segment.
@@ -78,7 +124,22 @@ pub(crate) enum Job {
     /// that landed after their process was killed, or whose entry is gone.
     /// `keep` says, per segment prefix, which key to keep (`None`: any, the
     /// upload is not finished).
-    Sweep { channel: String, keep: std::collections::BTreeMap<String, Option<String>> },
+    Sweep {
+        channel: String,
+        keep: std::collections::BTreeMap<String, Option<String>>,
+        closed: Arc<std::sync::atomic::AtomicBool>,
+    },
+}
+
+impl Job {
+    fn kind(&self) -> usize {
+        match self {
+            Job::Upload { .. } => UPLOAD,
+            Job::Fetch { .. } => FETCH,
+            Job::Delete { .. } => DELETE,
+            Job::Sweep { .. } => SWEEP,
+        }
+    }
 }
 
 /// How a job went.
@@ -108,7 +169,29 @@ impl Work {
     /// Runs the job.
     pub(crate) fn run(&self) -> Outcome {
         match &self.job {
-            Job::Upload { prefix, run, path, bytes, .. } => upload(&*self.fs, &*self.store, prefix, *run, path, *bytes),
+            Job::Upload { prefix, run, path, bytes, marker, .. } => {
+                if let Some(marker) = marker {
+                    if let Some(check) = &marker.check {
+                        match self.store.size(check) {
+                            Ok(Some(_)) => {}
+                            Ok(None) => {
+                                return Outcome::Failed(io::Error::new(
+                                    io::ErrorKind::NotFound,
+                                    format!(
+                                        "the store lacks the channel's marker {check}, though segments went \
+                                         there: is it the same store (mounted, right bucket and prefix)?"
+                                    ),
+                                ))
+                            }
+                            Err(err) => return Outcome::Failed(err),
+                        }
+                    }
+                    if let Err(err) = self.store.put(&marker.write, b"sump channel marker\n") {
+                        return Outcome::Failed(err);
+                    }
+                }
+                upload(&*self.fs, &*self.store, prefix, *run, path, *bytes)
+            }
             Job::Fetch { key, temp, bytes, crc, .. } => fetch(&*self.fs, &*self.store, key, temp, *bytes, *crc),
             Job::Delete { prefix, .. } => {
                 let deleted =
@@ -118,7 +201,7 @@ impl Work {
                     Err(err) => Outcome::Failed(err),
                 }
             }
-            Job::Sweep { channel, keep } => match sweep(&*self.store, channel, keep) {
+            Job::Sweep { channel, keep, closed } => match sweep(&*self.store, channel, keep, closed) {
                 Ok(()) => Outcome::Deleted,
                 Err(err) => Outcome::Failed(err),
             },
@@ -156,8 +239,17 @@ fn sweep(
     store: &dyn RemoteStore,
     channel: &str,
     keep: &std::collections::BTreeMap<String, Option<String>>,
+    closed: &std::sync::atomic::AtomicBool,
 ) -> io::Result<()> {
+    let marker = format!("{channel}marker");
     for key in store.list(channel)? {
+        // A channel reopened meanwhile has objects this list does not know.
+        if closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        if key == marker {
+            continue;
+        }
         let owner = keep.range(..=key.clone()).next_back().filter(|(prefix, _)| key.starts_with(prefix.as_str()));
         let wanted = match owner {
             Some((_, None)) => true,
@@ -175,7 +267,20 @@ fn sweep(
 fn fetch(fs: &dyn Storage, store: &dyn RemoteStore, key: &str, temp: &Path, bytes: u64, crc: u32) -> Outcome {
     let data = match store.get(key) {
         Ok(Some(data)) => data,
-        Ok(None) => return Outcome::Lost(format!("object {key} is missing from the store")),
+        Ok(None) => {
+            let marker = marker_key(key);
+            return match store.size(&marker) {
+                Ok(Some(_)) => Outcome::Lost(format!("object {key} is missing from the store")),
+                Ok(None) => Outcome::Failed(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "object {key} is missing and so is the channel's marker {marker}: \
+                         is this the store the segments went to (mounted, right bucket and prefix)?"
+                    ),
+                )),
+                Err(err) => Outcome::Failed(err),
+            };
+        }
         Err(err) => return Outcome::Failed(err),
     };
     if data.len() as u64 != bytes || crc32c::crc32c(&data) != crc {
@@ -201,8 +306,11 @@ impl Tier {
             settings,
             entries,
             busy: false,
-            retry_at: None,
-            backoff: FIRST_BACKOFF,
+            backoff: [(None, FIRST_BACKOFF); KINDS],
+            marker_confirmed: false,
+            frozen: false,
+            closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            freed: false,
             uploads: 0,
             fetches: 0,
             failures: 0,
@@ -228,11 +336,21 @@ impl Tier {
         self.entries.values().filter(|entry| entry.state.in_store()).map(|entry| entry.bytes).sum()
     }
 
-    fn failed(&mut self, what: &str, err: &io::Error) {
+    fn failed(&mut self, kind: usize, what: &str, err: &io::Error) {
         self.failures += 1;
-        self.retry_at = Some(Instant::now() + self.backoff);
-        tracing::warn!(error = %err, retry_in = ?self.backoff, "remote tier: {what} failed; retrying");
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        let (retry_at, wait) = &mut self.backoff[kind];
+        *retry_at = Some(Instant::now() + *wait);
+        tracing::warn!(error = %err, retry_in = ?*wait, "remote tier: {what} failed; retrying");
+        *wait = (*wait * 2).min(MAX_BACKOFF);
+    }
+
+    fn succeeded(&mut self, kind: usize) {
+        self.backoff[kind] = (None, FIRST_BACKOFF);
+    }
+
+    /// Whether a job of `kind` may start now.
+    fn ready(&self, kind: usize) -> bool {
+        self.backoff[kind].0.is_none_or(|at| Instant::now() >= at)
     }
 }
 
@@ -258,8 +376,12 @@ pub(crate) fn prepare(fs: &dyn Storage, dir: &Path, durable: bool) -> io::Result
         let next = match (entry.state, local) {
             // Scratch space: a new run starts empty, here and remotely.
             _ if !durable => TierState::Read,
-            (TierState::Read, Some(_)) => {
-                storage::remove_if_present(fs, &path)?;
+            // The consumed segment's file, if it is that file; another of
+            // that name is not touched.
+            (TierState::Read, Some(len)) => {
+                if len == entry.bytes {
+                    storage::remove_if_present(fs, &path)?;
+                }
                 TierState::Read
             }
             // A fetch renamed into place just before a crash.
@@ -289,7 +411,22 @@ pub(crate) fn prepare(fs: &dyn Storage, dir: &Path, durable: bool) -> io::Result
 /// in id order, and marks as read the entries of local segments recovery
 /// did not keep.
 pub(crate) fn merge(entries: &mut Entries, recovered: &mut Recovered) {
-    let kept: std::collections::BTreeSet<u64> = recovered.segments.iter().map(|meta| meta.id).collect();
+    let kept: std::collections::BTreeMap<u64, SegmentMeta> =
+        recovered.segments.iter().map(|meta| (meta.id, *meta)).collect();
+    // A local segment recovery changed (the one being read at a clean
+    // shutdown is rewritten without its read records) is no longer the
+    // one the store holds: the tier forgets it, and the sweep deletes its
+    // objects; segment ids are never reused, so no key can be confused.
+    entries.retain(|id, entry| match kept.get(id) {
+        Some(meta) if entry.state.is_local() && entry.state != TierState::Read => {
+            let same = meta.bytes == entry.bytes && meta.records == entry.records;
+            if !same {
+                tracing::info!(segment = id, "a segment changed at recovery; its remote copy is dropped");
+            }
+            same
+        }
+        _ => true,
+    });
     for (&id, entry) in entries.iter_mut() {
         match entry.state {
             TierState::LocalDeleted => {
@@ -300,7 +437,7 @@ pub(crate) fn merge(entries: &mut Entries, recovered: &mut Recovered) {
                 recovered.next_id = recovered.next_id.max(id.saturating_add(1));
             }
             TierState::Read => {}
-            _ if !kept.contains(&id) => entry.state = TierState::Read,
+            _ if !kept.contains_key(&id) => entry.state = TierState::Read,
             _ => {}
         }
         recovered.next_id = recovered.next_id.max(id.saturating_add(1));
@@ -372,13 +509,43 @@ impl DiskQueue {
 
     /// Segment `id` leaves the backlog (consumed, dropped, lost or set
     /// aside): if the tier holds it, it becomes `Read` and its remote
-    /// object will be deleted. Called before its local file is deleted.
-    pub(super) fn tier_release(&mut self, id: u64) {
+    /// object will be deleted. Called before its local file is deleted;
+    /// returns whether it may be: not if `Read` could not be recorded
+    /// (after a crash the entry would say the file holds unread records).
+    pub(super) fn tier_release(&mut self, id: u64) -> bool {
         let handled = self.tier.as_ref().is_some_and(|tier| tier.entries.contains_key(&id));
-        if handled {
-            let _ = self.transition(id, TierState::Read);
-            self.kick_tier();
+        if !handled {
+            return true;
         }
+        let recorded = self.transition(id, TierState::Read).is_ok();
+        self.kick_tier();
+        recorded
+    }
+
+    /// The lowest segment id the tier file names: segments written in
+    /// front of the backlog at shutdown take ids below it too, so that no
+    /// new segment has the id of one whose entry is still settling.
+    pub(super) fn tier_lowest_id(&self) -> Option<u64> {
+        self.tier.as_ref().and_then(|tier| tier.entries.keys().next().copied())
+    }
+
+    /// The receiver left: the tier stops touching the segments.
+    pub(super) fn freeze_tier(&mut self) {
+        if let Some(tier) = self.tier.as_mut() {
+            tier.frozen = true;
+        }
+    }
+
+    /// The channel closed: jobs still out stop where they can.
+    pub(super) fn close_tier(&mut self) {
+        if let Some(tier) = &self.tier {
+            tier.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether local space was freed since the last call.
+    pub(crate) fn take_tier_freed(&mut self) -> bool {
+        self.tier.as_mut().is_some_and(|tier| std::mem::take(&mut tier.freed))
     }
 
     /// Registers the tier thread, to be woken when there is work.
@@ -391,15 +558,17 @@ impl DiskQueue {
     }
 
     /// The next job for the tier thread, if any. Order: fetch what the
-    /// receiver needs next, delete what was consumed, finish offloads the
-    /// store confirmed, then offload the newest local segments while the
-    /// local disk holds more than the threshold.
+    /// receiver needs next, sweep the store (at open and every ten
+    /// minutes), delete what was consumed, finish offloads the store
+    /// confirmed, then offload the newest local segments while the local
+    /// disk holds more than the threshold. A kind of job that is backing
+    /// off after a failure is passed over.
     pub(crate) fn tier_next(&mut self) -> Option<Work> {
         if self.closed {
             return None;
         }
         let tier = self.tier.as_ref()?;
-        if tier.busy || tier.retry_at.is_some_and(|at| Instant::now() < at) {
+        if tier.busy || tier.frozen {
             return None;
         }
         let store = Arc::clone(&tier.settings.store);
@@ -408,21 +577,24 @@ impl DiskQueue {
         // local disk has room under the threshold.
         let local = self.bytes();
         let offload_after = tier.settings.offload_after_bytes;
-        for (at, meta) in self.sealed.iter().take(fetch_ahead).enumerate() {
-            let Some(entry) = tier.entries.get(&meta.id) else { continue };
-            if entry.state != TierState::LocalDeleted {
-                continue;
+        if tier.ready(FETCH) {
+            for (at, meta) in self.sealed.iter().take(fetch_ahead).enumerate() {
+                let Some(entry) = tier.entries.get(&meta.id) else { continue };
+                if entry.state != TierState::LocalDeleted {
+                    continue;
+                }
+                if at > 0 && local + entry.bytes > offload_after {
+                    break;
+                }
+                let name = format!("{FETCH_TEMP_PREFIX}{:016x}.{}.tmp", tier.temp_tag, meta.id);
+                let temp = self.dir.path().join(name);
+                let job = Job::Fetch { id: meta.id, key: entry.key.clone(), temp, bytes: entry.bytes, crc: entry.crc };
+                return self.hand_out(job, store);
             }
-            if at > 0 && local + entry.bytes > offload_after {
-                break;
-            }
-            let temp = self.dir.path().join(format!("{FETCH_TEMP_PREFIX}{:016x}.{}.tmp", tier.temp_tag, meta.id));
-            let job = Job::Fetch { id: meta.id, key: entry.key.clone(), temp, bytes: entry.bytes, crc: entry.crc };
-            return self.hand_out(job, store);
         }
-        // At open, before any upload, and every few minutes: objects of
-        // this channel that no entry accounts for go.
-        if tier.swept_at.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL) {
+        // 2. Objects of this channel that no entry accounts for go: at
+        // open, before any upload, and every few minutes.
+        if tier.ready(SWEEP) && tier.swept_at.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL) {
             let keep = tier
                 .entries
                 .values()
@@ -432,27 +604,43 @@ impl DiskQueue {
                     (entry.prefix.clone(), key)
                 })
                 .collect();
-            let job = Job::Sweep { channel: format!("{}-", self.channel_id), keep };
+            let closed = Arc::clone(&tier.closed);
+            let job = Job::Sweep { channel: format!("{}-", self.channel_id), keep, closed };
             return self.hand_out(job, store);
         }
-        // 2. Delete the objects of consumed segments.
-        if let Some((&id, entry)) = tier.entries.iter().find(|(_, entry)| entry.state == TierState::Read) {
-            let job = Job::Delete { id, prefix: entry.prefix.clone() };
-            return self.hand_out(job, store);
+        // 3. Delete the objects of consumed segments.
+        if tier.ready(DELETE) {
+            if let Some((&id, entry)) = tier.entries.iter().find(|(_, entry)| entry.state == TierState::Read) {
+                let job = Job::Delete { id, prefix: entry.prefix.clone() };
+                return self.hand_out(job, store);
+            }
         }
-        // 3. Local copies whose remote copy is confirmed go (not one the
-        // receiver has open: it is about to consume it).
-        let finished: Vec<u64> = tier
-            .entries
-            .iter()
-            .filter(|(&id, entry)| entry.state == TierState::CopyFinished && self.reading != Some(id))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in finished {
-            self.delete_offloaded(id);
+        // 4. Local copies whose remote copy is confirmed go, but not those
+        // the receiver reads next (nor the one it has open): they would
+        // only be fetched straight back.
+        if tier.ready(LOCAL) {
+            let near: Vec<u64> = self.sealed.iter().take(fetch_ahead + 1).map(|meta| meta.id).collect();
+            let finished: Vec<u64> = tier
+                .entries
+                .iter()
+                .filter(|(id, entry)| {
+                    entry.state == TierState::CopyFinished && self.reading != Some(**id) && !near.contains(id)
+                })
+                .map(|(&id, _)| id)
+                .collect();
+            for id in finished {
+                self.delete_offloaded(id);
+            }
         }
         let tier = self.tier.as_ref()?;
-        // 4. Offload: resume an interrupted upload, or start the newest
+        if !tier.ready(UPLOAD) {
+            return None;
+        }
+        let marker = (!tier.marker_confirmed).then(|| Marker {
+            check: tier.entries.values().find(|entry| !entry.key.is_empty()).map(|entry| marker_key(&entry.prefix)),
+            write: marker_key(&object_prefix(self.channel_id, 0)),
+        });
+        // 5. Offload: resume an interrupted upload, or start the newest
         // local segment the receiver will not need soon.
         let resume = tier
             .entries
@@ -460,7 +648,7 @@ impl DiskQueue {
             .find(|(&id, entry)| entry.state == TierState::CopyStarted && self.reading != Some(id))
             .map(|(&id, entry)| (id, entry.prefix.clone(), entry.bytes));
         if let Some((id, prefix, bytes)) = resume {
-            let job = Job::Upload { id, prefix, run: tier.temp_tag, path: self.path_of(id), bytes };
+            let job = Job::Upload { id, prefix, run: tier.temp_tag, path: self.path_of(id), bytes, marker };
             return self.hand_out(job, store);
         }
         if self.bytes() <= offload_after {
@@ -470,6 +658,9 @@ impl DiskQueue {
         let candidate = self.sealed.iter().skip(fetch_ahead + 1).rev().find(|meta| {
             !tier.entries.contains_key(&meta.id)
                 && self.reading != Some(meta.id)
+                // Records of format version 1 carry no numbers; they are
+                // numbered from a range recovery keeps for local files.
+                && !self.old_format.contains(&meta.id)
                 && stored.saturating_add(meta.bytes) <= tier.settings.max_remote_bytes
         });
         let meta = *candidate?;
@@ -487,11 +678,11 @@ impl DiskQueue {
         tier.entries.insert(meta.id, entry);
         if let Err(err) = file::write(&*self.fs, self.dir.path(), &tier.entries) {
             tier.entries.remove(&meta.id);
-            tier.failed("recording an upload", &err);
+            tier.failed(UPLOAD, "recording an upload", &err);
             return None;
         }
-        let job =
-            Job::Upload { id: meta.id, prefix, run: tier.temp_tag, path: self.path_of(meta.id), bytes: meta.bytes };
+        let (run, path) = (tier.temp_tag, self.path_of(meta.id));
+        let job = Job::Upload { id: meta.id, prefix, run, path, bytes: meta.bytes, marker };
         self.hand_out(job, store)
     }
 
@@ -510,11 +701,15 @@ impl DiskQueue {
             Ok(()) => {
                 self.free_space.checked_at = None;
                 let _ = self.transition(id, TierState::LocalDeleted);
+                if let Some(tier) = self.tier.as_mut() {
+                    tier.freed = true;
+                    tier.succeeded(LOCAL);
+                }
                 tracing::debug!(segment = id, "segment offloaded; local copy deleted");
             }
             Err(err) => {
                 if let Some(tier) = self.tier.as_mut() {
-                    tier.failed("deleting an offloaded segment's local copy", &err);
+                    tier.failed(LOCAL, "deleting an offloaded segment's local copy", &err);
                 }
             }
         }
@@ -540,10 +735,8 @@ impl DiskQueue {
             }
             return false;
         }
-        let ok = !matches!(outcome, Outcome::Failed(_));
-        if ok {
-            tier.retry_at = None;
-            tier.backoff = FIRST_BACKOFF;
+        if !matches!(outcome, Outcome::Failed(_)) {
+            tier.succeeded(job.kind());
         }
         match (job, outcome) {
             (_, Outcome::Failed(err)) => {
@@ -553,14 +746,17 @@ impl DiskQueue {
                     Job::Delete { .. } => "deleting a remote object",
                     Job::Sweep { .. } => "sweeping the store for stray objects",
                 };
-                tier.failed(what, &err);
+                tier.failed(job.kind(), what, &err);
                 if let Job::Fetch { temp, .. } = job {
                     let _ = storage::remove_if_present(&*self.fs, temp);
                 }
                 false
             }
-            (Job::Upload { id, .. }, Outcome::Uploaded { crc, key }) => {
+            (Job::Upload { id, marker, .. }, Outcome::Uploaded { crc, key }) => {
                 tier.uploads += 1;
+                if marker.is_some() {
+                    tier.marker_confirmed = true;
+                }
                 let Some(entry) = tier.entries.get_mut(id) else { return false };
                 if entry.state != TierState::CopyStarted {
                     // Consumed meanwhile: the object is deleted next.
@@ -576,7 +772,11 @@ impl DiskQueue {
                     }
                     return false;
                 }
-                self.delete_offloaded(*id);
+                let fetch_ahead = self.tier.as_ref().map_or(1, |tier| tier.settings.fetch_ahead.max(1));
+                let near = self.sealed.iter().take(fetch_ahead + 1).any(|meta| meta.id == *id);
+                if !near {
+                    self.delete_offloaded(*id);
+                }
                 true
             }
             (Job::Fetch { id, temp, .. }, Outcome::Fetched) => {
@@ -591,7 +791,7 @@ impl DiskQueue {
                     let _ = storage::remove_if_present(&*self.fs, temp);
                     let _ = storage::remove_if_present(&*self.fs, &path);
                     if let Some(tier) = self.tier.as_mut() {
-                        tier.failed("placing a fetched segment", &err);
+                        tier.failed(FETCH, "placing a fetched segment", &err);
                     }
                     return false;
                 }
@@ -632,6 +832,74 @@ impl DiskQueue {
         self.bytes -= meta.bytes;
         self.items -= meta.records.min(self.items);
         self.lost += meta.records;
-        self.tier_release(id);
+        let _ = self.tier_release(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(state: TierState, bytes: u64, records: u64) -> TierEntry {
+        TierEntry { state, prefix: "c-1-".into(), key: "c-1-k.seg".into(), bytes, records, last_seq: Some(9), crc: 1 }
+    }
+
+    fn meta(id: u64, bytes: u64, records: u64) -> SegmentMeta {
+        SegmentMeta { id, bytes, records, last_seq: Some(id) }
+    }
+
+    #[test]
+    fn merge_puts_remote_segments_in_order_and_forgets_segments_recovery_changed() {
+        let mut entries = Entries::new();
+        entries.insert(20, entry(TierState::LocalDeleted, 500, 50));
+        // Rewritten by recovery without its read records: no longer the
+        // segment the store holds.
+        entries.insert(30, entry(TierState::CopyFinished, 400, 40));
+        entries.insert(40, entry(TierState::Fetched, 300, 30));
+        // Gone at recovery (read to the end): its objects are deleted.
+        entries.insert(50, entry(TierState::CopyStarted, 200, 20));
+        entries.insert(99, entry(TierState::LocalDeleted, 100, 10));
+        let mut recovered = Recovered { next_id: 61, ..Recovered::default() };
+        recovered.segments.extend([meta(10, 50, 5), meta(30, 120, 12), meta(40, 300, 30), meta(60, 70, 7)]);
+        merge(&mut entries, &mut recovered);
+        let ids: Vec<u64> = recovered.segments.iter().map(|meta| meta.id).collect();
+        assert_eq!(ids, [10, 20, 30, 40, 60, 99], "remote segments merged in id order");
+        assert_eq!(recovered.segments[1], SegmentMeta { id: 20, bytes: 500, records: 50, last_seq: Some(9) });
+        assert!(!entries.contains_key(&30), "a changed segment's entry is dropped");
+        assert_eq!(entries[&40].state, TierState::Fetched);
+        assert_eq!(entries[&50].state, TierState::Read);
+        assert_eq!(recovered.next_id, 100, "no new segment takes a remote segment's id");
+    }
+
+    #[test]
+    fn prepare_settles_every_state_against_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::storage::os();
+        let write = |id: u64, bytes: usize| std::fs::write(segment_path(dir.path(), id), vec![0u8; bytes]).unwrap();
+        let mut entries = Entries::new();
+        entries.insert(1, entry(TierState::CopyFinished, 10, 1)); // local gone: remote
+        entries.insert(2, entry(TierState::Fetched, 10, 1)); // local gone: remote again
+        entries.insert(3, entry(TierState::LocalDeleted, 10, 1)); // a complete file: fetched
+        write(3, 10);
+        entries.insert(4, entry(TierState::LocalDeleted, 10, 1)); // a partial file: removed
+        write(4, 3);
+        entries.insert(5, entry(TierState::Read, 10, 1)); // the consumed file: removed
+        write(5, 10);
+        entries.insert(6, entry(TierState::Read, 10, 1)); // another file of that name: kept
+        write(6, 4);
+        entries.insert(7, entry(TierState::CopyStarted, 10, 1)); // vanished before confirmed: read
+        std::fs::write(dir.path().join(format!("{FETCH_TEMP_PREFIX}0.3.tmp")), b"half").unwrap();
+        file::write(&*fs, dir.path(), &entries).unwrap();
+        let settled = prepare(&*fs, dir.path(), true).unwrap();
+        let states: Vec<TierState> = settled.values().map(|entry| entry.state).collect();
+        use TierState::*;
+        assert_eq!(states, [LocalDeleted, LocalDeleted, Fetched, LocalDeleted, Read, Read, Read]);
+        assert!(!segment_path(dir.path(), 4).exists() && !segment_path(dir.path(), 5).exists());
+        assert!(segment_path(dir.path(), 3).exists() && segment_path(dir.path(), 6).exists());
+        assert!(!dir.path().join(format!("{FETCH_TEMP_PREFIX}0.3.tmp")).exists(), "fetch leftovers removed");
+        assert_eq!(file::read(&*fs, dir.path()).unwrap(), settled, "the settled states are recorded");
+        // Scratch space: everything is read.
+        let scratch = prepare(&*fs, dir.path(), false).unwrap();
+        assert!(scratch.values().all(|entry| entry.state == Read));
     }
 }

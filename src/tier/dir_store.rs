@@ -13,13 +13,18 @@ use super::RemoteStore;
 /// `put` writes to a temporary file, syncs it, renames it into place and
 /// syncs the directory, so an object is either whole or absent, and a
 /// crash during a put leaves at most a `*.part` file, which the next put
-/// of that key replaces. The directory is created on first use.
+/// of that key replaces.
+///
+/// The directory must exist: a store never creates it, so that a mount
+/// point whose filesystem is not mounted is not written to (the puts fail
+/// and are retried until it is back). [`DirStore::create`] creates it
+/// first, for a plain directory.
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
 /// use sump::{DirStore, RemoteStore};
 ///
-/// let store = DirStore::new(dir.path().join("remote"));
+/// let store = DirStore::create(dir.path().join("remote"))?;
 /// store.put("a.seg", b"bytes")?;
 /// assert_eq!(store.get("a.seg")?.as_deref(), Some(&b"bytes"[..]));
 /// assert_eq!(store.size("a.seg")?, Some(5));
@@ -33,9 +38,20 @@ pub struct DirStore {
 }
 
 impl DirStore {
-    /// A store in directory `root`.
+    /// A store in directory `root`, which must exist when it is used.
     pub fn new(root: impl Into<PathBuf>) -> DirStore {
         DirStore { root: root.into() }
+    }
+
+    /// A store in directory `root`, created (with its parents) if missing.
+    ///
+    /// # Errors
+    ///
+    /// When the directory cannot be created.
+    pub fn create(root: impl Into<PathBuf>) -> io::Result<DirStore> {
+        let root = root.into();
+        fs::create_dir_all(&root)?;
+        Ok(DirStore { root })
     }
 
     /// The store's directory.
@@ -66,7 +82,6 @@ fn absent_is_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
 impl RemoteStore for DirStore {
     fn put(&self, key: &str, data: &[u8]) -> io::Result<()> {
         let path = self.path(key)?;
-        fs::create_dir_all(&self.root)?;
         let part = self.root.join(format!("{key}.part"));
         let mut file = fs::File::create(&part)?;
         file.write_all(data)?;
@@ -127,6 +142,9 @@ mod tests {
     fn a_put_replaces_and_list_skips_partial_uploads() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirStore::new(dir.path().join("r"));
+        assert_eq!(store.put("c-1.seg", b"one").unwrap_err().kind(), io::ErrorKind::NotFound, "never creates its root");
+        assert_eq!(store.get("c-1.seg").unwrap(), None);
+        let store = DirStore::create(dir.path().join("r")).unwrap();
         assert_eq!(store.list("").unwrap(), Vec::<String>::new());
         store.put("c-1.seg", b"one").unwrap();
         store.put("c-1.seg", b"two!").unwrap();
