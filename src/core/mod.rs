@@ -238,6 +238,7 @@ pub(crate) struct Shared<T> {
     sync_on_flush: bool,
     /// Longest a group commit waits for more senders
     /// ([`Settings::group_commit_wait`]).
+    #[cfg_attr(loom, allow(dead_code))]
     group_commit_wait: std::time::Duration,
     /// `SyncPolicy::Always`: a spilled record is synced before `send`
     /// returns.

@@ -372,6 +372,7 @@ impl DiskQueue {
     }
 
     /// Whether [`close`](Self::close) ran.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed
     }

@@ -15,6 +15,9 @@
 //! and the queue's `bytes()` and `segments()` subtract them, so the local
 //! bounds see local files only.
 
+// The tier thread does not run under loom (see `crate::core::tier`).
+#![cfg_attr(loom, allow(dead_code))]
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -202,6 +202,7 @@ impl fmt::Debug for RemoteSettings {
 }
 
 /// What the keys of segment `id` of channel `channel` start with.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn object_prefix(channel: crate::ChannelId, id: u64) -> String {
     format!("{channel}-{id:016x}-")
 }
@@ -210,6 +211,7 @@ pub(crate) fn object_prefix(channel: crate::ChannelId, id: u64) -> String {
 /// a retry in the same run overwrites the same object; a segment recovery
 /// rewrote, or an upload of an earlier run (whose process may have died
 /// with it in flight), never replaces the one recorded.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn object_key(prefix: &str, crc: u32, run: u64) -> String {
     format!("{prefix}{crc:08x}-{run:016x}.seg")
 }
