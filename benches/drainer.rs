@@ -1,6 +1,11 @@
 //! Drainer throughput: 1,000,000 items of 64 bytes through a channel and a
 //! drainer into a sink that accepts everything. The target is at least
-//! 1,000,000 items per second on a 2-core machine.
+//! 15,000,000 items per second on a 2-core machine.
+//!
+//! The measuring thread sleeps until the sink has seen the last item. It
+//! used to poll with `yield_now`, which on 2 cores took a core from the
+//! producer or the drainer: 3.9 M items/s that way, 17 to 20 M without,
+//! in the same session.
 //!
 //! Run with `cargo bench --bench drainer`.
 
@@ -26,16 +31,23 @@ fn drain_to_accepting_sink(c: &mut Criterion) {
                 let (tx, rx) = Builder::new("bench", dir.path()).memory_capacity(65_536).open::<[u64; 8]>().unwrap();
                 let delivered = Arc::new(AtomicU64::new(0));
                 let counted = Arc::clone(&delivered);
+                // The measuring thread sleeps until the last batch: on 2
+                // cores a thread polling meanwhile would take one from the
+                // producer or the drainer.
+                let main = thread::current();
                 let start = Instant::now();
                 let handle = Drainer::new(rx, move |batch: &[[u64; 8]]| -> Result<(), SinkError> {
-                    counted.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    let before = counted.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    if before + batch.len() as u64 >= ITEMS {
+                        main.unpark();
+                    }
                     Ok(())
                 })
                 .batch_size(512)
                 .spawn();
                 let producer = thread::spawn(move || (0..ITEMS).for_each(|i| tx.send([i; 8]).unwrap()));
                 while delivered.load(Ordering::Relaxed) < ITEMS {
-                    thread::yield_now();
+                    thread::park_timeout(Duration::from_millis(10));
                 }
                 total += start.elapsed();
                 producer.join().unwrap();
