@@ -218,8 +218,9 @@ impl Builder {
     ///
     /// Objects are keyed by the channel's [`ChannelId`](crate::ChannelId)
     /// and the segment's id, so several channels can share a store. A
-    /// channel whose segments are in a store must be opened with one: an
-    /// open without it fails with [`OpenError::InvalidConfig`]. In
+    /// durable channel whose tier file lists segments must be opened with
+    /// its store: an open without it fails with
+    /// [`OpenError::InvalidConfig`]. In
     /// [`Durability::Overflow`] mode the store holds scratch space, and a
     /// new run deletes what an old one left there.
     ///
@@ -254,8 +255,11 @@ impl Builder {
     /// [`max_disk_bytes`](Self::max_disk_bytes)). The newest sealed
     /// segments go first; the oldest [`fetch_ahead`](Self::fetch_ahead)
     /// plus one, which the receiver reads next, stay local. It must be
-    /// below `max_disk_bytes`, which stays the hard local bound, and
-    /// `max_disk_bytes` must hold at least `fetch_ahead + 3` segments.
+    /// below `max_disk_bytes`, which bounds what senders write locally (a
+    /// fetch of the segment the receiver reads next may go over it by that
+    /// segment), and
+    /// `max_disk_bytes` and `max_segments` must allow at least
+    /// `fetch_ahead + 3` segments.
     pub fn offload_after_bytes(mut self, bytes: u64) -> Builder {
         self.settings.offload_after_bytes = Some(bytes);
         self
@@ -270,11 +274,11 @@ impl Builder {
         self
     }
 
-    /// How many remote segments are fetched ahead of the receiver
-    /// (default [`DEFAULT_FETCH_AHEAD`](crate::DEFAULT_FETCH_AHEAD); at
-    /// least one, the one it reads next). The first is fetched whatever the
-    /// local bound; the others only while the local disk is under
-    /// [`offload_after_bytes`](Self::offload_after_bytes).
+    /// How many remote segments are fetched ahead of the segment the
+    /// receiver is reading (default [`DEFAULT_FETCH_AHEAD`](crate::DEFAULT_FETCH_AHEAD);
+    /// 0 counts as 1). The segment being read and the next one are fetched
+    /// whatever the local bound; the others only while the local disk is
+    /// under [`offload_after_bytes`](Self::offload_after_bytes).
     pub fn fetch_ahead(mut self, segments: usize) -> Builder {
         self.settings.fetch_ahead = segments;
         self
@@ -356,12 +360,20 @@ impl Settings {
             // The oldest `fetch_ahead + 1` sealed segments stay local, and
             // the active one: with no room for one more, nothing could
             // ever be offloaded.
-            let kept = (settings.fetch_ahead.max(1) as u64).saturating_add(3);
+            let ahead = settings.fetch_ahead.max(1);
+            let kept = (ahead as u64).saturating_add(3);
             if settings.max_disk_bytes / settings.segment_bytes.max(1) < kept {
                 return invalid(format!(
-                    "max_disk_bytes ({}) holds fewer than fetch_ahead + 3 = {kept} segments of {} bytes: \
-                     the segments kept local would leave none to offload",
+                    "max_disk_bytes ({}) holds fewer than fetch_ahead + 3 = {kept} segments of {} bytes \
+                     (fetch_ahead counts as {ahead}): the segments kept local would leave none to offload",
                     settings.max_disk_bytes, settings.segment_bytes
+                ));
+            }
+            if (settings.max_segments as u64) < kept {
+                return invalid(format!(
+                    "max_segments ({}) is below fetch_ahead + 3 = {kept} (fetch_ahead counts as {ahead}): \
+                     the segments kept local would leave none to offload",
+                    settings.max_segments
                 ));
             }
         }

@@ -409,6 +409,33 @@ fn a_local_bound_too_small_to_offload_anything_is_refused() {
         OpenError::InvalidConfig { reason } => assert!(reason.contains("fetch_ahead + 3"), "{reason}"),
         other => panic!("{other:?}"),
     }
+    let err =
+        builder(dir.path()).max_segments(4).remote(dir_store(dir.path().join("remote"))).open::<Item>().unwrap_err();
+    match err {
+        OpenError::InvalidConfig { reason } => assert!(reason.contains("max_segments (4)"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_overflow_channel_opens_without_its_store_and_a_durable_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    for durability in [Durability::Overflow, Durability::WriteAhead] {
+        let local = dir.path().join(format!("{durability:?}"));
+        let (tx, rx) =
+            builder(&local).durability(durability).remote(dir_store(dir.path().join("remote"))).open().unwrap();
+        for n in 0..ten_times_the_bound() {
+            tx.send(item(n)).unwrap();
+        }
+        assert!(tx.stats().remote_segments > 0);
+        drop((tx, rx));
+        let reopened = builder(&local).durability(durability).open::<Item>();
+        match durability {
+            // Scratch space: nothing of it was wanted.
+            Durability::Overflow => assert_eq!(reopened.unwrap().1.stats().on_disk, 0),
+            _ => assert!(matches!(reopened, Err(OpenError::InvalidConfig { .. }))),
+        }
+    }
 }
 
 #[test]

@@ -46,6 +46,13 @@ pub(crate) fn start_tier<T: Send + 'static>(channel: std::sync::Weak<Shared<T>>)
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.run()))
                 .unwrap_or_else(|_| Outcome::Failed(std::io::Error::other("the remote store panicked")));
             let mut state = shared.state.lock();
+            if let (true, Outcome::Uploaded { key, .. }) = (state.disk.is_closed(), &outcome) {
+                // Closed while uploading: nothing records the object, and
+                // no other run uses its key. Deleted outside the lock.
+                drop(state);
+                let _ = work.store.delete(key);
+                return;
+            }
             if state.disk.tier_finish(&work.job, outcome) {
                 shared.after_disk_change(&mut state);
                 shared.wake_receiver(&mut state);

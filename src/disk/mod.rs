@@ -175,12 +175,18 @@ impl DiskQueue {
         let durable = settings.durability != Durability::Overflow;
         crate::identity::check(&dir, &settings.identity, durable)?;
         let tier_path = dir.path().join(crate::tier::file::TIER_FILE);
-        let mut tier_entries = match &settings.remote {
+        let (mut tier_entries, lost_at_open) = match &settings.remote {
             Some(_) => tier::prepare(&*fs, dir.path(), durable).map_err(|err| OpenError::io(&tier_path, err))?,
             None => {
                 let entries =
                     crate::tier::file::read(&*fs, dir.path()).map_err(|err| OpenError::io(&tier_path, err))?;
-                if !entries.is_empty() {
+                if !entries.is_empty() && !durable {
+                    // Scratch space: nothing of it is wanted any more.
+                    tracing::warn!(path = %tier_path.display(), segments = entries.len(),
+                        "an overflow channel opened without its remote store; its objects there are left behind");
+                    crate::storage::remove_if_present(&*fs, &tier_path)
+                        .map_err(|err| OpenError::io(&tier_path, err))?;
+                } else if !entries.is_empty() {
                     let remote = entries.values().filter(|entry| !entry.state.is_local()).count();
                     return Err(OpenError::InvalidConfig {
                         reason: format!(
@@ -191,7 +197,7 @@ impl DiskQueue {
                         ),
                     });
                 }
-                entries
+                (crate::tier::file::Entries::new(), 0)
             }
         };
         let mut recovered = if durable {
@@ -262,7 +268,7 @@ impl DiskQueue {
             orphaned: false,
             undeleted: Vec::new(),
             dir_unsynced: false,
-            lost: 0,
+            lost: lost_at_open,
             retry_unreadable: settings.retry_unreadable,
             free_space: FreeSpace { min_free: settings.min_free_bytes, checked_at: None, free: u64::MAX, written: 0 },
             durable,

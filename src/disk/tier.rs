@@ -360,8 +360,9 @@ impl Tier {
 /// Brings the tier file in line with the directory before recovery reads
 /// it: copies the tier says are local but are not, and local files of
 /// segments that are consumed or only remote, are settled (see the match
-/// below). Returns the entries to go on with.
-pub(crate) fn prepare(fs: &dyn Storage, dir: &Path, durable: bool) -> io::Result<Entries> {
+/// below). Returns the entries to go on with, and the records lost to
+/// segments that vanished before their copy was confirmed.
+pub(crate) fn prepare(fs: &dyn Storage, dir: &Path, durable: bool) -> io::Result<(Entries, u64)> {
     let mut entries = file::read(fs, dir)?;
     for entry in fs.list(dir)? {
         if entry.name.to_str().is_some_and(|name| name.starts_with(FETCH_TEMP_PREFIX)) {
@@ -369,6 +370,7 @@ pub(crate) fn prepare(fs: &dyn Storage, dir: &Path, durable: bool) -> io::Result
         }
     }
     let before = entries.clone();
+    let mut lost = 0;
     for (&id, entry) in &mut entries {
         let path = segment_path(dir, id);
         let local = match fs.metadata(&path) {
@@ -397,7 +399,9 @@ pub(crate) fn prepare(fs: &dyn Storage, dir: &Path, durable: bool) -> io::Result
             (TierState::CopyFinished | TierState::Fetched, None) => TierState::LocalDeleted,
             // Deleted by another program before any copy was confirmed.
             (TierState::CopyStarted, None) => {
-                tracing::error!(path = %path.display(), "a segment being offloaded vanished; its records are lost");
+                tracing::error!(path = %path.display(), records = entry.records,
+                    "a segment being offloaded vanished; its records are lost");
+                lost += entry.records;
                 TierState::Read
             }
             (state, _) => state,
@@ -407,7 +411,7 @@ pub(crate) fn prepare(fs: &dyn Storage, dir: &Path, durable: bool) -> io::Result
     if entries != before {
         file::write(fs, dir, &entries)?;
     }
-    Ok(entries)
+    Ok((entries, lost))
 }
 
 /// Adds the segments whose only copy is remote to what recovery found,
@@ -576,17 +580,18 @@ impl DiskQueue {
         }
         let store = Arc::clone(&tier.settings.store);
         let fetch_ahead = tier.settings.fetch_ahead.max(1);
-        // 1. Fetch: the front remote segment always, later ones while the
-        // local disk has room under the threshold.
+        // 1. Fetch, among the segment being read (or waited for) and the
+        // `fetch_ahead` after it: those two whatever the local bound, the
+        // later ones while the local disk is under the threshold.
         let local = self.bytes();
         let offload_after = tier.settings.offload_after_bytes;
         if tier.ready(FETCH) {
-            for (at, meta) in self.sealed.iter().take(fetch_ahead).enumerate() {
+            for (at, meta) in self.sealed.iter().take(fetch_ahead + 1).enumerate() {
                 let Some(entry) = tier.entries.get(&meta.id) else { continue };
                 if entry.state != TierState::LocalDeleted {
                     continue;
                 }
-                if at > 0 && local + entry.bytes > offload_after {
+                if at > 1 && local + entry.bytes > offload_after {
                     break;
                 }
                 let name = format!("{FETCH_TEMP_PREFIX}{:016x}.{}.tmp", tier.temp_tag, meta.id);
@@ -725,16 +730,10 @@ impl DiskQueue {
         let Some(tier) = self.tier.as_mut() else { return false };
         tier.busy = false;
         if self.closed {
-            match (job, &outcome) {
-                (Job::Fetch { temp, .. }, _) => {
-                    let _ = storage::remove_if_present(&*self.fs, temp);
-                }
-                // Closed while uploading: nothing records the object, and
-                // no other run uses its key.
-                (Job::Upload { .. }, Outcome::Uploaded { key, .. }) => {
-                    let _ = tier.settings.store.delete(key);
-                }
-                _ => {}
+            // An upload finished after the close is deleted by the tier
+            // thread, outside the lock (see `crate::core::tier`).
+            if let Job::Fetch { temp, .. } = job {
+                let _ = storage::remove_if_present(&*self.fs, temp);
             }
             return false;
         }
@@ -893,7 +892,8 @@ mod tests {
         entries.insert(7, entry(TierState::CopyStarted, 10, 1)); // vanished before confirmed: read
         std::fs::write(dir.path().join(format!("{FETCH_TEMP_PREFIX}0.3.tmp")), b"half").unwrap();
         file::write(&*fs, dir.path(), &entries).unwrap();
-        let settled = prepare(&*fs, dir.path(), true).unwrap();
+        let (settled, lost) = prepare(&*fs, dir.path(), true).unwrap();
+        assert_eq!(lost, 1, "the vanished upload's records are counted");
         let states: Vec<TierState> = settled.values().map(|entry| entry.state).collect();
         use TierState::*;
         assert_eq!(states, [LocalDeleted, LocalDeleted, Fetched, LocalDeleted, Read, Read, Read]);
@@ -902,7 +902,7 @@ mod tests {
         assert!(!dir.path().join(format!("{FETCH_TEMP_PREFIX}0.3.tmp")).exists(), "fetch leftovers removed");
         assert_eq!(file::read(&*fs, dir.path()).unwrap(), settled, "the settled states are recorded");
         // Scratch space: everything is read.
-        let scratch = prepare(&*fs, dir.path(), false).unwrap();
+        let (scratch, _) = prepare(&*fs, dir.path(), false).unwrap();
         assert!(scratch.values().all(|entry| entry.state == Read));
     }
 }

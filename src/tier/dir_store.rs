@@ -11,14 +11,16 @@ use super::RemoteStore;
 /// another disk, or a network filesystem mounted on this machine.
 ///
 /// `put` writes to a temporary file, syncs it, renames it into place and
-/// syncs the directory, so an object is either whole or absent, and a
-/// crash during a put leaves at most a `*.part` file, which the next put
-/// of that key replaces.
+/// syncs the directory, so an object is either whole or absent. A crash
+/// during a put leaves a `{key}.part` file; `list` reports it like an
+/// object, so that the channel's sweep deletes it.
 ///
-/// The directory must exist: a store never creates it, so that a mount
-/// point whose filesystem is not mounted is not written to (the puts fail
-/// and are retried until it is back). [`DirStore::create`] creates it
-/// first, for a plain directory.
+/// The directory must exist: a store never creates it. Point it at a
+/// directory *inside* a mounted filesystem (`/mnt/bulk/shipper`, not the
+/// mount point `/mnt/bulk` itself): while the filesystem is not mounted
+/// the directory is missing, so nothing is written to the disk beneath,
+/// and the puts fail and are retried until it is back.
+/// [`DirStore::create`] creates it first, for a plain directory.
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
@@ -116,7 +118,7 @@ impl RemoteStore for DirStore {
         for entry in entries {
             let entry = entry?;
             let Ok(name) = entry.file_name().into_string() else { continue };
-            if name.starts_with(prefix) && !name.ends_with(".part") && entry.file_type()?.is_file() {
+            if name.starts_with(prefix) && entry.file_type()?.is_file() {
                 keys.push(name);
             }
         }
@@ -139,7 +141,7 @@ mod tests {
     }
 
     #[test]
-    fn a_put_replaces_and_list_skips_partial_uploads() {
+    fn a_put_replaces_and_list_reports_partial_uploads() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirStore::new(dir.path().join("r"));
         assert_eq!(store.put("c-1.seg", b"one").unwrap_err().kind(), io::ErrorKind::NotFound, "never creates its root");
@@ -151,7 +153,10 @@ mod tests {
         store.put("d-1.seg", b"x").unwrap();
         fs::write(dir.path().join("r/c-2.seg.part"), b"half").unwrap();
         assert_eq!(store.get("c-1.seg").unwrap().unwrap(), b"two!");
-        assert_eq!(store.list("c-").unwrap(), vec!["c-1.seg".to_string()]);
+        let mut listed = store.list("c-").unwrap();
+        listed.sort();
+        assert_eq!(listed, ["c-1.seg", "c-2.seg.part"], "a crash's leftover is listed, to be swept");
+        store.delete("c-2.seg.part").unwrap();
         store.delete("c-1.seg").unwrap();
         store.delete("c-1.seg").unwrap();
         assert_eq!(store.size("c-1.seg").unwrap(), None);

@@ -1,15 +1,18 @@
 //! Tiered storage: sealed segments offloaded to a [`RemoteStore`] and
 //! fetched back, in order, when the receiver reaches them.
 //!
-//! A channel opened with [`Builder::remote`](crate::Builder::remote) keeps
-//! at most [`offload_after_bytes`](crate::Builder::offload_after_bytes) of
-//! segments on its local disk: once it holds more, a background thread
+//! A channel opened with [`Builder::remote`](crate::Builder::remote)
+//! starts offloading once its local disk holds more than
+//! [`offload_after_bytes`](crate::Builder::offload_after_bytes) of
+//! segments: a background thread
 //! (`sump-tier`) copies sealed segments to the store, newest first, and
 //! deletes the local copy once the store has confirmed it. The segments the
 //! receiver will read next stay local, and the thread fetches remote ones
 //! back ahead of the receiver ([`fetch_ahead`](crate::Builder::fetch_ahead)
 //! of them), so the receiver sees one FIFO order across memory, local and
-//! remote segments. A remote segment is read back once and then deleted
+//! remote segments. [`max_disk_bytes`](crate::Builder::max_disk_bytes)
+//! bounds what senders write locally; a fetch of the segment the receiver
+//! reads next may take the local disk over it by that one segment. A remote segment is read back once and then deleted
 //! from the store.
 //!
 //! # The lifecycle
@@ -20,10 +23,13 @@
 //! on from:
 //!
 //! ```text
-//! Local ─► CopyStarted ─► CopyFinished ─► LocalDeleted ─► Fetched ─► Read ─► (gone)
-//!              │               │               │             │
-//!              └───────────────┴───────────────┴─────────────┴─► Read (consumed, lost or dropped)
+//! Local ─► CopyStarted ─► CopyFinished ─► LocalDeleted ◄─► Fetched ─► Read ─► (gone)
+//!   │          │               │               │              │
+//!   └──────────┴───────────────┴───────────────┴──────────────┴─► Read (consumed, lost or dropped)
 //! ```
+//!
+//! (`Fetched` goes back to `LocalDeleted` only at open, when the fetched
+//! copy was lost in a crash.)
 //!
 //! - `CopyStarted`: the upload is under way; the local file is the copy.
 //!   A crash here uploads again. The object's key is made of the
@@ -33,8 +39,9 @@
 //!   late) ever replaces the copy recorded; such leftovers are swept (see
 //!   below). Only the recorded key is ever fetched, so no segment is
 //!   delivered twice.
-//! - `CopyFinished`: the store confirmed the object (its size, and the
-//!   CRC32C of its bytes, which every fetch checks). Only now may the
+//! - `CopyFinished`: the store confirmed the object's size (and, for S3,
+//!   the upload's `Content-MD5`); the CRC32C of the bytes uploaded is
+//!   recorded, and every fetch is checked against it. Only now may the
 //!   local copy go.
 //! - `LocalDeleted`: the segment exists only in the store.
 //! - `Fetched`: a full copy is local again, and still in the store.
