@@ -91,8 +91,13 @@ fn nothing(_: &Path, _: &Scenario) {}
 
 /// Reopens a plain channel on a working disk and drains it.
 fn drain_plain(dir: &Path, scenario: &Scenario) -> (Vec<u64>, u64) {
-    let (tx, rx) = scenario
-        .builder(dir, &crate::storage::os())
+    drain_with(scenario, scenario.builder(dir, &crate::storage::os()))
+}
+
+/// Opens `builder`'s channel on a working disk and drains it: the items,
+/// and the records reported lost or corrupt.
+fn drain_with(scenario: &Scenario, builder: Builder) -> (Vec<u64>, u64) {
+    let (tx, rx) = builder
         .open::<u64>()
         .unwrap_or_else(|err| panic!("{}: the reopen on a working disk failed: {err}", scenario.name));
     drop(tx);
@@ -331,14 +336,7 @@ fn offload_and_fetch(dir: &Path, scenario: &Scenario, fs: &Fs) -> Run {
 
 /// Reopens the tiered channel on a working disk and drains it.
 fn drain_tiered(dir: &Path, scenario: &Scenario) -> (Vec<u64>, u64) {
-    let (tx, rx) = tiered(dir, scenario, &crate::storage::os())
-        .open::<u64>()
-        .unwrap_or_else(|err| panic!("{}: the reopen on a working disk failed: {err}", scenario.name));
-    drop(tx);
-    let mut after = Run::default();
-    receive_some(&rx, usize::MAX, &mut after);
-    let stats = rx.stats();
-    (after.received, stats.lost + stats.corrupt)
+    drain_with(scenario, tiered(dir, scenario, &crate::storage::os()))
 }
 
 /// The scenarios swept.

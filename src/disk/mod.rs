@@ -219,8 +219,9 @@ impl DiskQueue {
             }
             Recovered { next_id: highest.map_or(0, |id| id.saturating_add(1)), ..Recovered::default() }
         };
-        if !tier_entries.is_empty() {
-            tier::merge(&mut tier_entries, &mut recovered);
+        // `prepare` recorded what it settled; this records what recovery
+        // changed, if anything.
+        if tier::merge(&mut tier_entries, &mut recovered) {
             crate::tier::file::write(&*fs, dir.path(), &tier_entries).map_err(|err| OpenError::io(&tier_path, err))?;
         }
         let tier = settings.remote.as_ref().map(|store| {

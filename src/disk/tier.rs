@@ -416,14 +416,16 @@ pub(crate) fn prepare(fs: &dyn Storage, dir: &Path, durable: bool) -> io::Result
 
 /// Adds the segments whose only copy is remote to what recovery found,
 /// in id order, and marks as read the entries of local segments recovery
-/// did not keep.
-pub(crate) fn merge(entries: &mut Entries, recovered: &mut Recovered) {
+/// did not keep. Returns whether `entries` changed, so that the tier file
+/// is written at open only when there is something new to record.
+pub(crate) fn merge(entries: &mut Entries, recovered: &mut Recovered) -> bool {
     let kept: std::collections::BTreeMap<u64, SegmentMeta> =
         recovered.segments.iter().map(|meta| (meta.id, *meta)).collect();
     // A local segment recovery changed (the one being read at a clean
     // shutdown is rewritten without its read records) is no longer the
     // one the store holds: the tier forgets it, and the sweep deletes its
     // objects; segment ids are never reused, so no key can be confused.
+    let listed = entries.len();
     entries.retain(|id, entry| match kept.get(id) {
         Some(meta) if entry.state.is_local() && entry.state != TierState::Read => {
             let same = meta.bytes == entry.bytes && meta.records == entry.records;
@@ -434,6 +436,7 @@ pub(crate) fn merge(entries: &mut Entries, recovered: &mut Recovered) {
         }
         _ => true,
     });
+    let mut changed = entries.len() != listed;
     for (&id, entry) in entries.iter_mut() {
         match entry.state {
             TierState::LocalDeleted => {
@@ -441,14 +444,17 @@ pub(crate) fn merge(entries: &mut Entries, recovered: &mut Recovered) {
                 let at = recovered.segments.partition_point(|other| other.id < id);
                 recovered.segments.insert(at, meta);
                 recovered.last_seq = recovered.last_seq.max(entry.last_seq);
-                recovered.next_id = recovered.next_id.max(id.saturating_add(1));
             }
             TierState::Read => {}
-            _ if !kept.contains_key(&id) => entry.state = TierState::Read,
+            _ if !kept.contains_key(&id) => {
+                entry.state = TierState::Read;
+                changed = true;
+            }
             _ => {}
         }
         recovered.next_id = recovered.next_id.max(id.saturating_add(1));
     }
+    changed
 }
 
 /// What the tier reports in `Stats`.
@@ -863,7 +869,7 @@ mod tests {
         entries.insert(99, entry(TierState::LocalDeleted, 100, 10));
         let mut recovered = Recovered { next_id: 61, ..Recovered::default() };
         recovered.segments.extend([meta(10, 50, 5), meta(30, 120, 12), meta(40, 300, 30), meta(60, 70, 7)]);
-        merge(&mut entries, &mut recovered);
+        assert!(merge(&mut entries, &mut recovered), "an entry was dropped and one marked read");
         let ids: Vec<u64> = recovered.segments.iter().map(|meta| meta.id).collect();
         assert_eq!(ids, [10, 20, 30, 40, 60, 99], "remote segments merged in id order");
         assert_eq!(recovered.segments[1], SegmentMeta { id: 20, bytes: 500, records: 50, last_seq: Some(9) });
