@@ -79,9 +79,10 @@ fn slow_sink(c: &mut Criterion) {
                     let (tx, rx) = open(dir.path(), shards);
                     let delivered = Arc::new(AtomicU64::new(0));
                     let start = Instant::now();
+                    let counted = Arc::clone(&delivered);
                     let handle = rx
-                        .drain(|_| {
-                            let delivered = Arc::clone(&delivered);
+                        .drain(move |_| {
+                            let delivered = Arc::clone(&counted);
                             move |batch: &[Item]| -> Result<(), SinkError> {
                                 thread::sleep(Duration::from_millis(1));
                                 delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -260,6 +260,17 @@ impl<T> Monitor<T> {
     pub(crate) fn stats(&self) -> Stats {
         self.shared.stats()
     }
+
+    /// Every item numbered below this has been delivered (see
+    /// `Shared::done_below`).
+    pub(crate) fn done_below(&self) -> u64 {
+        self.shared.done_below()
+    }
+
+    /// The number the next item accepted will get.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.shared.next_seq()
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> Receiver<T> {

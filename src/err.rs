@@ -411,3 +411,88 @@ impl Error for CommitError {
         Some(&self.source)
     }
 }
+
+/// Why a live change of a sharded channel's shards
+/// ([`ShardedSender::add_shard`](crate::ShardedSender::add_shard),
+/// `activate_shard`, `drain_shard`, `remove_shard`) was refused. A refused
+/// change changes nothing.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ShardError {
+    /// No shard with this id was ever added to the channel.
+    Unknown(crate::ShardId),
+    /// The change does not apply to a shard in this state: activating a
+    /// draining shard, draining a provisioned one, removing an active one
+    /// (drain it first).
+    WrongState {
+        /// The shard.
+        shard: crate::ShardId,
+        /// The state it is in.
+        state: crate::ShardState,
+    },
+    /// The shard still holds items (or items taken from it are not
+    /// committed): a shard is removed only once it has delivered
+    /// everything, so that nothing is dropped.
+    NotDrained {
+        /// The shard.
+        shard: crate::ShardId,
+        /// Items still waiting in it, in memory and on disk.
+        waiting: u64,
+    },
+    /// The change would take the number of active shards out of bounds:
+    /// below 1 (or the scaling policy's `min_shards`), or above
+    /// [`MAX_SHARDS`](crate::MAX_SHARDS) (or the policy's `max_shards`).
+    /// Manual calls bypass the policy's cooldown, not its bounds.
+    OutOfBounds {
+        /// Active shards the change would leave.
+        active: usize,
+        /// The bounds.
+        min: usize,
+        /// The bounds.
+        max: usize,
+    },
+    /// Nothing consumes new shards: the receivers were handed out with
+    /// [`ShardedReceiver::into_shards`](crate::ShardedReceiver::into_shards),
+    /// or the receiving side is gone. A shard is routed to only while a
+    /// consumer is attached, so that no item is stranded.
+    NoConsumer,
+    /// Writing the shard's files or the layout file failed; nothing
+    /// changed.
+    Io(io::Error),
+}
+
+impl fmt::Display for ShardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShardError::Unknown(shard) => write!(f, "no {shard} was ever added to this channel"),
+            ShardError::WrongState { shard, state } => {
+                write!(f, "{shard} is {state:?}, which this change does not apply to")
+            }
+            ShardError::NotDrained { shard, waiting } => {
+                write!(f, "{shard} still holds {waiting} items; it is removed only once it has delivered them")
+            }
+            ShardError::OutOfBounds { active, min, max } => {
+                write!(f, "the change would leave {active} active shards; this channel keeps {min} to {max}")
+            }
+            ShardError::NoConsumer => f.write_str(
+                "no consumer is attached to new shards (the receivers were handed out with into_shards, or are gone)",
+            ),
+            ShardError::Io(err) => write!(f, "could not record the change: {err}"),
+        }
+    }
+}
+
+impl Error for ShardError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            ShardError::Io(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ShardError {
+    fn from(err: io::Error) -> ShardError {
+        ShardError::Io(err)
+    }
+}

@@ -189,8 +189,8 @@ pub use crate::drain::{JetStreamSink, DEFAULT_DUPLICATE_WINDOW, DEFAULT_NATS_TIM
 #[cfg(feature = "redis")]
 pub use crate::drain::{RedisSink, DEFAULT_REDIS_FIELD, DEFAULT_REDIS_TIMEOUT};
 pub use crate::err::{
-    CloseError, CommitError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
-    TrySendError,
+    CloseError, CommitError, OpenError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, ShardError,
+    TryRecvError, TrySendError,
 };
 #[cfg(feature = "async")]
 pub use crate::future::{RecvFuture, RecvManyFuture, RecvStream, SendFuture};
@@ -203,7 +203,9 @@ pub use crate::options::{
 };
 pub use crate::peeked::Peeked;
 pub use crate::shard::{
-    Dispatch, ShardedBuilder, ShardedDrainHandle, ShardedDrainer, ShardedReceiver, ShardedSender, MAX_SHARDS,
+    Dispatch, ScalingPolicy, ShardId, ShardState, ShardStats, ShardedBuilder, ShardedDrainHandle, ShardedDrainer,
+    ShardedReceiver, ShardedSender, DEFAULT_ADD_ABOVE, DEFAULT_CHECK_EVERY, DEFAULT_COOLDOWN, DEFAULT_DRAIN_BELOW,
+    DEFAULT_SUSTAINED_FOR, MAX_SHARDS,
 };
 pub use crate::stats::Stats;
 pub use crate::tier::{DirStore, RemoteStore, TierState};

@@ -131,7 +131,16 @@ impl<T> Peeked<'_, T> {
     /// # Errors
     ///
     /// As [`commit`](Self::commit).
-    pub fn commit_first(mut self, n: usize) -> Result<(), CommitError> {
+    pub fn commit_first(self, n: usize) -> Result<(), CommitError> {
+        let (committed, settled) = self.take_first(n);
+        // Outside the receiver's state: an item's `Drop` may use the channel.
+        drop(committed);
+        settled
+    }
+
+    /// Commits the first `n` items, as [`commit_first`](Self::commit_first),
+    /// and hands them over.
+    pub(crate) fn take_first(mut self, n: usize) -> (Vec<T>, Result<(), CommitError>) {
         let n = n.min(self.items.len());
         let rest_items = self.items.split_off(n);
         let rest_seqs = self.seqs.split_off(n);
@@ -140,9 +149,7 @@ impl<T> Peeked<'_, T> {
         shared.give_back(&mut side, rest_seqs, rest_items);
         let settled = shared.settle_peek(&mut side, self.low.take());
         drop(side);
-        // Outside the receiver's state: an item's `Drop` may use the channel.
-        drop(committed);
-        settled.map_err(|source| CommitError { source })
+        (committed, settled.map_err(|source| CommitError { source }))
     }
 }
 

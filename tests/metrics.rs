@@ -97,8 +97,8 @@ fn a_scrape_shows_what_stats_shows_for_channels_shards_and_drainers() {
     let shards = sharded_rx.shard_stats();
     for (index, shard) in shards.iter().enumerate() {
         let labels = format!(r#"channel="events",shard="{index}""#);
-        assert_eq!(value(&got, "sump_sent_total", &labels), shard.sent as f64);
-        assert_eq!(value(&got, "sump_on_disk_items", &labels), shard.on_disk as f64);
+        assert_eq!(value(&got, "sump_sent_total", &labels), shard.stats.sent as f64);
+        assert_eq!(value(&got, "sump_on_disk_items", &labels), shard.stats.on_disk as f64);
     }
     let total = sharded_rx.stats();
     let all = r#"channel="events",shard="all""#;

@@ -79,7 +79,7 @@ fn per_key_order_holds_with_many_producers_and_a_drainer_per_shard() {
     let sinks = delivered.clone();
     let handle = rx
         .drain(move |shard| {
-            let into = Arc::clone(&sinks[shard]);
+            let into = Arc::clone(&sinks[shard.get() as usize]);
             move |batch: &[Event]| -> Result<(), SinkError> {
                 into.lock().unwrap().extend_from_slice(batch);
                 Ok(())
@@ -120,8 +120,8 @@ fn round_robin_spreads_items_evenly_and_broadcast_copies_them_to_every_shard() {
     for i in 0..400 {
         tx.send(i).unwrap();
     }
-    assert_eq!(rx.shard_stats().iter().map(|s| s.in_memory).collect::<Vec<_>>(), [100; 4]);
-    let first: Vec<u32> = rx.shards()[1].try_iter().collect();
+    assert_eq!(rx.shard_stats().iter().map(|s| s.stats.in_memory).collect::<Vec<_>>(), [100; 4]);
+    let first: Vec<u32> = rx.into_shards()[1].try_iter().collect();
     assert_eq!(first, (0..100).map(|i| i * 4 + 1).collect::<Vec<_>>());
 
     let (tx, rx) = Builder::new("fanout", dir.path()).memory_capacity(10).sharded::<u32>(3).broadcast().open().unwrap();
@@ -199,7 +199,7 @@ fn the_sharded_receiver_takes_from_every_shard_and_sees_disconnection() {
     assert_eq!(rx.recv(), Err(sump::RecvError));
     let stats = rx.stats();
     assert_eq!(stats.received, 4_000);
-    assert_eq!(rx.shard_stats().iter().map(|s| s.sent).sum::<u64>(), stats.sent);
+    assert_eq!(rx.shard_stats().iter().map(|s| s.stats.sent).sum::<u64>(), stats.sent);
 }
 
 #[test]
@@ -216,7 +216,7 @@ fn resharding_up_and_down_moves_a_disk_backlog_without_loss_or_reordering() {
             let stats = rx.stats();
             assert_eq!(stats.on_disk + stats.in_memory as u64, 9_000, "{mode:?}, {shards} shards");
             assert_eq!(stats.corrupt, 0);
-            assert_eq!(rx.shard_stats().iter().filter(|s| s.on_disk > 0).count(), shards.min(50));
+            assert_eq!(rx.shard_stats().iter().filter(|s| s.stats.on_disk > 0).count(), shards.min(50));
             drop((tx, rx));
         }
         let names: BTreeSet<String> = std::fs::read_dir(dir.path().join("events"))
@@ -249,7 +249,7 @@ fn round_robin_shrinks_without_loss_and_grows_without_moving() {
     tx.send_batch(0..1_000).unwrap();
     drop((tx, rx));
     let (tx, rx) = open(6);
-    let before: Vec<u64> = rx.shard_stats().iter().map(|s| s.on_disk + s.in_memory as u64).collect();
+    let before: Vec<u64> = rx.shard_stats().iter().map(|s| s.backlog()).collect();
     assert_eq!(before, [250, 250, 250, 250, 0, 0], "growing round-robin moves nothing");
     drop((tx, rx));
     let (tx, rx) = open(3);
@@ -275,7 +275,7 @@ fn a_broadcast_channel_refuses_a_change_that_would_lose_items() {
 
     // Growing adds an empty shard; shrinking drops only the empty one.
     let (tx, rx) = open(4).unwrap();
-    let waiting: Vec<u64> = rx.shard_stats().iter().map(|s| s.on_disk).collect();
+    let waiting: Vec<u64> = rx.shard_stats().iter().map(|s| s.stats.on_disk).collect();
     assert_eq!(waiting, [10, 10, 0, 0]);
     drop((tx, rx));
     let (tx, rx) = open(2).unwrap();

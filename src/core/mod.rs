@@ -199,6 +199,12 @@ pub(crate) struct Shared<T> {
     taken: CachePadded<AtomicUsize>,
     /// Items handed to the receiver since open. Written by the receiver only.
     received: CachePadded<AtomicU64>,
+    /// Every item numbered below this has been taken and committed (or
+    /// was dropped or lost): a lower bound, raised by the receiver after a
+    /// committing take, a settled peek, and whenever it finds the channel
+    /// empty with nothing uncommitted. A sharded channel's hand-over rule
+    /// reads it from other threads ([`Shared::done_below`]).
+    done_below: CachePadded<AtomicU64>,
     /// A hint, stored under the lock whenever the receiver has news (an
     /// item in memory or on disk, the last sender gone): a spinning
     /// receiver watches it instead of taking the lock over and over, which
@@ -279,6 +285,10 @@ pub(crate) struct ReceiverSide<T> {
     prefetched: Numbered<T>,
     /// Read position on disk.
     reader: Reader,
+    /// The highest sequence number taken since open, committed or not.
+    /// Items are taken in number order (only items given back come
+    /// again, and they are below it), so every item below it was taken.
+    last_taken: Option<u64>,
 }
 
 /// Most records the receiver decodes ahead from disk in `Overflow` mode.
@@ -293,6 +303,8 @@ impl<T: serde::Serialize> Shared<T> {
     pub(crate) fn new(disk: DiskQueue, settings: &Settings) -> Shared<T> {
         use crate::options::{Durability, SyncPolicy};
         let channel_id = disk.channel_id();
+        // With nothing on disk, nothing numbered before now is waiting.
+        let done_below = if disk.items() == 0 { disk.first_seq() } else { 0 };
         Shared {
             state: Mutex::new(State {
                 memory: Numbered::default(),
@@ -323,6 +335,7 @@ impl<T: serde::Serialize> Shared<T> {
             spilling: AtomicBool::new(false),
             taken: CachePadded::default(),
             received: CachePadded::default(),
+            done_below: CachePadded(AtomicU64::new(done_below)),
             prefetched: CachePadded::default(),
             queued: CachePadded::default(),
             recv_waiters: AtomicUsize::new(0),
@@ -362,6 +375,7 @@ impl<T> ReceiverSide<T> {
             holding: false,
             prefetched: Numbered::default(),
             reader: Reader::new(disk),
+            last_taken: None,
         }
     }
 
@@ -441,6 +455,17 @@ impl<T> Shared<T> {
             fetches: tier.fetches,
             remote_failures: tier.failures,
         }
+    }
+
+    /// Every item numbered below the result has been delivered: taken and
+    /// committed, dropped, or lost. A lower bound that only grows.
+    pub(crate) fn done_below(&self) -> u64 {
+        self.done_below.load(Ordering::Acquire)
+    }
+
+    /// The number the next item accepted will get.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.state.lock().next_seq
     }
 
     /// An async receive that registered its waker is done or dropped:

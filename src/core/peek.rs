@@ -126,10 +126,12 @@ impl<T> Shared<T> {
         if let Some(low) = low {
             Self::unregister_peek(side, low);
         }
+        let oldest = side.oldest_uncommitted();
+        let done = oldest.or(side.last_taken.map(|seq| seq + 1)).unwrap_or(0);
+        self.done_below.fetch_max(done, Ordering::Release);
         if !side.holding {
             return Ok(());
         }
-        let oldest = side.oldest_uncommitted();
         let mut state = self.state.lock();
         let released = state.disk.release_retired(oldest);
         if oldest.is_none() {

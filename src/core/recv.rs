@@ -71,10 +71,14 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// Receives one item, waiting as `wait` allows.
     pub(crate) fn recv(&self, side: &mut SideGuard<'_, T>, wait: Wait) -> Result<T, RecvFailure> {
         let (_, item) = self.recv_numbered(side, wait)?;
-        if side.put_back == 0 && side.peeks.is_empty() && side.holding {
-            // The last item given back uncommitted was taken, and nothing
-            // peeked is out: everything read is committed.
-            self.release_committed(side);
+        if side.put_back == 0 && side.peeks.is_empty() {
+            // Taking is committing here: everything taken so far is done.
+            self.done_below.fetch_max(side.last_taken.map_or(0, |seq| seq + 1), Ordering::Release);
+            if side.holding {
+                // The last item given back uncommitted was taken, and
+                // nothing peeked is out: everything read is committed.
+                self.release_committed(side);
+            }
         }
         Ok(item)
     }
@@ -85,6 +89,16 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// receive (blocking or async) may run; it looks again from the start
     /// when it wakes.
     pub(crate) fn recv_numbered(&self, side: &mut SideGuard<'_, T>, wait: Wait) -> Result<(u64, T), RecvFailure> {
+        let taken = self.take_numbered(side, wait);
+        if let Ok((seq, _)) = &taken {
+            side.last_taken = side.last_taken.max(Some(*seq));
+        }
+        taken
+    }
+
+    /// [`recv_numbered`](Self::recv_numbered) without the bookkeeping of
+    /// what was taken.
+    fn take_numbered(&self, side: &mut SideGuard<'_, T>, wait: Wait) -> Result<(u64, T), RecvFailure> {
         let mut spin = Spin::default();
         loop {
             if let Some(item) = side.local.pop_front() {
@@ -110,6 +124,11 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             if !state.memory.is_empty() {
                 mem::swap(&mut side.local, &mut state.memory);
                 continue;
+            }
+            if state.disk.items() == 0 && side.put_back == 0 && side.peeks.is_empty() {
+                // Empty, with nothing taken left uncommitted: every item
+                // numbered so far is done.
+                self.done_below.fetch_max(state.next_seq, Ordering::Release);
             }
             // Records on disk that cannot be reached right now (the writer
             // cannot flush them to a full disk, say): retry shortly.

@@ -115,7 +115,13 @@ pub(crate) struct DrainSettings<T> {
     pub(crate) same_key: Option<SameKey<T>>,
     /// Most items delivered per second, if paced.
     pub(crate) max_rate: Option<f64>,
+    /// A sharded channel's hand-over rule: the item number below which
+    /// items may be delivered now, or `None` for any.
+    pub(crate) gate: Option<Gate>,
 }
+
+/// The hand-over rule of a sharded channel's shard, as a drainer asks it.
+pub(crate) type Gate = std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 impl<T, S> Drainer<T, S>
 where
@@ -139,6 +145,7 @@ where
                 breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
                 same_key: None,
                 max_rate: None,
+                gate: None,
             },
         }
     }
@@ -233,6 +240,12 @@ where
     pub fn max_rate(mut self, items_per_second: f64) -> Self {
         let rate = if items_per_second.is_nan() || items_per_second <= 0.0 { 1.0 } else { items_per_second };
         self.settings.max_rate = Some(rate);
+        self
+    }
+
+    /// Holds back items as `gate` says (a sharded channel's hand-over).
+    pub(crate) fn gate(mut self, gate: Gate) -> Drainer<T, S> {
+        self.settings.gate = Some(gate);
         self
     }
 

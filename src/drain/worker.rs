@@ -19,6 +19,10 @@ use crate::sync::Arc;
 /// How often a drainer waiting for items checks for a shutdown request.
 const STOP_POLL: Duration = Duration::from_millis(20);
 
+/// How long a drainer held back by a sharded channel's hand-over waits
+/// before it looks again (1 ms).
+const GATE_POLL: Duration = Duration::from_millis(1);
+
 /// Why delivery of a batch ended early.
 enum Halt {
     /// The shutdown deadline passed.
@@ -156,9 +160,22 @@ where
                 break;
             }
         }
+        let allowed = match self.settings.gate.as_ref().and_then(|gate| gate()) {
+            Some(limit) => batch.seqs().partition_point(|&seq| seq < limit),
+            None => batch.len(),
+        };
+        if allowed == 0 {
+            // Held back by a hand-over: the batch goes back to the front.
+            drop(batch);
+            let mut state = self.control.state.lock();
+            if state.deadline.is_none() {
+                self.control.wake.wait_until(&mut state, Instant::now() + GATE_POLL);
+            }
+            return Some(None);
+        }
         let mut cut = 0;
         let mut bytes = 0u64;
-        for item in batch.iter() {
+        for item in batch.iter().take(allowed) {
             let size = self.size_of(item);
             if cut > 0 {
                 let over_bytes = self.settings.batch_bytes.is_some_and(|max| bytes + size > max);

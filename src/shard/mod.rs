@@ -27,12 +27,16 @@
 
 mod drain;
 pub(crate) mod layout;
+mod live;
 mod receiver;
 mod reshard;
+mod scaler;
 mod sender;
+mod topology;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,6 +54,10 @@ pub use drain::{ShardedDrainHandle, ShardedDrainer};
 pub use layout::Dispatch;
 
 pub use layout::MAX_SHARDS;
+pub use live::{
+    ScalingPolicy, ShardId, ShardState, ShardStats, DEFAULT_ADD_ABOVE, DEFAULT_CHECK_EVERY, DEFAULT_COOLDOWN,
+    DEFAULT_DRAIN_BELOW, DEFAULT_SUSTAINED_FOR,
+};
 pub use receiver::ShardedReceiver;
 pub use sender::ShardedSender;
 
@@ -57,7 +65,7 @@ pub use sender::ShardedSender;
 type KeyHash<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
 
 /// How a sharded channel's sender routes items.
-enum Route<T> {
+pub(crate) enum Route<T> {
     /// By key hash.
     Key(KeyHash<T>),
     /// Round-robin, sharing one counter across sender clones.
@@ -67,15 +75,15 @@ enum Route<T> {
 }
 
 /// Where one item goes.
-enum Target<T> {
+enum Target {
     /// To this shard.
     One(usize),
-    /// To every shard, cloned with this function.
-    All(fn(&T) -> T),
+    /// To every shard.
+    All,
 }
 
 impl<T> Route<T> {
-    fn dispatch(&self) -> Dispatch {
+    pub(crate) fn dispatch(&self) -> Dispatch {
         match self {
             Route::Key(_) => Dispatch::Key,
             Route::RoundRobin(_) => Dispatch::RoundRobin,
@@ -84,11 +92,11 @@ impl<T> Route<T> {
     }
 
     /// Where `item` goes, of `shards` shards.
-    fn target(&self, item: &T, shards: usize) -> Target<T> {
+    fn target(&self, item: &T, shards: usize) -> Target {
         match self {
-            Route::Key(hash) => Target::One(shard_of(hash(item), shards)),
+            Route::Key(hash) => Target::One(topology::rendezvous(hash(item), 0..shards as u32).unwrap_or(0)),
             Route::RoundRobin(next) => Target::One(next.fetch_add(1, Ordering::Relaxed) % shards),
-            Route::Broadcast(clone) => Target::All(*clone),
+            Route::Broadcast(_) => Target::All,
         }
     }
 }
@@ -108,12 +116,6 @@ fn hash_key<K: Hash>(key: &K) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
     key.hash(&mut hasher);
     hasher.finish()
-}
-
-/// The shard, of `shards`, that a key hash picks.
-fn shard_of(hash: u64, shards: usize) -> usize {
-    // The remainder is below `shards`, a usize.
-    (hash % shards as u64) as usize
 }
 
 /// Opens a sharded channel; from [`Builder::sharded`].
@@ -137,9 +139,9 @@ fn shard_of(hash: u64, shards: usize) -> usize {
 /// tx.send(Event { user: 7, action: "logout".into() })?;
 ///
 /// // Both events of user 7 are in one shard, in order.
-/// let shard = rx.shards().iter().position(|shard| shard.stats().in_memory == 2).unwrap();
-/// assert_eq!(rx.shards()[shard].recv()?.action, "login");
-/// assert_eq!(rx.shards()[shard].recv()?.action, "logout");
+/// assert_eq!(rx.shard_stats().iter().filter(|shard| shard.stats.in_memory == 2).count(), 1);
+/// assert_eq!(rx.recv()?.action, "login");
+/// assert_eq!(rx.recv()?.action, "logout");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[must_use = "a ShardedBuilder does nothing until `open` is called"]
@@ -154,6 +156,8 @@ pub struct ShardedBuilder<T> {
     shards: usize,
     /// How items are routed; `None` until chosen.
     route: Option<Route<T>>,
+    /// When shards are added and drained by themselves, if ever.
+    scaling: Option<ScalingPolicy>,
 }
 
 impl Builder {
@@ -165,7 +169,7 @@ impl Builder {
     /// [`broadcast`](ShardedBuilder::broadcast).
     pub fn sharded<T>(self, shards: usize) -> ShardedBuilder<T> {
         let (name, dir, settings) = self.into_parts();
-        ShardedBuilder { name, dir, settings, shards, route: None }
+        ShardedBuilder { name, dir, settings, shards, route: None, scaling: None }
     }
 }
 
@@ -191,6 +195,16 @@ impl<T> ShardedBuilder<T> {
     /// Dispatches round-robin ([`Dispatch::RoundRobin`]).
     pub fn round_robin(mut self) -> ShardedBuilder<T> {
         self.route = Some(Route::RoundRobin(Arc::new(AtomicUsize::new(0))));
+        self
+    }
+
+    /// Adds and drains shards by the backlog, as `policy` says (see
+    /// [`ScalingPolicy`]). The channel opens with the shard count given
+    /// to [`Builder::sharded`] the first time, which must lie within the
+    /// policy's bounds; later opens keep the count it reached, within the
+    /// bounds, instead of resharding.
+    pub fn scaling(mut self, policy: ScalingPolicy) -> ShardedBuilder<T> {
+        self.scaling = Some(policy);
         self
     }
 
@@ -259,6 +273,21 @@ impl<T> ShardedBuilder<T> {
                     .to_string(),
             );
         };
+        let bounds = match &self.scaling {
+            None => (1, MAX_SHARDS),
+            Some(policy) => {
+                if let Some(reason) = policy.problem() {
+                    return invalid(reason);
+                }
+                if !(policy.min..=policy.max).contains(&self.shards) {
+                    return invalid(format!(
+                        "the channel opens with {} shards, outside its scaling policy's {}..={}",
+                        self.shards, policy.min, policy.max
+                    ));
+                }
+                (policy.min, policy.max)
+            }
+        };
         self.settings.check()?;
         let root = ChannelDir::open(&self.settings.fs, &self.dir, &self.name)?;
         let (segments, highest) = root.scan()?;
@@ -268,21 +297,49 @@ impl<T> ShardedBuilder<T> {
                 root.path().display()
             ));
         }
-        let plan = reshard::Plan { root: root.path(), settings: &self.settings, shards: self.shards };
-        reshard::settle::<T>(&plan, &route)?;
-        let mut senders = Vec::with_capacity(self.shards);
-        let mut receivers = Vec::with_capacity(self.shards);
-        for shard in 0..self.shards {
-            let mut settings = self.settings.clone();
-            settings.labels = Some(crate::options::MetricLabels { channel: self.name.clone(), shard: Some(shard) });
-            let (tx, rx) = crate::open::open(root.path(), &shard_name(shard), settings)?;
-            senders.push(tx);
-            receivers.push(rx);
+        let fs = &*self.settings.fs;
+        let layout_error = |err| OpenError::io(layout::path(root.path()), err);
+        let dispatch = route.dispatch();
+        let recorded = layout::read(fs, root.path()).map_err(layout_error)?;
+        let durable = self.settings.durability != crate::Durability::Overflow;
+        // A layout scaled live is kept and scaled live to the count asked
+        // for; so is any layout within a scaling policy's bounds.
+        let live = recorded.as_ref().filter(|recorded| {
+            durable
+                && recorded.phase == layout::Phase::Stable
+                && recorded.routing == layout::Routing::Rendezvous
+                && (!recorded.is_plain()
+                    || (self.scaling.is_some() && (bounds.0..=bounds.1).contains(&recorded.active())))
+        });
+        let scale_to = match live {
+            Some(recorded) if recorded.dispatch != Some(dispatch) => {
+                return invalid(format!(
+                    "{} was scaled while running with dispatch {:?}; open it with that mode (a channel scaled live \
+                     keeps its mode)",
+                    root.path().display(),
+                    recorded.dispatch
+                ));
+            }
+            Some(recorded) if self.scaling.is_some() => recorded.active().clamp(bounds.0, bounds.1),
+            Some(_) => self.shards,
+            None => {
+                let plan = reshard::Plan { root: root.path(), settings: &self.settings, shards: self.shards };
+                reshard::settle::<T>(&plan, &route)?;
+                self.shards
+            }
+        };
+        let mut layout = layout::read(fs, root.path())
+            .map_err(layout_error)?
+            .unwrap_or_else(|| layout::Layout::stable(Some(dispatch), self.shards, 0));
+        settle_strays::<T>(root.path(), &self.settings, &mut layout)?;
+        let mut shards = Vec::with_capacity(layout.shards.len());
+        for entry in &layout.shards {
+            shards.push(topology::Topology::<T>::open_shard(root.path(), &self.name, &self.settings, entry.id)?);
         }
         #[cfg(all(feature = "metrics", not(loom)))]
         {
-            // The totals, while any shard is open.
-            let shards: Vec<_> = receivers.iter().map(crate::channel::Receiver::weak_shared).collect();
+            // The totals, while any shard open now is open.
+            let shards: Vec<_> = shards.iter().map(|(_, rx)| rx.weak_shared()).collect();
             let labels =
                 vec![::metrics::Label::new("channel", self.name.clone()), ::metrics::Label::new("shard", "all")];
             crate::metrics::register(Box::new(move || {
@@ -294,12 +351,52 @@ impl<T> ShardedBuilder<T> {
                 open
             }));
         }
-        let root = Arc::new(root);
-        Ok((
-            ShardedSender { shards: senders, route, _root: Arc::clone(&root) },
-            ShardedReceiver { shards: receivers, next: std::cell::Cell::new(0), _root: root },
-        ))
+        let (topology, receivers) =
+            topology::Topology::new(Arc::new(root), self.name, self.settings, route, bounds, &layout, shards);
+        let topology = Arc::new(topology);
+        let rx = ShardedReceiver::new(Arc::clone(&topology), receivers);
+        if topology.active_count() != scale_to {
+            topology.scale_to(scale_to).map_err(|err| OpenError::io(topology.root.path(), io::Error::other(err)))?;
+        }
+        if let Some(policy) = self.scaling {
+            scaler::start(Arc::downgrade(&topology), policy).map_err(|err| OpenError::io(topology.root.path(), err))?;
+        }
+        Ok((ShardedSender { topology }, rx))
     }
+}
+
+/// Shard directories the layout does not list (left by a crash while a
+/// shard was added or removed): an empty one is deleted; one that holds
+/// items is kept as a draining shard, so they are delivered.
+fn settle_strays<T>(root: &std::path::Path, settings: &Settings, layout: &mut layout::Layout) -> Result<(), OpenError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let fs = &*settings.fs;
+    let highest = reshard::highest_shard_dir(fs, root).map_err(|err| OpenError::io(root, err))?;
+    let mut changed = false;
+    for index in 0..highest {
+        let id = live::ShardId(index as u32);
+        if layout.shards.iter().any(|entry| entry.id == id) {
+            continue;
+        }
+        match reshard::items_in::<T>(root, index, settings)? {
+            None => {}
+            Some(0) => reshard::discard::<T>(root, &shard_name(index), settings)?,
+            Some(waiting) => {
+                tracing::warn!(shard = index, waiting, "a shard missing from the layout holds items; draining it");
+                let at = layout.shards.partition_point(|entry| entry.id < id);
+                layout.shards.insert(at, layout::ShardEntry { id, state: ShardState::Draining });
+                layout.next_id = layout.next_id.max(id.0 + 1);
+                layout.count = layout.shards.len();
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        layout::write(fs, root, layout).map_err(|err| OpenError::io(layout::path(root), err))?;
+    }
+    Ok(())
 }
 
 impl<T> fmt::Debug for ShardedBuilder<T> {

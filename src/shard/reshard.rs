@@ -53,7 +53,7 @@ use serde::Serialize;
 use crate::channel::{Receiver, Sender};
 use crate::err::{OpenError, RecvTimeoutError};
 use crate::options::{Durability, Settings, SyncPolicy, WhenFull};
-use crate::shard::layout::{self, Layout, Phase};
+use crate::shard::layout::{self, Layout, Phase, Routing};
 use crate::shard::{shard_name, Dispatch, Route, Target};
 
 /// Name of the staging channel inside a sharded channel's directory.
@@ -78,13 +78,13 @@ where
     let root = plan.root;
     let io_error = |err: io::Error| OpenError::io(layout::path(root), err);
     let dispatch = route.dispatch();
-    let stable = |count| Layout { dispatch: Some(dispatch), phase: Phase::Stable, count, target: 0 };
+    let stable = |count| Layout::stable(Some(dispatch), count, 0);
     let fs = &*plan.settings.fs;
     let present = highest_shard_dir(fs, root).map_err(|err| OpenError::io(root, err))?;
     let mut current = match layout::read(fs, root).map_err(io_error)? {
         Some(recorded) => recorded,
         None if present == 0 => return layout::write(fs, root, &stable(plan.shards)).map_err(io_error),
-        None => Layout { dispatch: None, phase: Phase::Stable, count: present, target: 0 },
+        None => Layout::stable(None, present, 0),
     };
     if plan.settings.durability == Durability::Overflow {
         let last = present.max(current.count).max(current.target);
@@ -98,7 +98,19 @@ where
         match current.phase {
             Phase::Stable => {
                 if current.count == plan.shards && current.dispatch == Some(dispatch) {
-                    return Ok(());
+                    if current.routing == Routing::Rendezvous {
+                        return Ok(());
+                    }
+                    if dispatch != Dispatch::Key || current.count <= 1 {
+                        // Nothing was placed by the old routing's choice.
+                        return layout::write(fs, root, &stable(plan.shards)).map_err(io_error);
+                    }
+                    // Keys were placed by modulo (layout version 1): sort
+                    // them again, once, by rendezvous hashing.
+                    current = Layout { phase: Phase::Collecting, target: plan.shards, ..current };
+                    tracing::info!(shards = plan.shards, "resharding: re-sorting keys for rendezvous routing");
+                    layout::write(fs, root, &current).map_err(io_error)?;
+                    continue;
                 }
                 let broadcast = dispatch == Dispatch::Broadcast || current.dispatch == Some(Dispatch::Broadcast);
                 let growing_round_robin = dispatch == Dispatch::RoundRobin
@@ -133,8 +145,13 @@ where
             }
             Phase::Collecting => {
                 collect::<T>(root, plan.settings, current.count.max(present))?;
-                current =
-                    Layout { phase: Phase::Distributing, target: plan.shards, dispatch: Some(dispatch), ..current };
+                current = Layout {
+                    phase: Phase::Distributing,
+                    target: plan.shards,
+                    dispatch: Some(dispatch),
+                    routing: Routing::Rendezvous,
+                    ..current
+                };
                 tracing::info!(to = plan.shards, "resharding: distributing items");
                 layout::write(fs, root, &current).map_err(io_error)?;
             }
@@ -147,7 +164,7 @@ where
                 // A reshard begun by an open with another mode ends with
                 // items routed by this one: their layout is not known.
                 let moved = if current.dispatch == Some(dispatch) { Some(dispatch) } else { None };
-                current = Layout { dispatch: moved, phase: Phase::Stable, count: current.target, target: 0 };
+                current = Layout::stable(moved, current.target, current.generation + 1);
                 tracing::info!(shards = current.count, "resharding done");
                 layout::write(fs, root, &current).map_err(io_error)?;
             }
@@ -208,7 +225,7 @@ where
 }
 
 /// How many items shard `shard` holds; `None` when it has no directory.
-fn items_in<T>(root: &Path, shard: usize, settings: &Settings) -> Result<Option<u64>, OpenError>
+pub(crate) fn items_in<T>(root: &Path, shard: usize, settings: &Settings) -> Result<Option<u64>, OpenError>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
@@ -347,7 +364,7 @@ where
         root,
         |item| match route.target(&item, target) {
             Target::One(shard) => append(&shards[shard].0, item, &shard_name(shard), root),
-            Target::All(_) => Err(OpenError::InvalidConfig {
+            Target::All => Err(OpenError::InvalidConfig {
                 reason: "a broadcast channel's items are never moved between shards".to_string(),
             }),
         },
@@ -434,7 +451,7 @@ where
 /// Opens the channel `name` as scratch space, which deletes its segments,
 /// closes it, and removes its lock file and directory when nothing else is
 /// left in it.
-fn discard<T>(root: &Path, name: &str, settings: &Settings) -> Result<(), OpenError>
+pub(crate) fn discard<T>(root: &Path, name: &str, settings: &Settings) -> Result<(), OpenError>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
@@ -456,7 +473,7 @@ where
 
 /// One more than the highest `shard-NNN` directory in `root`; 0 when there
 /// is none.
-fn highest_shard_dir(fs: &dyn crate::storage::Storage, root: &Path) -> io::Result<usize> {
+pub(crate) fn highest_shard_dir(fs: &dyn crate::storage::Storage, root: &Path) -> io::Result<usize> {
     let mut count = 0;
     for entry in fs.list(root)? {
         let Ok(name) = entry.name.into_string() else { continue };
