@@ -289,6 +289,9 @@ pub(crate) struct ReceiverSide<T> {
     /// Items are taken in number order (only items given back come
     /// again, and they are below it), so every item below it was taken.
     last_taken: Option<u64>,
+    /// Items the peek in progress has taken so far: taken, not yet
+    /// registered in `peeks`, and not committed.
+    in_peek: usize,
 }
 
 /// Most records the receiver decodes ahead from disk in `Overflow` mode.
@@ -376,6 +379,7 @@ impl<T> ReceiverSide<T> {
             prefetched: Numbered::default(),
             reader: Reader::new(disk),
             last_taken: None,
+            in_peek: 0,
         }
     }
 

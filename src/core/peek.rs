@@ -40,19 +40,25 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
         let mut taken = 0;
         let mut wait = wait;
-        while taken < limit {
+        let result = loop {
+            if taken == limit {
+                break Ok(taken);
+            }
             match self.recv_numbered(side, wait) {
                 Ok((seq, item)) => {
                     seqs.push(seq);
                     items.push(item);
                     taken += 1;
+                    // Not registered as peeked until this returns.
+                    side.in_peek = taken;
                 }
-                Err(failure) if taken == 0 => return Err(failure),
-                Err(_) => break,
+                Err(failure) if taken == 0 => break Err(failure),
+                Err(_) => break Ok(taken),
             }
             wait = Wait::Never;
-        }
-        Ok(taken)
+        };
+        side.in_peek = 0;
+        result
     }
 }
 

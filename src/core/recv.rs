@@ -125,7 +125,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 mem::swap(&mut side.local, &mut state.memory);
                 continue;
             }
-            if state.disk.items() == 0 && side.put_back == 0 && side.peeks.is_empty() {
+            if state.disk.items() == 0 && side.put_back == 0 && side.peeks.is_empty() && side.in_peek == 0 {
                 // Empty, with nothing taken left uncommitted: every item
                 // numbered so far is done.
                 self.done_below.fetch_max(state.next_seq, Ordering::Release);

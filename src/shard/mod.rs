@@ -201,8 +201,8 @@ impl<T> ShardedBuilder<T> {
     /// Adds and drains shards by the backlog, as `policy` says (see
     /// [`ScalingPolicy`]). The channel opens with the shard count given
     /// to [`Builder::sharded`] the first time, which must lie within the
-    /// policy's bounds; later opens keep the count it reached, within the
-    /// bounds, instead of resharding.
+    /// policy's bounds; later opens of a durable channel keep the count
+    /// it reached, within the bounds, instead of resharding.
     pub fn scaling(mut self, policy: ScalingPolicy) -> ShardedBuilder<T> {
         self.scaling = Some(policy);
         self

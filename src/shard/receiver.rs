@@ -163,6 +163,12 @@ where
     ///
     /// As [`ShardedSender::remove_shard`](crate::ShardedSender::remove_shard).
     pub fn remove_shard(&self, id: ShardId) -> Result<(), ShardError> {
+        self.refresh();
+        if let Some((_, receiver)) = self.shards.borrow().iter().find(|(shard, _)| *shard == id) {
+            // A look that finds it empty is what records it as drained;
+            // an item found goes back to the front.
+            drop(receiver.peek_batch(1, Duration::ZERO));
+        }
         self.topology().remove_shard(id)?;
         self.refresh();
         Ok(())
