@@ -6,6 +6,10 @@
 //! - `slow_sink`: 20,000 items through one drainer per shard into sinks
 //!   that take 1 ms per batch of at most 100 items, a stand-in for a
 //!   network round trip. Shows what parallel delivery gains.
+//! - `scaling`: the same slow sinks, 1 shard scaled live to 4 once a
+//!   quarter of the items is delivered and back to 2 at 60%, against 1
+//!   and 4 fixed shards in the same run. Shows what live scaling costs,
+//!   hand-overs included.
 //!
 //! Run with `cargo bench --bench sharded`.
 
@@ -105,5 +109,66 @@ fn slow_sink(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, receivers, slow_sink);
+/// Delivers `SLOW_ITEMS` into 1 ms-per-batch sinks; with `scale`, scales
+/// 1 → 4 shards at 25% delivered and 4 → 2 at 60%. Returns the time from
+/// the first send to the last delivery.
+fn slow_run(dir: &std::path::Path, shards: usize, scale: bool) -> Duration {
+    let (tx, rx) = open(dir, shards);
+    let delivered = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&delivered);
+    let handle = rx
+        .drain(move |_| {
+            let delivered = Arc::clone(&counted);
+            move |batch: &[Item]| -> Result<(), SinkError> {
+                thread::sleep(Duration::from_millis(1));
+                delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .configure(|_, drainer| drainer.batch_size(100).linger(Duration::from_millis(1)))
+        .spawn();
+    let start = Instant::now();
+    let producers = produce(tx.clone(), SLOW_ITEMS);
+    let (mut up, mut down) = (!scale, !scale);
+    while delivered.load(Ordering::Relaxed) < SLOW_ITEMS {
+        let done = delivered.load(Ordering::Relaxed);
+        if !up && done >= SLOW_ITEMS / 4 {
+            for _ in 0..3 {
+                let id = handle.add_shard().unwrap();
+                handle.activate_shard(id).unwrap();
+            }
+            up = true;
+        }
+        if !down && done >= SLOW_ITEMS * 6 / 10 {
+            let active: Vec<_> =
+                tx.shard_stats().into_iter().filter(|s| s.state == sump::ShardState::Active).map(|s| s.id).collect();
+            for id in active.iter().rev().take(2) {
+                handle.drain_shard(*id).unwrap();
+            }
+            down = true;
+        }
+        thread::sleep(Duration::from_micros(200));
+    }
+    let elapsed = start.elapsed();
+    producers.into_iter().for_each(|p| p.join().unwrap());
+    drop(tx);
+    handle.shutdown(Duration::from_secs(5)).unwrap();
+    elapsed
+}
+
+fn scaling(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sharded_scaling");
+    group.throughput(Throughput::Elements(SLOW_ITEMS));
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    for (name, shards, scale) in [("fixed-1", 1, false), ("1-4-2", 1, true), ("fixed-4", 4, false)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iterations| {
+                (0..iterations).map(|_| slow_run(tempfile::tempdir().unwrap().path(), shards, scale)).sum()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, receivers, slow_sink, scaling);
 criterion_main!(benches);

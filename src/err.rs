@@ -439,6 +439,16 @@ pub enum ShardError {
         /// Items still waiting in it, in memory and on disk.
         waiting: u64,
     },
+    /// Records of the shard could not be read since open (counted in its
+    /// `Stats::lost` or `Stats::corrupt`) or were set aside: its files are
+    /// kept, so they can be salvaged or read again after a restart, and
+    /// the shard stays draining.
+    Unreadable {
+        /// The shard.
+        shard: crate::ShardId,
+        /// Records lost or corrupt since open, and set-aside files.
+        records: u64,
+    },
     /// The change would take the number of active shards out of bounds:
     /// below 1 (or the scaling policy's `min_shards`), or above
     /// [`MAX_SHARDS`](crate::MAX_SHARDS) (or the policy's `max_shards`).
@@ -471,6 +481,11 @@ impl fmt::Display for ShardError {
             ShardError::NotDrained { shard, waiting } => {
                 write!(f, "{shard} still holds {waiting} items; it is removed only once it has delivered them")
             }
+            ShardError::Unreadable { shard, records } => write!(
+                f,
+                "{shard} could not read {records} records or files since open; its files are kept (salvage them, or \
+                 reopen once the disk works)"
+            ),
             ShardError::OutOfBounds { active, min, max } => {
                 write!(f, "the change would leave {active} active shards; this channel keeps {min} to {max}")
             }

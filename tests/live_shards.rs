@@ -462,7 +462,7 @@ fn kill_9_during_live_changes_loses_no_acknowledged_item_and_keeps_key_order() {
         child.arg("--ignored");
         child.env("SUMP_LIVE_DIR", dir.path()).env("SUMP_LIVE_START", (trial * 1_000_000).to_string());
         let generation = |dir: &std::path::Path| {
-            let bytes = std::fs::read(dir.join("live/sump.shards")).map_or_else(|_| Vec::new(), |bytes| bytes);
+            let bytes = std::fs::read(dir.join("live/sump.shards")).unwrap_or_default();
             let text = String::from_utf8_lossy(&bytes).into_owned();
             let at = text.find("\"generation\":").map(|at| at + 13);
             at.map_or(0, |at| text[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse::<u64>().unwrap())

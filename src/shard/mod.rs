@@ -15,15 +15,26 @@
 //! # Files
 //!
 //! `dir/name/` holds `sump.lock` (held while the channel is open),
-//! `sump.shards` (the shard count and dispatch mode, see
-//! [`layout`]), and one directory per shard, `shard-000`, `shard-001`, …,
-//! each an ordinary channel directory. A reshard also uses
+//! `sump.shards` (the shards, their states, the dispatch mode and the
+//! hand-overs in progress, see [`layout`]), and one directory per shard,
+//! `shard-000`, `shard-001`, … (named by shard id), each an ordinary
+//! channel directory. A reshard also uses
 //! `dir/name/reshard/` while it runs.
 //!
 //! # Resharding
 //!
-//! See [`reshard`]: opening with a different shard count moves the items
-//! into the new layout before the handles are returned.
+//! See [`reshard`]: opening a channel whose layout `open` alone made with
+//! a different shard count moves the items into the new layout before
+//! the handles are returned.
+//!
+//! # Live scaling
+//!
+//! See [`topology`]: every handle shares one live shard set; shards are
+//! added (provisioned), activated, drained and removed while the channel
+//! runs, each change recorded in the layout file first; the hand-over
+//! rule keeps each key's order across a change; [`scaler`] runs the
+//! optional policy. A layout changed live is kept across restarts, and
+//! opening it with another count scales it live instead of resharding.
 
 mod drain;
 pub(crate) mod layout;
@@ -242,6 +253,14 @@ impl<T> ShardedBuilder<T> {
     /// shard is a different consumer's copy, so moving them would lose or
     /// duplicate deliveries; `open` refuses instead.
     ///
+    /// A durable channel whose shards were changed while it ran (see
+    /// [`ShardedSender::add_shard`]) is not resharded: it opens with the
+    /// shards and states recorded, hand-overs included, and if the count
+    /// asked for differs from its active shards, shards are added and
+    /// activated, or the newest drained, to reach it, moving nothing. With
+    /// a [`scaling`](Self::scaling) policy the recorded count is kept
+    /// (within the policy's bounds) whatever the count asked for.
+    ///
     /// # Errors
     ///
     /// As [`Builder::open`], and [`OpenError::InvalidConfig`] when
@@ -249,6 +268,8 @@ impl<T> ShardedBuilder<T> {
     /// - no dispatch mode was chosen (dispatch by key needs
     ///   [`key`](Self::key));
     /// - `dir/name/` holds an unsharded channel;
+    /// - the scaling policy's bounds are invalid or exclude the count;
+    /// - a channel scaled live is opened with another dispatch mode;
     /// - a broadcast channel would lose items: its count shrinks while a
     ///   shard to be removed still holds items, or the mode changes to or
     ///   from broadcast while any shard holds items;

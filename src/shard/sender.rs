@@ -155,7 +155,8 @@ where
     /// # Errors
     ///
     /// [`ShardError::NotDrained`] while it holds items: nothing is ever
-    /// dropped; [`ShardError::WrongState`] for an active shard (drain it
+    /// dropped; [`ShardError::Unreadable`] when some of its records could
+    /// not be read (its files are kept); [`ShardError::WrongState`] for an active shard (drain it
     /// first); [`ShardError::Unknown`]; [`ShardError::Io`].
     pub fn remove_shard(&self, id: ShardId) -> Result<(), ShardError> {
         self.topology.remove_shard(id)

@@ -623,9 +623,13 @@ where
         if slot.state == ShardState::Active {
             return Err(ShardError::WrongState { shard: id, state: slot.state });
         }
+        let stats = slot.probe.stats();
         if slot.probe.done_below() < slot.probe.next_seq() {
-            let stats = slot.probe.stats();
             return Err(ShardError::NotDrained { shard: id, waiting: stats.in_memory as u64 + stats.on_disk });
+        }
+        let unreadable = stats.lost + stats.corrupt + stats.set_aside_files as u64;
+        if unreadable > 0 {
+            return Err(ShardError::Unreadable { shard: id, records: unreadable });
         }
         let removed = table.slots.remove(at);
         let next = Recorded { generation: recorded.generation + 1, ..*recorded };
@@ -706,5 +710,43 @@ where
                 .collect()
         };
         draining.into_iter().filter(|&id| self.remove_shard(id).is_ok()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pseudo-random key hashes.
+    fn hashes(count: u64) -> impl Iterator<Item = u64> {
+        (0..count).map(|i| weight(i, 0xdead_beef))
+    }
+
+    #[test]
+    fn rendezvous_spreads_keys_and_moves_only_those_a_change_must_move() {
+        let owner = |hash: u64, ids: &[u32]| ids[rendezvous(hash, ids.iter().copied()).unwrap()];
+        let four = [0, 1, 2, 3];
+        let five = [0, 1, 2, 3, 4];
+        let mut per_shard = [0u32; 5];
+        let (mut moved, mut drained_moved) = (0, 0);
+        for hash in hashes(20_000) {
+            let before = owner(hash, &four);
+            let after = owner(hash, &five);
+            per_shard[after as usize] += 1;
+            if before != after {
+                assert_eq!(after, 4, "a key moved between two old shards");
+                moved += 1;
+            }
+            let without_two = owner(hash, &[0, 1, 3, 4]);
+            if without_two != after {
+                assert_eq!(after, 2, "draining shard 2 moved a key it did not have");
+                drained_moved += 1;
+            }
+        }
+        // About a fifth of the keys each.
+        assert!(per_shard.iter().all(|&count| (3_400..4_600).contains(&count)), "{per_shard:?}");
+        assert!((3_400..4_600).contains(&moved), "{moved} keys moved to the new shard");
+        assert_eq!(drained_moved, per_shard[2]);
+        assert_eq!(rendezvous(7, std::iter::empty()), None);
     }
 }
