@@ -6,10 +6,13 @@
 //! - `slow_sink`: 20,000 items through one drainer per shard into sinks
 //!   that take 1 ms per batch of at most 100 items, a stand-in for a
 //!   network round trip. Shows what parallel delivery gains.
-//! - `scaling`: the same slow sinks, 1 shard scaled live to 4 once a
-//!   quarter of the items is delivered and back to 2 at 60%, against 1
-//!   and 4 fixed shards in the same run. Shows what live scaling costs,
-//!   hand-overs included.
+//! - `scaling`: the same slow sinks, fed 40,000 items at 200,000 a
+//!   second (more than one shard delivers, less than four): 1 shard
+//!   scaled live to 4 once a quarter of the items is delivered and back
+//!   to 2 at 60%, against 1 and 4 fixed shards in the same run. Live
+//!   scaling moves no backlog, and the new shards wait for the old one's
+//!   backlog at the change (the hand-over), so it gains only on what
+//!   arrives after.
 //!
 //! Run with `cargo bench --bench sharded`.
 
@@ -24,6 +27,9 @@ use sump::{Builder, SinkError};
 const PRODUCERS: u64 = 4;
 const ITEMS: u64 = 400_000;
 const SLOW_ITEMS: u64 = 20_000;
+const SCALING_ITEMS: u64 = 40_000;
+/// Items per millisecond the `scaling` producer sends.
+const SCALING_RATE: u64 = 200;
 
 type Item = [u64; 8];
 
@@ -109,7 +115,21 @@ fn slow_sink(c: &mut Criterion) {
     group.finish();
 }
 
-/// Delivers `SLOW_ITEMS` into 1 ms-per-batch sinks; with `scale`, scales
+/// Sends `SCALING_ITEMS` at `SCALING_RATE`, from one thread.
+fn produce_paced(tx: sump::ShardedSender<Item>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let start = Instant::now();
+        for i in 0..SCALING_ITEMS {
+            if i % SCALING_RATE == 0 {
+                let due = start + Duration::from_millis(i / SCALING_RATE);
+                thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            tx.send([i; 8]).unwrap();
+        }
+    })
+}
+
+/// Delivers `SCALING_ITEMS` into 1 ms-per-batch sinks; with `scale`, scales
 /// 1 → 4 shards at 25% delivered and 4 → 2 at 60%. Returns the time from
 /// the first send to the last delivery.
 fn slow_run(dir: &std::path::Path, shards: usize, scale: bool) -> Duration {
@@ -128,18 +148,18 @@ fn slow_run(dir: &std::path::Path, shards: usize, scale: bool) -> Duration {
         .configure(|_, drainer| drainer.batch_size(100).linger(Duration::from_millis(1)))
         .spawn();
     let start = Instant::now();
-    let producers = produce(tx.clone(), SLOW_ITEMS);
+    let producer = produce_paced(tx.clone());
     let (mut up, mut down) = (!scale, !scale);
-    while delivered.load(Ordering::Relaxed) < SLOW_ITEMS {
+    while delivered.load(Ordering::Relaxed) < SCALING_ITEMS {
         let done = delivered.load(Ordering::Relaxed);
-        if !up && done >= SLOW_ITEMS / 4 {
+        if !up && done >= SCALING_ITEMS / 4 {
             for _ in 0..3 {
                 let id = handle.add_shard().unwrap();
                 handle.activate_shard(id).unwrap();
             }
             up = true;
         }
-        if !down && done >= SLOW_ITEMS * 6 / 10 {
+        if !down && done >= SCALING_ITEMS * 6 / 10 {
             let active: Vec<_> =
                 tx.shard_stats().into_iter().filter(|s| s.state == sump::ShardState::Active).map(|s| s.id).collect();
             for id in active.iter().rev().take(2) {
@@ -150,7 +170,7 @@ fn slow_run(dir: &std::path::Path, shards: usize, scale: bool) -> Duration {
         thread::sleep(Duration::from_micros(200));
     }
     let elapsed = start.elapsed();
-    producers.into_iter().for_each(|p| p.join().unwrap());
+    producer.join().unwrap();
     drop(tx);
     handle.shutdown(Duration::from_secs(5)).unwrap();
     elapsed
@@ -158,7 +178,7 @@ fn slow_run(dir: &std::path::Path, shards: usize, scale: bool) -> Duration {
 
 fn scaling(c: &mut Criterion) {
     let mut group = c.benchmark_group("sharded_scaling");
-    group.throughput(Throughput::Elements(SLOW_ITEMS));
+    group.throughput(Throughput::Elements(SCALING_ITEMS));
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     for (name, shards, scale) in [("fixed-1", 1, false), ("1-4-2", 1, true), ("fixed-4", 4, false)] {
         group.bench_function(name, |b| {

@@ -255,6 +255,12 @@ pub(crate) struct Monitor<T> {
     shared: Arc<Shared<T>>,
 }
 
+impl<T> Clone for Monitor<T> {
+    fn clone(&self) -> Monitor<T> {
+        Monitor { shared: Arc::clone(&self.shared) }
+    }
+}
+
 impl<T> Monitor<T> {
     /// A snapshot of the channel's contents and counters.
     pub(crate) fn stats(&self) -> Stats {

@@ -467,6 +467,15 @@ impl<T> Shared<T> {
         self.done_below.load(Ordering::Acquire)
     }
 
+    /// Raises `done_below` to `done`. Only the receiver writes it, with
+    /// its side held, so a load and a store do (cheaper than an atomic
+    /// maximum on the receive path).
+    fn raise_done_below(&self, done: u64) {
+        if done > self.done_below.load(Ordering::Relaxed) {
+            self.done_below.store(done, Ordering::Release);
+        }
+    }
+
     /// The number the next item accepted will get.
     pub(crate) fn next_seq(&self) -> u64 {
         self.state.lock().next_seq

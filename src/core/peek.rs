@@ -134,7 +134,7 @@ impl<T> Shared<T> {
         }
         let oldest = side.oldest_uncommitted();
         let done = oldest.or(side.last_taken.map(|seq| seq + 1)).unwrap_or(0);
-        self.done_below.fetch_max(done, Ordering::Release);
+        self.raise_done_below(done);
         if !side.holding {
             return Ok(());
         }

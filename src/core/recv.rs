@@ -73,7 +73,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         let (_, item) = self.recv_numbered(side, wait)?;
         if side.put_back == 0 && side.peeks.is_empty() {
             // Taking is committing here: everything taken so far is done.
-            self.done_below.fetch_max(side.last_taken.map_or(0, |seq| seq + 1), Ordering::Release);
+            self.raise_done_below(side.last_taken.map_or(0, |seq| seq + 1));
             if side.holding {
                 // The last item given back uncommitted was taken, and
                 // nothing peeked is out: everything read is committed.
@@ -128,7 +128,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             if state.disk.items() == 0 && side.put_back == 0 && side.peeks.is_empty() && side.in_peek == 0 {
                 // Empty, with nothing taken left uncommitted: every item
                 // numbered so far is done.
-                self.done_below.fetch_max(state.next_seq, Ordering::Release);
+                self.raise_done_below(state.next_seq);
             }
             // Records on disk that cannot be reached right now (the writer
             // cannot flush them to a full disk, say): retry shortly.

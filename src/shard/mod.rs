@@ -376,13 +376,14 @@ impl<T> ShardedBuilder<T> {
             topology::Topology::new(Arc::new(root), self.name, self.settings, route, bounds, &layout, shards);
         let topology = Arc::new(topology);
         let rx = ShardedReceiver::new(Arc::clone(&topology), receivers);
+        let tx = ShardedSender::new(Arc::clone(&topology));
         if topology.active_count() != scale_to {
             topology.scale_to(scale_to).map_err(|err| OpenError::io(topology.root.path(), io::Error::other(err)))?;
         }
         if let Some(policy) = self.scaling {
             scaler::start(Arc::downgrade(&topology), policy).map_err(|err| OpenError::io(topology.root.path(), err))?;
         }
-        Ok((ShardedSender { topology }, rx))
+        Ok((tx, rx))
     }
 }
 

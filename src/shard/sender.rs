@@ -14,7 +14,7 @@ use crate::err::{SendError, SendTimeoutError, ShardError, TrySendError};
 use crate::stats::Stats;
 
 use super::live::{ShardId, ShardStats};
-use super::topology::{Pick, Topology, SEND_SLICE};
+use super::topology::{Lane, Pick, Topology, SEND_SLICE};
 use super::{sum_stats, Dispatch};
 
 /// The sending half of a sharded channel: `Clone + Send + Sync`, like
@@ -33,10 +33,18 @@ use super::{sum_stats, Dispatch};
 /// there.
 pub struct ShardedSender<T> {
     /// The live shard set, shared by every handle of the channel.
-    pub(super) topology: Arc<Topology<T>>,
+    topology: Arc<Topology<T>>,
+    /// This handle's copy of the routing table.
+    lane: Arc<Lane<T>>,
 }
 
 impl<T> ShardedSender<T> {
+    pub(crate) fn new(topology: Arc<Topology<T>>) -> ShardedSender<T> {
+        topology.add_sender();
+        let lane = topology.new_lane();
+        ShardedSender { topology, lane }
+    }
+
     /// How many shards are active (routed to) now.
     pub fn shard_count(&self) -> usize {
         self.topology.active_count()
@@ -71,7 +79,7 @@ impl<T> ShardedSender<T> {
     ///
     /// The first shard's error; every shard is tried.
     pub fn flush(&self) -> io::Result<()> {
-        let table = self.topology.read();
+        let table = self.lane.read();
         let mut first = Ok(());
         for shard in table.slots.iter().filter_map(|slot| slot.sender.as_ref()) {
             if let Err(err) = shard.flush() {
@@ -192,7 +200,7 @@ impl<T: Serialize + DeserializeOwned> ShardedSender<T> {
     /// As [`Sender::try_send`]. In broadcast mode, a full shard fails the
     /// send, as an I/O error does (see the type's docs).
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
-        let table = self.topology.read();
+        let table = self.lane.read();
         match self.topology.pick(&table, &item) {
             Pick::One(shard) => shard.try_send(item),
             Pick::All(shards, clone) => broadcast(&shards, item, clone, |shard, item| match shard.try_send(item) {
@@ -220,12 +228,26 @@ impl<T: Serialize + DeserializeOwned> ShardedSender<T> {
     /// held.
     fn send_until(&self, item: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
         let mut item = item;
+        // The usual case first: the shard has room, no clock is read.
+        if self.topology.route.dispatch() != Dispatch::Broadcast {
+            let table = self.lane.read();
+            match self.topology.pick(&table, &item) {
+                Pick::One(shard) => match shard.try_send(item) {
+                    Ok(()) => return Ok(()),
+                    Err(TrySendError::Full(back)) => item = back,
+                    Err(TrySendError::Disconnected(back)) => return Err(SendTimeoutError::Disconnected(back)),
+                    Err(TrySendError::Io(back, err)) => return Err(SendTimeoutError::Io(back, err)),
+                },
+                Pick::Nowhere => return Err(SendTimeoutError::Io(item, nowhere())),
+                Pick::All(..) => {}
+            }
+        }
         loop {
             let slice = match deadline {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(SEND_SLICE),
                 None => SEND_SLICE,
             };
-            let table = self.topology.read();
+            let table = self.lane.read();
             match self.topology.pick(&table, &item) {
                 Pick::One(shard) => match shard.send_timeout(item, slice) {
                     Err(SendTimeoutError::Timeout(back)) if deadline.is_none_or(|at| Instant::now() < at) => {
@@ -278,7 +300,7 @@ impl<T: Serialize + DeserializeOwned> ShardedSender<T> {
     /// As [`Sender::send`], shard after shard. A change of the shards
     /// waits for the batch to be in.
     pub fn send_batch(&self, items: impl IntoIterator<Item = T>) -> Result<(), SendError<Vec<T>>> {
-        let table = self.topology.read();
+        let table = self.lane.read();
         let shards: Vec<&Sender<T>> = table.active().filter_map(|slot| slot.sender.as_ref()).collect();
         let broadcast = self.topology.route.dispatch() == Dispatch::Broadcast;
         let mut groups: Vec<Vec<T>> = (0..shards.len()).map(|_| Vec::new()).collect();
@@ -402,8 +424,7 @@ impl<T> From<Disconnected<T>> for crate::SendTimeoutError<T> {
 
 impl<T> Clone for ShardedSender<T> {
     fn clone(&self) -> ShardedSender<T> {
-        self.topology.add_sender();
-        ShardedSender { topology: Arc::clone(&self.topology) }
+        ShardedSender::new(Arc::clone(&self.topology))
     }
 }
 

@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{ArcRwLockWriteGuard, Mutex, MutexGuard, RawRwLock, RwLock, RwLockWriteGuard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -92,9 +92,34 @@ pub(crate) struct Slot<T> {
 pub(crate) struct Table<T> {
     /// The shards, ascending by id.
     pub(crate) slots: Vec<Slot<T>>,
+    /// Where the active shards are in `slots`, ascending; kept by
+    /// [`Table::index`] after every change.
+    active: Vec<usize>,
 }
 
 impl<T> Table<T> {
+    /// A copy for the senders' lanes.
+    fn snapshot(&self) -> Table<T> {
+        let slots = self
+            .slots
+            .iter()
+            .map(|slot| Slot { id: slot.id, state: slot.state, sender: slot.sender.clone(), probe: slot.probe.clone() })
+            .collect();
+        Table { slots, active: self.active.clone() }
+    }
+
+    /// A table of `slots`, ascending by id.
+    fn new(slots: Vec<Slot<T>>) -> Table<T> {
+        let mut table = Table { slots, active: Vec::new() };
+        table.index();
+        table
+    }
+
+    /// Recomputes `active` after a change of `slots`.
+    fn index(&mut self) {
+        self.active = (0..self.slots.len()).filter(|&at| self.slots[at].state == ShardState::Active).collect();
+    }
+
     /// Where the shard `id` is in `slots`.
     pub(crate) fn find(&self, id: ShardId) -> Option<usize> {
         self.slots.binary_search_by_key(&id, |slot| slot.id).ok()
@@ -162,9 +187,15 @@ pub(crate) struct Topology<T> {
     pub(crate) route: Route<T>,
     /// Fewest and most active shards.
     pub(crate) bounds: (usize, usize),
-    /// The routing table: read for the whole of every send, written by
-    /// changes.
+    /// The routing table, as changes write it. Sends read their lane's
+    /// copy instead.
     table: RwLock<Table<T>>,
+    /// Every `ShardedSender`'s lane: its copy of the table, read for the
+    /// whole of each of its sends. A change takes every lane's write lock
+    /// (so it waits for the sends in flight, and none starts meanwhile)
+    /// and publishes the new table to each when done. One lane per handle
+    /// keeps producers on different threads off one shared lock word.
+    lanes: Mutex<Vec<std::sync::Weak<Lane<T>>>>,
     /// Serializes changes; what they record besides the table.
     changes: Mutex<Recorded>,
     /// Hand-overs not known to be finished, oldest first.
@@ -196,6 +227,43 @@ pub(crate) fn rendezvous(hash: u64, ids: impl Iterator<Item = u32>) -> Option<us
     ids.enumerate().max_by_key(|&(at, id)| (weight(hash, id), std::cmp::Reverse(at))).map(|(at, _)| at)
 }
 
+/// A sender's copy of the routing table; see `Topology::lanes`.
+pub(crate) type Lane<T> = RwLock<Arc<Table<T>>>;
+
+/// A change in progress: every lane and the table locked for writing.
+/// Dropping it publishes the table to the lanes and unlocks them.
+pub(crate) struct Writing<'a, T> {
+    /// The lane registry, held so no lane is added meanwhile.
+    _registry: MutexGuard<'a, Vec<std::sync::Weak<Lane<T>>>>,
+    /// Every live lane, locked.
+    lanes: Vec<ArcRwLockWriteGuard<RawRwLock, Arc<Table<T>>>>,
+    /// The table.
+    table: RwLockWriteGuard<'a, Table<T>>,
+}
+
+impl<T> std::ops::Deref for Writing<'_, T> {
+    type Target = Table<T>;
+
+    fn deref(&self) -> &Table<T> {
+        &self.table
+    }
+}
+
+impl<T> std::ops::DerefMut for Writing<'_, T> {
+    fn deref_mut(&mut self) -> &mut Table<T> {
+        &mut self.table
+    }
+}
+
+impl<T> Drop for Writing<'_, T> {
+    fn drop(&mut self) {
+        let snapshot = Arc::new(self.table.snapshot());
+        for lane in &mut self.lanes {
+            **lane = Arc::clone(&snapshot);
+        }
+    }
+}
+
 /// Where one item goes, as the routing table says.
 pub(crate) enum Pick<'a, T> {
     /// To this shard.
@@ -207,30 +275,37 @@ pub(crate) enum Pick<'a, T> {
 }
 
 impl<T> Topology<T> {
-    /// The table, for one send.
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Table<T>> {
-        self.table.read()
+    /// A lane for a new `ShardedSender`, with the table as it is now.
+    pub(crate) fn new_lane(&self) -> Arc<Lane<T>> {
+        let mut lanes = self.lanes.lock();
+        lanes.retain(|lane| lane.strong_count() > 0);
+        let lane = Arc::new(RwLock::new(Arc::new(self.table.read().snapshot())));
+        lanes.push(Arc::downgrade(&lane));
+        lane
+    }
+
+    /// Starts a change: waits for the sends in flight, holds off new ones.
+    fn write(&self) -> Writing<'_, T> {
+        let registry = self.lanes.lock();
+        let lanes = registry.iter().filter_map(std::sync::Weak::upgrade).map(|lane| lane.write_arc()).collect();
+        Writing { _registry: registry, lanes, table: self.table.write() }
     }
 
     /// Where `item` goes, by `table`.
     pub(crate) fn pick<'a>(&self, table: &'a Table<T>, item: &T) -> Pick<'a, T> {
-        let active = || table.active().filter_map(|slot| slot.sender.as_ref());
+        let active = &table.active;
         let picked = match &self.route {
             Route::Key(hash) => {
                 let hash = hash(item);
-                let ids: Vec<&Slot<T>> = table.active().collect();
-                rendezvous(hash, ids.iter().map(|slot| slot.id.0)).and_then(|at| ids[at].sender.as_ref())
+                rendezvous(hash, active.iter().map(|&at| table.slots[at].id.0))
+                    .and_then(|at| table.slots[active[at]].sender.as_ref())
             }
-            Route::RoundRobin(next) => {
-                let count = table.active().count();
-                if count == 0 {
-                    None
-                } else {
-                    active().nth(next.fetch_add(1, Ordering::Relaxed) % count)
-                }
-            }
+            Route::RoundRobin(next) => match active.len() {
+                0 => None,
+                count => table.slots[active[next.fetch_add(1, Ordering::Relaxed) % count]].sender.as_ref(),
+            },
             Route::Broadcast(clone) => {
-                let all: Vec<&Sender<T>> = active().collect();
+                let all: Vec<&Sender<T>> = active.iter().filter_map(|&at| table.slots[at].sender.as_ref()).collect();
                 if !all.is_empty() {
                     return Pick::All(all, *clone);
                 }
@@ -265,7 +340,7 @@ impl<T> Topology<T> {
     /// shard.
     pub(crate) fn remove_sender(&self) {
         if self.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            for slot in &mut self.table.write().slots {
+            for slot in &mut self.write().slots {
                 slot.sender = None;
             }
         }
@@ -449,13 +524,14 @@ where
             settings,
             route,
             bounds,
-            table: RwLock::new(Table { slots }),
+            table: RwLock::new(Table::new(slots)),
+            lanes: Mutex::new(Vec::new()),
             changes: Mutex::new(Recorded { generation: layout.generation, next_id: layout.next_id }),
             handing_over: AtomicUsize::new(layout.handovers.len()),
             handovers: Mutex::new(layout.handovers.clone()),
             consumer: Mutex::new(Consumer::Receiver { arrived: Vec::new(), departed: Vec::new() }),
             generation: AtomicU64::new(0),
-            senders: AtomicUsize::new(1),
+            senders: AtomicUsize::new(0),
             unrouted: AtomicU64::new(0),
         };
         (topology, receivers)
@@ -489,12 +565,14 @@ where
             .map_err(|err| ShardError::Io(io::Error::other(err)))?;
         let probe = receiver.monitor();
         let next = Recorded { generation: recorded.generation + 1, next_id: id.0 + 1 };
-        let mut table = self.table.write();
+        let mut table = self.write();
         let senders_alive = self.senders.load(Ordering::Acquire) > 0;
         table.slots.push(Slot { id, state: ShardState::Provisioned, sender: Some(sender), probe });
+        table.index();
         let layout = self.layout(&next, &table, &self.handovers.lock());
         if let Err(err) = self.record(&layout) {
             table.slots.pop();
+            table.index();
             drop(table);
             drop(receiver);
             self.discard(id);
@@ -530,7 +608,7 @@ where
     /// Routes to shard `id` from now on; see the hand-over rule.
     pub(crate) fn activate_shard(&self, id: ShardId) -> Result<(), ShardError> {
         let mut recorded = self.changes.lock();
-        let mut table = self.table.write();
+        let mut table = self.write();
         let Some(at) = table.find(id) else {
             self.missing(&recorded, id)?;
             return Err(ShardError::Unknown(id));
@@ -559,9 +637,11 @@ where
             }
         }
         table.slots[at].state = ShardState::Active;
+        table.index();
         let next = Recorded { generation: recorded.generation + 1, ..*recorded };
         if let Err(err) = self.record(&self.layout(&next, &table, &next_handovers)) {
             table.slots[at].state = ShardState::Provisioned;
+            table.index();
             return Err(err);
         }
         *handovers = next_handovers;
@@ -575,7 +655,7 @@ where
     /// Stops routing to shard `id`; see the hand-over rule.
     pub(crate) fn drain_shard(&self, id: ShardId) -> Result<(), ShardError> {
         let mut recorded = self.changes.lock();
-        let mut table = self.table.write();
+        let mut table = self.write();
         let Some(at) = table.find(id) else {
             self.missing(&recorded, id)?;
             return Err(ShardError::Unknown(id));
@@ -599,9 +679,11 @@ where
             }
         }
         table.slots[at].state = ShardState::Draining;
+        table.index();
         let next = Recorded { generation: recorded.generation + 1, ..*recorded };
         if let Err(err) = self.record(&self.layout(&next, &table, &next_handovers)) {
             table.slots[at].state = ShardState::Active;
+            table.index();
             return Err(err);
         }
         *handovers = next_handovers;
@@ -615,7 +697,7 @@ where
     /// Removes shard `id`, which must be provisioned or drained.
     pub(crate) fn remove_shard(&self, id: ShardId) -> Result<(), ShardError> {
         let mut recorded = self.changes.lock();
-        let mut table = self.table.write();
+        let mut table = self.write();
         let Some(at) = table.find(id) else {
             return self.missing(&recorded, id);
         };
@@ -632,10 +714,12 @@ where
             return Err(ShardError::Unreadable { shard: id, records: unreadable });
         }
         let removed = table.slots.remove(at);
+        table.index();
         let next = Recorded { generation: recorded.generation + 1, ..*recorded };
         let handovers = self.handovers.lock();
         if let Err(err) = self.record(&self.layout(&next, &table, &handovers)) {
             table.slots.insert(at, removed);
+            table.index();
             return Err(err);
         }
         drop(handovers);
