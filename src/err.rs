@@ -466,8 +466,10 @@ pub enum ShardError {
     /// or the receiving side is gone. A shard is routed to only while a
     /// consumer is attached, so that no item is stranded.
     NoConsumer,
-    /// Writing the shard's files or the layout file failed; nothing
-    /// changed.
+    /// Writing the shard's files or the layout file failed; the change did
+    /// not take effect. (When only the final directory sync failed, the
+    /// layout file may record it already; the next change or open brings
+    /// file and channel back in line, and nothing is lost either way.)
     Io(io::Error),
 }
 

@@ -228,6 +228,44 @@ fn per_key_order_holds_across_an_activation_and_a_drain_with_backlogs_waiting() 
 }
 
 #[test]
+fn a_key_moved_by_a_drain_and_then_an_activation_keeps_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = open(dir.path(), 2);
+    // Which keys live in shard 1, then nothing waiting anywhere.
+    let mut on_one = Vec::new();
+    for key in 0..60 {
+        let before = stats_of(&tx, tx.shard_stats()[1].id).stats.sent;
+        tx.send(Event { key, producer: 9, n: key }).unwrap();
+        if stats_of(&tx, tx.shard_stats()[1].id).stats.sent > before {
+            on_one.push(key);
+        }
+    }
+    while rx.try_recv().is_ok() {}
+    assert!(rx.try_recv().is_err() && on_one.len() > 5);
+    let mut n = 0;
+    let mut send = |count: u32| {
+        for _ in 0..count {
+            tx.send(Event { key: on_one[n as usize % on_one.len()], producer: 0, n }).unwrap();
+            n += 1;
+        }
+    };
+    // A backlog in shard 1 only; its keys move to shard 0, then some of
+    // them on to a new shard, with nothing sent between the changes.
+    send(300);
+    let drained = tx.shard_stats()[1].id;
+    tx.drain_shard(drained).unwrap();
+    let added = tx.add_shard().unwrap();
+    tx.activate_shard(added).unwrap();
+    send(300);
+    assert!(stats_of(&tx, added).stats.sent > 0, "no key moved to the new shard");
+    let mut got = Vec::new();
+    while got.len() < 600 {
+        got.push(rx.recv_timeout(Duration::from_secs(10)).expect("items stranded"));
+    }
+    check_once_in_key_order(got.iter(), 600);
+}
+
+#[test]
 fn scaling_every_few_milliseconds_under_load_delivers_every_item_once_in_key_order() {
     const PRODUCERS: u32 = 4;
     const PER_PRODUCER: u32 = 5_000;
@@ -426,6 +464,7 @@ fn child_sends_while_scaling() {
         .open()
         .unwrap();
     let scaler = tx.clone();
+    let mark = std::env::var("SUMP_LIVE_MARK").unwrap();
     thread::spawn(move || loop {
         let shards = scaler.shard_stats();
         let active: Vec<ShardId> =
@@ -443,6 +482,7 @@ fn child_sends_while_scaling() {
         }
         if active.len() > 2 {
             scaler.drain_shard(active[0]).unwrap();
+            std::fs::write(&mark, b"drained").unwrap();
         }
         thread::sleep(Duration::from_millis(2));
     });
@@ -460,7 +500,9 @@ fn kill_9_during_live_changes_loses_no_acknowledged_item_and_keeps_key_order() {
     for trial in 0..6u32 {
         let mut child = common::this_test("child_sends_while_scaling");
         child.arg("--ignored");
+        let mark = dir.path().join(format!("drained-{trial}"));
         child.env("SUMP_LIVE_DIR", dir.path()).env("SUMP_LIVE_START", (trial * 1_000_000).to_string());
+        child.env("SUMP_LIVE_MARK", &mark);
         let generation = |dir: &std::path::Path| {
             let bytes = std::fs::read(dir.join("live/sump.shards")).unwrap_or_default();
             let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -471,6 +513,7 @@ fn kill_9_during_live_changes_loses_no_acknowledged_item_and_keeps_key_order() {
         let printed = common::run_and_kill(child, Duration::from_millis(50 + 60 * u64::from(trial)));
         assert!(printed.len() > 10, "trial {trial}: the child sent almost nothing");
         assert!(generation(dir.path()) > before, "trial {trial}: the child changed no shard");
+        assert!(mark.exists() || trial > 2, "trial {trial}: the child's scaling thread drained no shard");
         acknowledged.extend(printed.into_iter().map(|n| n as u32));
     }
     let (tx, rx) = Builder::new("live", dir.path())

@@ -256,6 +256,8 @@ where
             }
         }
         if failed {
+            // Nothing consumes new shards any more.
+            self.topology.detach();
             return Err(DrainError::panicked());
         }
         receivers.sort_by_key(|(id, _)| *id);

@@ -76,11 +76,12 @@ const POLL_SLICE_MAX: Duration = Duration::from_millis(10);
 
 impl<T> ShardedReceiver<T> {
     pub(crate) fn new(topology: Arc<Topology<T>>, shards: Vec<(ShardId, Receiver<T>)>) -> ShardedReceiver<T> {
-        let seen = topology.generation();
         ShardedReceiver {
             attachment: Attachment { topology, armed: true },
             shards: RefCell::new(shards),
-            seen: Cell::new(seen),
+            // Never a generation: the first look picks up whatever was
+            // added or removed before this receiver existed.
+            seen: Cell::new(u64::MAX),
             next: Cell::new(0),
         }
     }

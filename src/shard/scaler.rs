@@ -71,7 +71,12 @@ where
     let changed = if sustained(watch.high_since) {
         topology.add_shard().and_then(|id| {
             tracing::info!(shard = id.0, per_shard, "scaling policy adds a shard");
-            topology.activate_shard(id)
+            topology.activate_shard(id).inspect_err(|_| {
+                // Not left provisioned, or every look would add one more.
+                if let Err(err) = topology.remove_shard(id) {
+                    tracing::warn!(shard = id.0, error = %err, "could not remove a shard that failed to activate");
+                }
+            })
         })
     } else if sustained(watch.low_since) {
         let newest = active.last().map(|shard| shard.id);

@@ -183,7 +183,8 @@ impl<T: Serialize + DeserializeOwned> ShardedSender<T> {
     ///
     /// As [`Sender::send`], on the item's shard. While it waits for space
     /// it routes the item again every 10 ms, so that a change of the
-    /// shards never waits on it longer.
+    /// shards never waits on it longer. A broadcast send holds a change
+    /// off until every shard has the item.
     pub fn send(&self, item: T) -> Result<(), SendError<T>> {
         match self.send_until(item, None) {
             Ok(()) => Ok(()),

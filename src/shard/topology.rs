@@ -5,12 +5,15 @@
 //!
 //! # Routing
 //!
-//! A send holds the routing table's read lock from the moment it picks a
-//! shard until the shard has numbered the item, so a change, which takes
-//! the write lock, sees every item routed before it already numbered in
-//! its shard, and every item after it routed by the new table. A send
-//! blocked on a full shard gives the lock up every [`SEND_SLICE`] and
-//! routes again, so a change never waits on a full shard for longer.
+//! A send holds its handle's lane (a copy of the routing table behind a
+//! lock of its own) from the moment it picks a shard until the shard has
+//! numbered the item, so a change, which takes every lane's write lock,
+//! sees every item routed before it already numbered in its shard, and
+//! every item after it routed by the new table. A send blocked on a full
+//! shard gives its lane up every [`SEND_SLICE`] and routes again, so a
+//! change never waits on it for longer; a broadcast send and a batch send
+//! hold their lane until they are in, so a change waits for them. The
+//! consumers' side (`limit`) never takes a lane.
 //!
 //! Keys are mapped by rendezvous hashing over the active shards' ids: a
 //! key goes to the active shard whose id scores highest with the key's
@@ -27,7 +30,12 @@
 //! a change records, for each shard that takes keys over (the new shard,
 //! when one is activated; every other active shard, when one is drained):
 //! a [`Handover`] with the shard's next item number `after`, and for each
-//! shard that gives keys up, its next item number, the fence. The shard
+//! shard that gives keys up, its next item number, the fence; it also
+//! inherits what the giving shards still wait for themselves, since a
+//! key a giver took over earlier may have its older items further back
+//! (a key moved from a drained shard to A, then from A to a new shard:
+//! the new shard waits for the drained one too, even if A holds none of
+//! that key's items). The shard
 //! delivers items numbered below `after` freely, and the rest only once
 //! every giving shard's `done_below` (everything numbered below it has
 //! been taken and committed) has reached its fence.
@@ -486,6 +494,35 @@ impl<T> Topology<T> {
     }
 }
 
+/// What a shard taking keys from `givers` at a change must wait for:
+/// each giver's items numbered before now, and whatever the givers
+/// themselves still wait for (a key a giver took over at an earlier
+/// change may still have older items in the shard it came from, while
+/// the giver holds none of them). Shards that have delivered everything
+/// are left out; each shard appears once, with its highest fence.
+fn waits_for<T>(table: &Table<T>, handovers: &[Handover], givers: &[ShardId]) -> Vec<(ShardId, u64)> {
+    let mut waits: std::collections::BTreeMap<ShardId, u64> = std::collections::BTreeMap::new();
+    let mut add = |shard: ShardId, fence: u64| {
+        if let Some(at) = table.find(shard) {
+            if table.slots[at].probe.done_below() < fence {
+                let entry = waits.entry(shard).or_insert(fence);
+                *entry = (*entry).max(fence);
+            }
+        }
+    };
+    for &giver in givers {
+        if let Some(at) = table.find(giver) {
+            add(giver, table.slots[at].probe.next_seq());
+        }
+        for handover in handovers.iter().filter(|handover| handover.shard == giver) {
+            for &(shard, fence) in &handover.waits {
+                add(shard, fence);
+            }
+        }
+    }
+    waits.into_iter().collect()
+}
+
 /// Whether every shard `handover` waits on has delivered what it held at
 /// the change (a shard removed had delivered everything).
 fn cleared<T>(table: &Table<T>, handover: &Handover) -> bool {
@@ -576,6 +613,9 @@ where
             drop(table);
             drop(receiver);
             self.discard(id);
+            // The layout may be on disk even so (a failed directory sync
+            // after the rename): the id is not given out again.
+            recorded.next_id = id.0 + 1;
             return Err(err);
         }
         if !senders_alive {
@@ -625,13 +665,8 @@ where
         let mut handovers = self.handovers.lock();
         let mut next_handovers = handovers.clone();
         if self.route.dispatch() == Dispatch::Key {
-            let waits: Vec<(ShardId, u64)> = table
-                .active()
-                .filter_map(|slot| {
-                    let fence = slot.probe.next_seq();
-                    (slot.probe.done_below() < fence).then_some((slot.id, fence))
-                })
-                .collect();
+            let givers: Vec<ShardId> = table.active().map(|slot| slot.id).collect();
+            let waits = waits_for(&table, &handovers, &givers);
             if !waits.is_empty() {
                 next_handovers.push(Handover { shard: id, after: table.slots[at].probe.next_seq(), waits });
             }
@@ -668,14 +703,10 @@ where
         self.check_bounds(table.active().count() - 1)?;
         let mut handovers = self.handovers.lock();
         let mut next_handovers = handovers.clone();
-        let fence = table.slots[at].probe.next_seq();
-        if self.route.dispatch() == Dispatch::Key && table.slots[at].probe.done_below() < fence {
+        let waits = waits_for(&table, &handovers, &[id]);
+        if self.route.dispatch() == Dispatch::Key && !waits.is_empty() {
             for slot in table.active().filter(|slot| slot.id != id) {
-                next_handovers.push(Handover {
-                    shard: slot.id,
-                    after: slot.probe.next_seq(),
-                    waits: vec![(id, fence)],
-                });
+                next_handovers.push(Handover { shard: slot.id, after: slot.probe.next_seq(), waits: waits.clone() });
             }
         }
         table.slots[at].state = ShardState::Draining;
@@ -726,7 +757,6 @@ where
         drop(removed);
         drop(table);
         *recorded = next;
-        self.generation.fetch_add(1, Ordering::AcqRel);
         let stopped = match &mut *self.consumer.lock() {
             Consumer::Receiver { departed, .. } => {
                 departed.push(id);
@@ -737,6 +767,9 @@ where
             }
             Consumer::Detached => None,
         };
+        // After `departed`, so a receiver that sees the new generation
+        // finds the removal.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(handle) = stopped {
             match handle.shutdown(Duration::ZERO) {
                 Ok(receiver) => self.close_and_discard(id, receiver),
