@@ -19,13 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::live::{ShardId, ShardState};
+use super::live::{ShardId, ShardState, MAX_SHARDS};
 use crate::storage::{replace_file, Storage};
-
-/// Most shards a sharded channel can have at once, and most it can open
-/// with. Ids grow past it over many changes (`shard-1000`, …): ids are
-/// never reused.
-pub const MAX_SHARDS: usize = 1000;
 
 /// How a sharded channel picks the shard of an item.
 ///

@@ -18,6 +18,11 @@ use std::time::Duration;
 
 use crate::stats::Stats;
 
+/// Most shards a sharded channel can have at once, and most it can open
+/// with. Ids grow past it over many changes (`shard-1000`, …): ids are
+/// never reused.
+pub const MAX_SHARDS: usize = 1000;
+
 /// The id of one shard of a sharded channel: its files live in
 /// `dir/name/shard-NNN/` (`NNN` is the id, at least three digits). Ids
 /// are never reused within a channel; the shards a channel opens with are
@@ -218,12 +223,10 @@ impl ScalingPolicy {
 
     /// Why the policy cannot be used, if it cannot.
     pub(crate) fn problem(&self) -> Option<String> {
-        if self.min == 0 || self.max > super::MAX_SHARDS || self.min > self.max {
+        if self.min == 0 || self.max > MAX_SHARDS || self.min > self.max {
             return Some(format!(
                 "a scaling policy keeps 1 to {} active shards, with min_shards <= max_shards; not {}..={}",
-                super::MAX_SHARDS,
-                self.min,
-                self.max
+                MAX_SHARDS, self.min, self.max
             ));
         }
         if self.drain_below >= self.add_above {

@@ -64,10 +64,9 @@ use crate::stats::Stats;
 pub use drain::{ShardedDrainHandle, ShardedDrainer};
 pub use layout::Dispatch;
 
-pub use layout::MAX_SHARDS;
 pub use live::{
     ScalingPolicy, ShardId, ShardState, ShardStats, DEFAULT_ADD_ABOVE, DEFAULT_CHECK_EVERY, DEFAULT_COOLDOWN,
-    DEFAULT_DRAIN_BELOW, DEFAULT_SUSTAINED_FOR,
+    DEFAULT_DRAIN_BELOW, DEFAULT_SUSTAINED_FOR, MAX_SHARDS,
 };
 pub use receiver::ShardedReceiver;
 pub use sender::ShardedSender;
