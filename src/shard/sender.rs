@@ -158,7 +158,10 @@ where
 
     /// Removes shard `id` and deletes its files, once it is provisioned or
     /// drained and has delivered everything (every item taken from it
-    /// committed). Removing a removed shard does nothing.
+    /// committed, and its consumer has since found it empty: a drainer
+    /// looks every few milliseconds, a [`ShardedReceiver`](crate::ShardedReceiver)
+    /// at its next receive, and its own `remove_shard` looks first).
+    /// Removing a removed shard does nothing.
     ///
     /// # Errors
     ///
