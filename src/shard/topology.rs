@@ -494,6 +494,15 @@ impl<T> Topology<T> {
     }
 }
 
+/// Whether the shard behind `probe` has delivered everything numbered
+/// below `fence`: it is past it, or it has delivered everything it was
+/// ever given (which also covers numbers that started again lower, after
+/// its sequence file was lost).
+fn delivered<T>(probe: &Monitor<T>, fence: u64) -> bool {
+    let done = probe.done_below();
+    done >= fence || done >= probe.next_seq()
+}
+
 /// What a shard taking keys from `givers` at a change must wait for:
 /// each giver's items numbered before now, and whatever the givers
 /// themselves still wait for (a key a giver took over at an earlier
@@ -504,7 +513,7 @@ fn waits_for<T>(table: &Table<T>, handovers: &[Handover], givers: &[ShardId]) ->
     let mut waits: std::collections::BTreeMap<ShardId, u64> = std::collections::BTreeMap::new();
     let mut add = |shard: ShardId, fence: u64| {
         if let Some(at) = table.find(shard) {
-            if table.slots[at].probe.done_below() < fence {
+            if !delivered(&table.slots[at].probe, fence) {
                 let entry = waits.entry(shard).or_insert(fence);
                 *entry = (*entry).max(fence);
             }
@@ -529,7 +538,7 @@ fn cleared<T>(table: &Table<T>, handover: &Handover) -> bool {
     handover
         .waits
         .iter()
-        .all(|&(shard, fence)| table.find(shard).is_none_or(|at| table.slots[at].probe.done_below() >= fence))
+        .all(|&(shard, fence)| table.find(shard).is_none_or(|at| delivered(&table.slots[at].probe, fence)))
 }
 
 impl<T> Topology<T>
