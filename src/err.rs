@@ -419,7 +419,8 @@ impl Error for CommitError {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ShardError {
-    /// No shard with this id was ever added to the channel.
+    /// No shard with this id is in the channel: never added, or already
+    /// removed.
     Unknown(crate::ShardId),
     /// The change does not apply to a shard in this state: activating a
     /// draining shard, draining a provisioned one, removing an active one
@@ -431,8 +432,9 @@ pub enum ShardError {
         state: crate::ShardState,
     },
     /// The shard still holds items (or items taken from it are not
-    /// committed): a shard is removed only once it has delivered
-    /// everything, so that nothing is dropped.
+    /// committed, or its consumer has not looked at it since it emptied:
+    /// `waiting` is 0 then): a shard is removed only once it has
+    /// delivered everything, so that nothing is dropped.
     NotDrained {
         /// The shard.
         shard: crate::ShardId,
@@ -451,7 +453,9 @@ pub enum ShardError {
     },
     /// The change would take the number of active shards out of bounds:
     /// below 1 (or the scaling policy's `min_shards`), or above
-    /// [`MAX_SHARDS`](crate::MAX_SHARDS) (or the policy's `max_shards`).
+    /// [`MAX_SHARDS`](crate::MAX_SHARDS) (or the policy's `max_shards`);
+    /// or, for `add_shard`, the channel already has `MAX_SHARDS` shards
+    /// in all states.
     /// Manual calls bypass the policy's cooldown, not its bounds.
     OutOfBounds {
         /// Active shards the change would leave.
@@ -476,7 +480,7 @@ pub enum ShardError {
 impl fmt::Display for ShardError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ShardError::Unknown(shard) => write!(f, "no {shard} was ever added to this channel"),
+            ShardError::Unknown(shard) => write!(f, "{shard} is not in this channel (never added, or removed)"),
             ShardError::WrongState { shard, state } => {
                 write!(f, "{shard} is {state:?}, which this change does not apply to")
             }

@@ -156,7 +156,9 @@ pub struct ShardedDrainHandle<T> {
 }
 
 impl<T> ShardedDrainHandle<T> {
-    /// What each shard's drainer has done, by shard id.
+    /// What each shard's drainer has done, in shard id order (the order of
+    /// [`shard_stats`](Self::shard_stats) while no shard is provisioned
+    /// without a drainer).
     pub fn stats(&self) -> Vec<DrainStats> {
         let mut stats = self.topology.drain_stats();
         stats.sort_by_key(|(id, _)| *id);

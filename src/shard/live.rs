@@ -24,9 +24,13 @@ use crate::stats::Stats;
 pub const MAX_SHARDS: usize = 1000;
 
 /// The id of one shard of a sharded channel: its files live in
-/// `dir/name/shard-NNN/` (`NNN` is the id, at least three digits). Ids
-/// are never reused within a channel; the shards a channel opens with are
-/// `0..n`.
+/// `dir/name/shard-NNN/` (`NNN` is the id, at least three digits). A new
+/// channel's shards are `0..n`; live changes give out ids that were never
+/// used in the channel's layout, and a channel reopened with its live
+/// layout keeps its ids (a reshard at `open` numbers the shards `0..n`
+/// again). Ids come from [`add_shard`](crate::ShardedSender::add_shard),
+/// [`shard_stats`](crate::ShardedSender::shard_stats) and the sink
+/// factory of [`ShardedReceiver::drain`](crate::ShardedReceiver::drain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardId(pub(crate) u32);
 
@@ -43,8 +47,13 @@ impl fmt::Display for ShardId {
     }
 }
 
-/// Where a shard stands in its life (see the module docs of
-/// [`ShardedBuilder`](crate::ShardedBuilder)).
+/// Where a shard stands in its life:
+///
+/// ```text
+///  add_shard ──▶ Provisioned ──activate_shard──▶ Active ──drain_shard──▶ Draining ──remove_shard──▶ (gone)
+///                     │                                                      ▲ (once it delivered
+///                     └──────────────────────remove_shard────────────────────┘  everything)
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ShardState {
     /// Added, with a consumer attached, but not routed to yet.
@@ -130,7 +139,10 @@ pub const DEFAULT_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// [`sustained_for`](Self::sustained_for), a shard is added and activated;
 /// when it stays below [`drain_below`](Self::drain_below) as long, the
 /// newest active shard is drained, and removed once it has delivered
-/// everything. Between two changes it waits [`cooldown`](Self::cooldown).
+/// everything (a shard some of whose records could not be read stays
+/// draining, its files kept: see
+/// [`ShardError::Unreadable`](crate::ShardError::Unreadable)). Between two
+/// changes it waits [`cooldown`](Self::cooldown).
 /// The active count stays within `min_shards..=max_shards`; manual calls
 /// are held to the same bounds but not to the cooldown.
 ///
@@ -166,7 +178,8 @@ pub struct ScalingPolicy {
 impl ScalingPolicy {
     /// A policy that keeps between `min_shards` and `max_shards` active
     /// shards, with the default thresholds. `open` refuses bounds outside
-    /// `1..=MAX_SHARDS` or a minimum above the maximum.
+    /// `1..=MAX_SHARDS`, a minimum above the maximum, `drain_below` not
+    /// below `add_above`, and a zero `check_every`.
     pub fn new(min_shards: usize, max_shards: usize) -> ScalingPolicy {
         ScalingPolicy {
             min: min_shards,

@@ -209,10 +209,10 @@ impl<T> ShardedBuilder<T> {
     }
 
     /// Adds and drains shards by the backlog, as `policy` says (see
-    /// [`ScalingPolicy`]). The channel opens with the shard count given
-    /// to [`Builder::sharded`] the first time, which must lie within the
-    /// policy's bounds; later opens of a durable channel keep the count
-    /// it reached, within the bounds, instead of resharding.
+    /// [`ScalingPolicy`]). The count given to [`Builder::sharded`] must
+    /// lie within the policy's bounds; a new channel opens with it, and
+    /// later opens of a durable channel keep the count the policy reached
+    /// (clamped to the bounds) instead of resharding.
     pub fn scaling(mut self, policy: ScalingPolicy) -> ShardedBuilder<T> {
         self.scaling = Some(policy);
         self
@@ -267,7 +267,8 @@ impl<T> ShardedBuilder<T> {
     /// - no dispatch mode was chosen (dispatch by key needs
     ///   [`key`](Self::key));
     /// - `dir/name/` holds an unsharded channel;
-    /// - the scaling policy's bounds are invalid or exclude the count;
+    /// - the scaling policy is invalid (see [`ScalingPolicy::new`]) or its
+    ///   bounds exclude the count;
     /// - a channel scaled live is opened with another dispatch mode;
     /// - a broadcast channel would lose items: its count shrinks while a
     ///   shard to be removed still holds items, or the mode changes to or

@@ -105,21 +105,6 @@ impl<T> ShardedReceiver<T> {
         self.topology().shard_stats()
     }
 
-    /// Splits the channel into its per-shard receivers, by id. Live
-    /// scaling stops there: no consumer is attached to new shards any
-    /// more, so adding one fails with
-    /// [`ShardError::NoConsumer`](crate::ShardError::NoConsumer), and the
-    /// hand-over rule is no longer kept.
-    ///
-    /// Each receiver keeps its shard locked, so another open of the
-    /// channel fails with [`OpenError::Locked`](crate::OpenError::Locked)
-    /// while any of them is alive; the lock of the channel as a whole is
-    /// released once the senders are gone too.
-    pub fn into_shards(self) -> Vec<Receiver<T>> {
-        self.topology().detach();
-        self.shards.into_inner().into_iter().map(|(_, receiver)| receiver).collect()
-    }
-
     pub(crate) fn into_parts(self) -> (Receivers<T>, Arc<Topology<T>>) {
         let ShardedReceiver { mut attachment, shards, .. } = self;
         attachment.armed = false;
@@ -131,6 +116,23 @@ impl<T> ShardedReceiver<T>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
+    /// Splits the channel into its per-shard receivers, by id (every
+    /// shard there is now, in [`shard_stats`](Self::shard_stats)'s
+    /// order). Live scaling mostly stops there: no consumer is attached to
+    /// new shards any more, so adding or activating one fails with
+    /// [`ShardError::NoConsumer`](crate::ShardError::NoConsumer), and the
+    /// hand-over rule is no longer kept.
+    ///
+    /// Each receiver keeps its shard locked, so another open of the
+    /// channel fails with [`OpenError::Locked`](crate::OpenError::Locked)
+    /// while any of them is alive; the lock of the channel as a whole is
+    /// released once the senders are gone too.
+    pub fn into_shards(self) -> Vec<Receiver<T>> {
+        self.refresh();
+        self.topology().detach();
+        self.shards.into_inner().into_iter().map(|(_, receiver)| receiver).collect()
+    }
+
     /// Adds a provisioned shard, as [`ShardedSender::add_shard`](crate::ShardedSender::add_shard).
     ///
     /// # Errors

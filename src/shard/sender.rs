@@ -120,7 +120,9 @@ where
     /// [`ShardError::OutOfBounds`] at [`MAX_SHARDS`](crate::MAX_SHARDS)
     /// shards, [`ShardError::NoConsumer`] when the receivers were handed
     /// out or are gone, [`ShardError::Io`] when the shard's files or the
-    /// layout cannot be written (nothing is left behind then).
+    /// layout cannot be written (the shard's files are deleted again, or
+    /// at the next open if that fails too; its id is not given out
+    /// again).
     pub fn add_shard(&self) -> Result<ShardId, ShardError> {
         self.topology.add_shard()
     }
@@ -302,7 +304,8 @@ impl<T: Serialize + DeserializeOwned> ShardedSender<T> {
     /// # Blocking
     ///
     /// As [`Sender::send`], shard after shard. A change of the shards
-    /// waits for the batch to be in.
+    /// waits for the batch to be in, and while it waits, sends of the
+    /// handles whose lanes it already took wait too.
     pub fn send_batch(&self, items: impl IntoIterator<Item = T>) -> Result<(), SendError<Vec<T>>> {
         let table = self.lane.read();
         let shards: Vec<&Sender<T>> = table.active().filter_map(|slot| slot.sender.as_ref()).collect();

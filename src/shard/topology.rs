@@ -835,7 +835,17 @@ where
                 .map(|slot| slot.id)
                 .collect()
         };
-        draining.into_iter().filter(|&id| self.remove_shard(id).is_ok()).collect()
+        draining
+            .into_iter()
+            .filter(|&id| match self.remove_shard(id) {
+                Ok(()) => true,
+                Err(err @ ShardError::Unreadable { .. }) => {
+                    tracing::debug!(shard = id.0, error = %err, "a drained shard with unreadable records is kept");
+                    false
+                }
+                Err(_) => false,
+            })
+            .collect()
     }
 }
 
