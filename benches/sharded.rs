@@ -87,20 +87,8 @@ fn slow_sink(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
                     let (tx, rx) = open(dir.path(), shards);
-                    let delivered = Arc::new(AtomicU64::new(0));
                     let start = Instant::now();
-                    let counted = Arc::clone(&delivered);
-                    let handle = rx
-                        .drain(move |_| {
-                            let delivered = Arc::clone(&counted);
-                            move |batch: &[Item]| -> Result<(), SinkError> {
-                                thread::sleep(Duration::from_millis(1));
-                                delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                                Ok(())
-                            }
-                        })
-                        .configure(|_, drainer| drainer.batch_size(100).linger(Duration::from_millis(1)))
-                        .spawn();
+                    let (handle, delivered) = drain_slowly(rx);
                     produce(tx, SLOW_ITEMS).into_iter().for_each(|p| p.join().unwrap());
                     while delivered.load(Ordering::Relaxed) < SLOW_ITEMS {
                         thread::sleep(Duration::from_micros(200));
@@ -113,6 +101,25 @@ fn slow_sink(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Drains every shard (and every shard added later) into a sink that
+/// takes 1 ms per batch of at most 100 items; counts what it delivered.
+fn drain_slowly(rx: sump::ShardedReceiver<Item>) -> (sump::ShardedDrainHandle<Item>, Arc<AtomicU64>) {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&delivered);
+    let handle = rx
+        .drain(move |_| {
+            let delivered = Arc::clone(&counted);
+            move |batch: &[Item]| -> Result<(), SinkError> {
+                thread::sleep(Duration::from_millis(1));
+                delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .configure(|_, drainer| drainer.batch_size(100).linger(Duration::from_millis(1)))
+        .spawn();
+    (handle, delivered)
 }
 
 /// Sends `SCALING_ITEMS` at `SCALING_RATE`, from one thread.
@@ -134,19 +141,7 @@ fn produce_paced(tx: sump::ShardedSender<Item>) -> thread::JoinHandle<()> {
 /// the first send to the last delivery.
 fn slow_run(dir: &std::path::Path, shards: usize, scale: bool) -> Duration {
     let (tx, rx) = open(dir, shards);
-    let delivered = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&delivered);
-    let handle = rx
-        .drain(move |_| {
-            let delivered = Arc::clone(&counted);
-            move |batch: &[Item]| -> Result<(), SinkError> {
-                thread::sleep(Duration::from_millis(1));
-                delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                Ok(())
-            }
-        })
-        .configure(|_, drainer| drainer.batch_size(100).linger(Duration::from_millis(1)))
-        .spawn();
+    let (handle, delivered) = drain_slowly(rx);
     let start = Instant::now();
     let producer = produce_paced(tx.clone());
     let (mut up, mut down) = (!scale, !scale);

@@ -136,19 +136,30 @@ fn reshard(dir: &Path, scenario: &Scenario, fs: &Fs) -> Run {
     run.acked.extend((0..40).map(keyed));
     let Ok((tx, rx)) = open_sharded(dir, scenario, fs, 3) else { return run };
     drop(tx);
-    while run.received.len() < 15 {
+    receive_sharded(&rx, 15, &mut run);
+    close_sharded(rx, &mut run);
+    run
+}
+
+/// Receives from a sharded channel until `at_most` items or a silence.
+fn receive_sharded(rx: &crate::ShardedReceiver<u64>, at_most: usize, run: &mut Run) {
+    while run.received.len() < at_most {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(item) => run.received.push(item),
             Err(_) => break,
         }
     }
+}
+
+/// Closes a sharded channel, noting what it reported lost or could not
+/// persist.
+fn close_sharded(rx: crate::ShardedReceiver<u64>, run: &mut Run) {
     let stats = rx.stats();
     run.reported_lost += stats.lost + stats.corrupt;
     if let Err(err) = rx.close() {
         run.close_failed = true;
         run.unpersisted += err.unpersisted() as u64;
     }
-    run
 }
 
 /// Changes the shards of a running two-shard channel under faults:
@@ -178,19 +189,9 @@ fn live_shards(dir: &Path, scenario: &Scenario, fs: &Fs) -> Run {
     changes += u32::from(tx.drain_shard(crate::ShardId(0)).is_ok());
     run.live_changes = Some(changes);
     drop(tx);
-    while run.received.len() < 30 {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(item) => run.received.push(item),
-            Err(_) => break,
-        }
-    }
+    receive_sharded(&rx, 30, &mut run);
     let _ = rx.remove_shard(crate::ShardId(0));
-    let stats = rx.stats();
-    run.reported_lost += stats.lost + stats.corrupt;
-    if let Err(err) = rx.close() {
-        run.close_failed = true;
-        run.unpersisted += err.unpersisted() as u64;
-    }
+    close_sharded(rx, &mut run);
     run
 }
 

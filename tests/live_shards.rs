@@ -425,7 +425,7 @@ fn a_channel_with_a_version_1_layout_is_re_sorted_once_and_keeps_every_item() {
     // What an older version wrote: 3 shards, dispatched by key, by modulo.
     let mut v1 = Vec::from(*b"SUMPSHRD");
     v1.extend_from_slice(&[1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]);
-    v1.extend_from_slice(&crc32c(&v1).to_le_bytes());
+    v1.extend_from_slice(&crc32c::crc32c(&v1).to_le_bytes());
     std::fs::write(dir.path().join("live/sump.shards"), &v1).unwrap();
     let (tx, rx) = open(dir.path(), 3);
     let layout = std::fs::read(dir.path().join("live/sump.shards")).unwrap();
@@ -435,16 +435,16 @@ fn a_channel_with_a_version_1_layout_is_re_sorted_once_and_keeps_every_item() {
     check_once_in_key_order(got.iter(), 600);
 }
 
-/// CRC-32C (Castagnoli), bit by bit: enough for a 20-byte test file.
-fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
-        }
-    }
-    !crc
+/// The channel of the kill -9 test: every acknowledged item on disk.
+fn open_write_ahead(dir: &std::path::Path) -> (ShardedSender<Event>, ShardedReceiver<Event>) {
+    Builder::new("live", dir)
+        .durability(Durability::WriteAhead)
+        .memory_capacity(0)
+        .segment_bytes(16 * 1024)
+        .sharded::<Event>(2)
+        .key(|event: &Event| event.key)
+        .open()
+        .unwrap()
 }
 
 /// The child of the kill -9 test: sends numbered items while another
@@ -455,14 +455,7 @@ fn crc32c(bytes: &[u8]) -> u32 {
 fn child_sends_while_scaling() {
     let dir = std::env::var("SUMP_LIVE_DIR").unwrap();
     let start: u32 = std::env::var("SUMP_LIVE_START").unwrap().parse().unwrap();
-    let (tx, rx) = Builder::new("live", std::path::Path::new(&dir))
-        .durability(Durability::WriteAhead)
-        .memory_capacity(0)
-        .segment_bytes(16 * 1024)
-        .sharded::<Event>(2)
-        .key(|event: &Event| event.key)
-        .open()
-        .unwrap();
+    let (tx, rx) = open_write_ahead(std::path::Path::new(&dir));
     let scaler = tx.clone();
     let mark = std::env::var("SUMP_LIVE_MARK").unwrap();
     thread::spawn(move || loop {
@@ -516,14 +509,7 @@ fn kill_9_during_live_changes_loses_no_acknowledged_item_and_keeps_key_order() {
         assert!(mark.exists() || trial > 2, "trial {trial}: the child's scaling thread drained no shard");
         acknowledged.extend(printed.into_iter().map(|n| n as u32));
     }
-    let (tx, rx) = Builder::new("live", dir.path())
-        .durability(Durability::WriteAhead)
-        .memory_capacity(0)
-        .segment_bytes(16 * 1024)
-        .sharded::<Event>(2)
-        .key(|event: &Event| event.key)
-        .open()
-        .unwrap();
+    let (tx, rx) = open_write_ahead(dir.path());
     drop(tx);
     let mut last: BTreeMap<u32, u32> = BTreeMap::new();
     let mut seen = BTreeSet::new();

@@ -680,11 +680,27 @@ where
                 next_handovers.push(Handover { shard: id, after: table.slots[at].probe.next_seq(), waits });
             }
         }
-        table.slots[at].state = ShardState::Active;
+        self.change_state(&mut recorded, &mut table, &mut handovers, next_handovers, at, ShardState::Active)?;
+        tracing::info!(shard = id.0, "shard activated");
+        Ok(())
+    }
+
+    /// Moves the shard at `at` to `state` with `next_handovers`, recording
+    /// the layout first; on failure nothing changes.
+    fn change_state(
+        &self,
+        recorded: &mut Recorded,
+        table: &mut Table<T>,
+        handovers: &mut Vec<Handover>,
+        next_handovers: Vec<Handover>,
+        at: usize,
+        state: ShardState,
+    ) -> Result<(), ShardError> {
+        let before = std::mem::replace(&mut table.slots[at].state, state);
         table.index();
         let next = Recorded { generation: recorded.generation + 1, ..*recorded };
-        if let Err(err) = self.record(&self.layout(&next, &table, &next_handovers)) {
-            table.slots[at].state = ShardState::Provisioned;
+        if let Err(err) = self.record(&self.layout(&next, table, &next_handovers)) {
+            table.slots[at].state = before;
             table.index();
             return Err(err);
         }
@@ -692,7 +708,6 @@ where
         self.handing_over.store(handovers.len(), Ordering::Release);
         *recorded = next;
         self.generation.fetch_add(1, Ordering::AcqRel);
-        tracing::info!(shard = id.0, "shard activated");
         Ok(())
     }
 
@@ -718,18 +733,7 @@ where
                 next_handovers.push(Handover { shard: slot.id, after: slot.probe.next_seq(), waits: waits.clone() });
             }
         }
-        table.slots[at].state = ShardState::Draining;
-        table.index();
-        let next = Recorded { generation: recorded.generation + 1, ..*recorded };
-        if let Err(err) = self.record(&self.layout(&next, &table, &next_handovers)) {
-            table.slots[at].state = ShardState::Active;
-            table.index();
-            return Err(err);
-        }
-        *handovers = next_handovers;
-        self.handing_over.store(handovers.len(), Ordering::Release);
-        *recorded = next;
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.change_state(&mut recorded, &mut table, &mut handovers, next_handovers, at, ShardState::Draining)?;
         tracing::info!(shard = id.0, "shard draining");
         Ok(())
     }
