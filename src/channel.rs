@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::core::{ReceiverSide, RecvFailure, SendFailure, Shared, Wait};
 use crate::err::{CloseError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
 use crate::stats::Stats;
-use crate::sync::{Arc, Mutex, MutexGuard};
+use crate::sync::{Arc, FastMutex, FastMutexGuard};
 
 /// The sending half of a channel. Clone it to send from several threads;
 /// it is `Send + Sync`, so it can also be shared by reference.
@@ -36,7 +36,7 @@ pub struct Receiver<T> {
     /// The channel core, shared with the senders.
     shared: Arc<Shared<T>>,
     /// The receiver's batch and disk cursor, used only by this handle.
-    side: Mutex<ReceiverSide<T>>,
+    side: FastMutex<ReceiverSide<T>>,
     /// Set by `close`, so that `Drop` does not shut down a second time.
     closed: bool,
 }
@@ -210,7 +210,7 @@ impl<T> Drop for Sender<T> {
 
 impl<T> Receiver<T> {
     pub(crate) fn from_shared(shared: Arc<Shared<T>>, side: ReceiverSide<T>) -> Receiver<T> {
-        Receiver { shared, side: Mutex::new(side), closed: false }
+        Receiver { shared, side: FastMutex::new(side), closed: false }
     }
 
     /// A snapshot of the channel's contents and counters.
@@ -220,7 +220,7 @@ impl<T> Receiver<T> {
 
     /// The channel core and the receiver's own state, for the
     /// acknowledgement API ([`crate::Peeked`]).
-    pub(crate) fn core(&self) -> (&Shared<T>, MutexGuard<'_, ReceiverSide<T>>) {
+    pub(crate) fn core(&self) -> (&Shared<T>, FastMutexGuard<'_, ReceiverSide<T>>) {
         (&self.shared, self.side.lock())
     }
 

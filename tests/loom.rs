@@ -36,6 +36,41 @@ fn a_send_racing_a_recv_at_the_memory_to_disk_switch_keeps_order() {
 }
 
 #[test]
+fn two_senders_at_the_memory_to_disk_switch_are_numbered_in_receive_order() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = open(dir.path(), 1);
+        let other = tx.clone();
+        // One takes memory's only place under the memory lock; the other
+        // finds it full and spills under the channel lock, numbered there.
+        let sender = thread::spawn(move || other.send(1).unwrap());
+        tx.send(2).unwrap();
+        sender.join().unwrap();
+        let batch = rx.peek_batch(2, std::time::Duration::ZERO).unwrap();
+        let mut items = batch.to_vec();
+        let seqs = batch.seqs().to_vec();
+        batch.commit().unwrap();
+        assert!(seqs[0] < seqs[1], "numbers follow the order received: {seqs:?}");
+        items.sort_unstable();
+        assert_eq!(items, [1, 2]);
+        assert_eq!(rx.stats().sent, 2);
+    });
+}
+
+#[test]
+fn a_parked_receive_is_woken_by_a_send_into_memory() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = open(dir.path(), 2);
+        // Kept alive, so that only the send itself can wake the receive.
+        let _keep = tx.clone();
+        let sender = thread::spawn(move || tx.send(1).unwrap()); // memory, without the channel lock
+        assert_eq!(rx.recv(), Ok(1));
+        sender.join().unwrap();
+    });
+}
+
+#[test]
 fn the_channel_goes_back_to_memory_once_the_disk_backlog_is_drained() {
     loom::model(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -150,10 +185,14 @@ fn group_commit_wakes_a_leader_for_senders_a_sync_did_not_cover() {
 const FOREVER: std::time::Duration = std::time::Duration::MAX;
 
 /// A batch given back while a sender spills comes back first, in order,
-/// with the numbers it had; the rest follows.
+/// with the numbers it had; the rest follows. Bounded to three
+/// preemptions, like the largest models: unbounded, it takes too long for
+/// CI.
 #[test]
 fn a_peeked_batch_given_back_while_a_sender_spills_keeps_order_and_numbers() {
-    loom::model(|| {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(3);
+    model.check(|| {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = open(dir.path(), 1);
         let sender = thread::spawn(move || {
@@ -212,6 +251,19 @@ mod wakers {
     use loom::thread;
     use sump::{Builder, WhenFull};
 
+    #[test]
+    fn a_registered_waker_is_woken_by_a_send_into_memory() {
+        loom::model(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, rx) = super::open(dir.path(), 2);
+            // Kept alive, so that only the send itself can wake the receive.
+            let _keep = tx.clone();
+            let sender = thread::spawn(move || tx.send(1).unwrap()); // memory, without the channel lock
+            assert_eq!(loom::future::block_on(rx.recv_async()), Ok(1));
+            sender.join().unwrap();
+        });
+    }
+
     /// A waker that only counts its clones: once every future holding one
     /// is gone, none is left registered.
     struct Counted;
@@ -220,9 +272,13 @@ mod wakers {
         fn wake(self: Arc<Self>) {}
     }
 
+    /// Bounded to three preemptions: with the memory lock beside the
+    /// channel lock, the full model takes too long for CI.
     #[test]
     fn a_waker_registered_while_an_item_arrives_is_woken() {
-        loom::model(|| {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
             let dir = tempfile::tempdir().unwrap();
             let (tx, rx) = super::open(dir.path(), 1);
             let sender = thread::spawn(move || {

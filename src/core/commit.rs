@@ -127,7 +127,7 @@ impl<T> Shared<T> {
     /// that failed is never delivered later.
     pub(super) fn group_commit<'a>(
         &'a self,
-        mut state: MutexGuard<'a, State<T>>,
+        mut state: MutexGuard<'a, State>,
         sequence: u64,
         own: bool,
     ) -> io::Result<()> {
@@ -196,7 +196,6 @@ impl<T> Shared<T> {
                     let dropped = state.disk.roll_back_unsynced();
                     let first_failed = state.appended - dropped;
                     state.synced = state.synced.max(first_failed);
-                    state.sent -= dropped;
                     state.spilled -= dropped;
                     let last = state.appended;
                     state.commit_failures.record(first_failed, last, &err);

@@ -3,43 +3,77 @@
 //!
 //! # Ordering
 //!
-//! Everything a send decides, it decides under the one channel lock
-//! (`Shared::state`), and the decision is the send's place in the channel's
-//! total order. An item goes to memory only while nothing is on disk;
-//! once anything is on disk, every later item follows it there until the
-//! receiver has consumed the whole disk backlog. So memory holds only items
-//! older than everything on disk, and the receiver takes, in this order:
+//! There are two locks: the channel lock (`Shared::state`: the disk tier,
+//! blocking, everything but memory) and the memory lock (`Shared::memory`:
+//! the memory tier, its numbering, and whether it is *open*). When both
+//! are held, the channel lock is taken first. A send's place in the
+//! channel's total order is decided under one of them:
+//!
+//! - **Fast path.** A send that finds memory open and with room puts its
+//!   item there under the memory lock alone, and numbers it there.
+//! - **Slow path.** Any other send takes the channel lock, and closes
+//!   memory (under both locks) before it decides: to memory, if the disk is
+//!   empty and memory has room (then it reopens it), or to disk.
+//!
+//! Memory is open only while nothing is on disk, the directory is there,
+//! the receiver is alive and the mode is not `WriteAhead`; it is closed
+//! before the first item of a spill reaches the disk, and reopened (under
+//! both locks) only once the disk backlog is gone. So once anything is on
+//! disk, every later item follows it there until the receiver has consumed
+//! the whole disk backlog, memory holds only items older than everything on
+//! disk, and while memory is closed only holders of the channel lock add
+//! to it. The receiver takes, in this order:
 //!
 //! 1. its local batch (items it swapped out of memory in one go, and in
 //!    front of them items of peeked batches given back uncommitted),
 //! 2. items it decoded ahead from disk (`Overflow` mode only),
 //! 3. the record under its segment cursor (the oldest on disk),
-//! 4. memory, by swapping the whole queue into its local batch,
-//! 5. the disk, by moving its cursor to the oldest unread record.
+//! 4. memory, by swapping the whole queue into its local batch (under the
+//!    memory lock alone when a send said items arrived, and again under
+//!    both locks before it looks at the disk),
+//! 5. the disk, by moving its cursor to the oldest unread record, under
+//!    the channel lock, having found memory empty under both.
 //!
 //! A local batch taken while the disk held items is older than all of
 //! them; a cursor positioned while memory was empty is older than anything
-//! memory receives later. Both facts make that order FIFO. The local batch
-//! is refilled from memory only once the items decoded ahead are gone, and
-//! a peeked batch gives back only items it received, which are older than
-//! anything still decoded ahead.
+//! memory receives later (memory is closed while the disk holds records,
+//! and the cursor's limit is the last record there when it was placed).
+//! Both facts make that order FIFO. The local batch is refilled from
+//! memory only once the items decoded ahead are gone, and a peeked batch
+//! gives back only items it received, which are older than anything still
+//! decoded ahead.
+//!
+//! A receive that parks (or an async one that registers its waker) first
+//! notes it in memory (`Memory::receiver_waiting`), under both locks and
+//! only if memory is still empty; a fast-path send that finds the note
+//! takes the channel lock to wake it. No item can slip in between the
+//! receive's last look and its note.
 //!
 //! # Sequence numbers
 //!
-//! Every item accepted gets `State::next_seq` under the lock, so numbers
-//! follow the total order. In memory they are kept as runs beside the
-//! items ([`Numbered`]); a spilled frame gets its number stamped in under
-//! the lock, after it was encoded outside it. Numbers are reserved in the
-//! sequence file in blocks (see `crate::sequence`), so they never repeat.
+//! Every item accepted gets the next number where its place was decided:
+//! `Memory::next_seq` under the memory lock while memory is open,
+//! `State::next_seq` under the channel lock while it is closed; the count
+//! moves from one to the other when memory opens or closes, under both
+//! locks. So numbers follow the total order. In memory they are kept as
+//! runs beside the items ([`Numbered`]); a spilled frame gets its number
+//! stamped in under the lock, after it was encoded outside it. Numbers are
+//! reserved in the sequence file in blocks (see `crate::sequence`), so
+//! they never repeat; the fast path stops at the end of the reserved block
+//! (`Memory::seq_limit`) and leaves reserving the next to the slow path.
 //!
 //! # Costs
 //!
-//! The memory path never encodes. A send that spills encodes its item in a
-//! per-thread buffer before it takes the lock (when the channel is known
-//! to be spilling) and only copies bytes into the write buffer under it.
-//! The receiver takes the lock once per memory batch, not per item, and
-//! reports what it took through an atomic counter that senders fold into
-//! `in_memory` only when memory looks full.
+//! The memory path never encodes, and takes one lock whose uncontended
+//! take is one compare-and-swap and whose release is one store
+//! ([`FastMutex`](crate::sync::FastMutex)); the receiver's own state is
+//! behind another such lock, taken once per item. A send that spills
+//! encodes its item in a per-thread buffer before it takes the channel
+//! lock (when the channel is known to be spilling) and only copies bytes
+//! into the write buffer under it; while the disk holds items it does not
+//! take the memory lock at all. The receiver takes the memory lock once per
+//! memory batch, not per item, and reports what it took through a counter
+//! that senders fold into `in_memory` only when memory looks full.
 //!
 //! # Files
 //!
@@ -77,7 +111,9 @@ use std::time::Instant;
 use crate::disk::{DiskQueue, Reader};
 use crate::options::{Settings, WhenFull};
 use crate::stats::Stats;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{
+    AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, FastMutex, FastMutexGuard, Mutex, Ordering,
+};
 use wakers::Wakers;
 
 /// How long an operation may wait.
@@ -127,14 +163,14 @@ pub(crate) enum RecvFailure {
 }
 
 /// State guarded by the channel lock.
-struct State<T> {
-    /// The memory tier: items not yet taken by the receiver.
-    memory: Numbered<T>,
-    /// The sequence number the next item accepted gets.
+struct State {
+    /// The sequence number the next item accepted gets, while memory is
+    /// closed to the fast path (`memory_closed`); `Memory::next_seq` is
+    /// the one while it is open. Handed over under both locks.
     next_seq: u64,
-    /// Items counted against the memory bound: `memory` plus the
-    /// receiver's local batch as of the last fold of `Shared::taken`.
-    in_memory: usize,
+    /// Whether `Memory::open` is false: kept here too so that the spill
+    /// path need not take the memory lock to know.
+    memory_closed: bool,
     /// The disk tier.
     disk: DiskQueue,
     /// Live `Sender` handles.
@@ -153,8 +189,6 @@ struct State<T> {
     send_wakers: Wakers,
     /// Senders waiting on `Shared::space`.
     senders_waiting: usize,
-    /// Items accepted since open.
-    sent: u64,
     /// Items written to disk since open.
     spilled: u64,
     /// Items dropped by policy since open.
@@ -175,10 +209,41 @@ struct State<T> {
     commit_failures: CommitFailures,
 }
 
+/// The memory tier and what a send needs to use it without the channel
+/// lock, under a lock of its own (`Shared::memory`).
+struct Memory<T> {
+    /// Items not yet taken by the receiver.
+    items: Numbered<T>,
+    /// Whether a send may put its item here without the channel lock:
+    /// nothing is on disk, the directory is there, the receiver is alive
+    /// and the mode is not `WriteAhead`. Written under both locks.
+    open: bool,
+    /// The sequence number the next item accepted gets.
+    next_seq: u64,
+    /// Numbers below this are reserved in the sequence file; a send that
+    /// would take this one reserves more, under the channel lock.
+    seq_limit: u64,
+    /// Items counted against the memory bound: `items` plus the
+    /// receiver's local batch as of the last fold of `Shared::taken`.
+    in_memory: usize,
+    /// `Shared::taken` as of its last fold into `in_memory`.
+    folded: u64,
+    /// Items put here since open (those written to disk are
+    /// `State::spilled`).
+    sent: u64,
+    /// Whether a receive is parked or an async receive registered, so a
+    /// send into memory must take the channel lock to wake it.
+    receiver_waiting: bool,
+}
+
 /// The part of a channel every handle shares.
 pub(crate) struct Shared<T> {
-    /// Everything that decides where an item goes.
-    state: Mutex<State<T>>,
+    /// Everything that decides where an item goes, but for the memory
+    /// fast path. Taken before `memory` when both are held.
+    state: Mutex<State>,
+    /// The memory tier. A send that finds it open and with room takes
+    /// only this lock (see the module docs).
+    memory: CachePadded<FastMutex<Memory<T>>>,
     /// The receiver waits here for items or for the last sender to leave.
     ready: Condvar,
     /// Senders wait here for disk space or for the receiver to leave.
@@ -193,10 +258,11 @@ pub(crate) struct Shared<T> {
     /// A hint, written under the lock, that the disk holds items, so a
     /// send should encode before taking the lock. Never trusted for order.
     spilling: AtomicBool,
-    /// Items the receiver popped from its local batch and has not yet
-    /// subtracted from `State::in_memory`. Written by the receiver only;
-    /// folded in under the lock.
-    taken: CachePadded<AtomicUsize>,
+    /// Items the receiver popped from its local batch since open. Written
+    /// by the receiver only, with a load and a store (no read-modify-write
+    /// on the receive path); folded into `State::in_memory` under the lock,
+    /// which keeps how much of it was folded (`State::folded`).
+    taken: CachePadded<AtomicU64>,
     /// Items handed to the receiver since open. Written by the receiver only.
     received: CachePadded<AtomicU64>,
     /// Every item numbered below this has been taken and committed (or
@@ -261,7 +327,7 @@ pub(crate) struct Shared<T> {
 
 /// The receiver's own state, held while a receive runs (and released
 /// while it parks, so that another thread or task may receive meanwhile).
-pub(crate) type SideGuard<'a, T> = MutexGuard<'a, ReceiverSide<T>>;
+pub(crate) type SideGuard<'a, T> = FastMutexGuard<'a, ReceiverSide<T>>;
 
 /// The receiver's own state, outside the channel lock.
 pub(crate) struct ReceiverSide<T> {
@@ -292,6 +358,8 @@ pub(crate) struct ReceiverSide<T> {
     /// Items the peek in progress has taken so far: taken, not yet
     /// registered in `peeks`, and not committed.
     in_peek: usize,
+    /// How many items the last swap of memory brought into `local`.
+    last_swap: usize,
 }
 
 /// Most records the receiver decodes ahead from disk in `Overflow` mode.
@@ -308,11 +376,21 @@ impl<T: serde::Serialize> Shared<T> {
         let channel_id = disk.channel_id();
         // With nothing on disk, nothing numbered before now is waiting.
         let done_below = if disk.items() == 0 { disk.first_seq() } else { 0 };
+        let memory_open = settings.durability != Durability::WriteAhead && disk.items() == 0 && !disk.orphaned();
         Shared {
-            state: Mutex::new(State {
-                memory: Numbered::default(),
+            memory: CachePadded(FastMutex::new(Memory {
+                items: Numbered::default(),
+                open: memory_open,
                 next_seq: disk.first_seq(),
+                seq_limit: disk.seq_checkpoint(),
                 in_memory: 0,
+                folded: 0,
+                sent: 0,
+                receiver_waiting: false,
+            })),
+            state: Mutex::new(State {
+                next_seq: disk.first_seq(),
+                memory_closed: !memory_open,
                 disk,
                 senders: 1,
                 receiver_alive: true,
@@ -321,7 +399,6 @@ impl<T: serde::Serialize> Shared<T> {
                 recv_wakers: Wakers::default(),
                 send_wakers: Wakers::default(),
                 senders_waiting: 0,
-                sent: 0,
                 spilled: 0,
                 dropped: 0,
                 appended: 0,
@@ -380,6 +457,7 @@ impl<T> ReceiverSide<T> {
             reader: Reader::new(disk),
             last_taken: None,
             in_peek: 0,
+            last_swap: 0,
         }
     }
 
@@ -400,10 +478,8 @@ impl<T> Shared<T> {
     /// Tells the receiver something arrived: wakes it if it is parked (and
     /// one async receive, if any waits), and sets the hint it watches while
     /// it spins.
-    fn wake_receiver(&self, state: &mut State<T>) {
-        if !self.queued.load(Ordering::Relaxed) {
-            self.queued.store(true, Ordering::Relaxed);
-        }
+    fn wake_receiver(&self, state: &mut State) {
+        self.set_queued();
         if state.receivers_waiting > 0 && !state.receivers_notified {
             state.receivers_notified = true;
             self.ready.notify_all();
@@ -413,16 +489,36 @@ impl<T> Shared<T> {
         }
     }
 
+    /// Sets the hint a spinning receiver watches (a store only when it
+    /// changes, so that senders do not pull its cache line over each time).
+    fn set_queued(&self) {
+        if !self.queued.load(Ordering::Relaxed) {
+            self.queued.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A send put an item in memory without the channel lock and found a
+    /// receive waiting: wakes it under the lock, and leaves the flag set
+    /// if receives still wait after that (async ones, woken one at a time).
+    fn wake_after_push(&self) {
+        let mut state = self.state.lock();
+        self.wake_receiver(&mut state);
+        if Self::receiver_waiting(&state) {
+            self.memory.lock().receiver_waiting = true;
+        }
+    }
+
     /// After the disk backlog shrank by more than one record or emptied:
     /// updates the spilling hint and wakes senders waiting for space.
-    fn after_disk_change(&self, state: &mut State<T>) {
+    fn after_disk_change(&self, state: &mut State) {
         if state.disk.items() == 0 && self.spilling.swap(false, Ordering::Relaxed) {
             tracing::debug!("disk backlog drained; back to memory");
         }
+        self.sync_memory_gate(state);
         self.wake_senders(state);
     }
 
-    fn wake_senders(&self, state: &mut State<T>) {
+    fn wake_senders(&self, state: &mut State) {
         if state.senders_waiting > 0 {
             self.space.notify_all();
         }
@@ -430,21 +526,88 @@ impl<T> Shared<T> {
     }
 
     /// Subtracts what the receiver took from its batch since the last fold.
-    fn fold_taken(&self, state: &mut State<T>) {
-        state.in_memory -= self.taken.swap(0, Ordering::Acquire);
+    fn fold_taken(&self, memory: &mut Memory<T>) {
+        let taken = self.taken.load(Ordering::Acquire);
+        // The difference fits: it is at most what `in_memory` counted.
+        memory.in_memory -= (taken - memory.folded) as usize;
+        memory.folded = taken;
+    }
+
+    /// Opens memory to the fast path, or closes it, as the channel now
+    /// stands ([`memory_open`](Self::memory_open)).
+    fn sync_memory_gate(&self, state: &mut State) {
+        if self.memory_open(state) != state.memory_closed {
+            return;
+        }
+        let mut memory = self.memory.lock();
+        self.set_memory_gate(state, &mut memory);
+    }
+
+    /// [`sync_memory_gate`](Self::sync_memory_gate) with the memory lock held.
+    fn set_memory_gate(&self, state: &mut State, memory: &mut Memory<T>) {
+        if self.memory_open(state) {
+            Self::open_memory(state, memory);
+        } else {
+            Self::close_memory(state, memory);
+        }
+    }
+
+    /// Closes memory to the fast path: numbering moves to the channel lock.
+    fn close_memory(state: &mut State, memory: &mut Memory<T>) {
+        if memory.open {
+            memory.open = false;
+            state.next_seq = memory.next_seq;
+            state.memory_closed = true;
+        }
+    }
+
+    /// Opens memory to the fast path: numbering moves to the memory lock,
+    /// up to the numbers reserved in the sequence file.
+    fn open_memory(state: &mut State, memory: &mut Memory<T>) {
+        if !memory.open {
+            memory.next_seq = state.next_seq;
+            memory.seq_limit = state.disk.seq_checkpoint();
+            memory.open = true;
+            state.memory_closed = false;
+        }
+    }
+
+    /// The number the next item accepted gets, with both locks held.
+    fn next_seq_of(state: &State, memory: &Memory<T>) -> u64 {
+        if memory.open {
+            memory.next_seq
+        } else {
+            state.next_seq
+        }
+    }
+
+    /// Whether a send may use memory without the channel lock, as the
+    /// channel stands now.
+    fn memory_open(&self, state: &State) -> bool {
+        !self.write_ahead && state.receiver_alive && state.disk.items() == 0 && !state.disk.orphaned()
+    }
+
+    /// Whether a send into memory must take the channel lock to wake a
+    /// receive: one is parked and not yet notified, or an async one waits.
+    fn receiver_waiting(state: &State) -> bool {
+        (state.receivers_waiting > 0 && !state.receivers_notified) || !state.recv_wakers.is_empty()
     }
 
     /// A snapshot of the channel.
     pub(crate) fn stats(&self) -> Stats {
-        let mut state = self.state.lock();
-        self.fold_taken(&mut state);
+        let state = self.state.lock();
+        let (in_memory, sent) = {
+            let mut memory = self.memory.lock();
+            self.fold_taken(&mut memory);
+            (memory.in_memory, memory.sent)
+        };
         let tier = state.disk.tier_stats();
         Stats {
-            in_memory: state.in_memory,
+            in_memory,
             on_disk: state.disk.items() + self.prefetched.load(Ordering::Relaxed) as u64,
             disk_bytes: state.disk.bytes(),
             segments: state.disk.segments(),
-            sent: state.sent,
+            sent: sent + state.spilled,
             received: self.received.load(Ordering::Relaxed),
             spilled: state.spilled,
             dropped: state.dropped,
@@ -478,7 +641,9 @@ impl<T> Shared<T> {
 
     /// The number the next item accepted will get.
     pub(crate) fn next_seq(&self) -> u64 {
-        self.state.lock().next_seq
+        let state = self.state.lock();
+        let memory = self.memory.lock();
+        Self::next_seq_of(&state, &memory)
     }
 
     /// An async receive that registered its waker is done or dropped:
@@ -508,8 +673,10 @@ impl<T> Shared<T> {
         if let Some(id) = registered {
             state.recv_wakers.remove(id);
         }
-        let left =
-            !side.local.is_empty() || !side.prefetched.is_empty() || !state.memory.is_empty() || state.disk.items() > 0;
+        let left = !side.local.is_empty()
+            || !side.prefetched.is_empty()
+            || !self.memory.lock().items.is_empty()
+            || state.disk.items() > 0;
         if left {
             state.recv_wakers.wake_one();
         }

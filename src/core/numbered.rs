@@ -33,6 +33,7 @@ impl<T> Numbered<T> {
     }
 
     /// Adds `item`, numbered `seq`, at the back.
+    #[inline]
     pub(crate) fn push_back(&mut self, seq: u64, item: T) {
         self.items.push_back(item);
         match self.runs.back_mut() {
@@ -54,6 +55,7 @@ impl<T> Numbered<T> {
     }
 
     /// Takes the oldest item and its number.
+    #[inline]
     pub(crate) fn pop_front(&mut self) -> Option<(u64, T)> {
         let item = self.items.pop_front()?;
         let (first, count) = self.runs.front_mut()?;

@@ -97,12 +97,12 @@ impl<T> Shared<T> {
             return;
         }
         let count = items.len();
-        let mut state = self.state.lock();
-        self.fold_taken(&mut state);
-        state.in_memory += count;
+        let mut memory = self.memory.lock();
+        self.fold_taken(&mut memory);
+        memory.in_memory += count;
         let received = self.received.load(Ordering::Relaxed);
         self.received.store(received.saturating_sub(count as u64), Ordering::Relaxed);
-        drop(state);
+        drop(memory);
         let newest = seqs.last().copied().unwrap_or(0);
         let mut given: Vec<(u64, T)> = seqs.into_iter().zip(items).collect();
         if side.local.front_seq().is_some_and(|front| side.put_back > 0 && front < newest) {

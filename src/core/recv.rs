@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{ReceiverSide, RecvFailure, Shared, SideGuard, Wait};
 use crate::encoding;
 use crate::segment::Peek;
-use crate::sync::{yield_now, MutexGuard, Ordering};
+use crate::sync::{yield_now, FastMutexGuard, Ordering};
 
 /// What the receiver got from its segment cursor.
 enum Taken<T> {
@@ -67,6 +67,10 @@ const GATHER_SPINS: u32 = if cfg!(loom) { 0 } else { 128 };
 /// Smallest memory bound at which the receiver waits for items to gather.
 const GATHER_MIN_CAPACITY: usize = 1024;
 
+/// A swap of memory that brought fewer items than this makes the receiver
+/// wait for items to gather before the next one, while items keep coming.
+const GATHER_BELOW: usize = 256;
+
 impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// Receives one item, waiting as `wait` allows.
     pub(crate) fn recv(&self, side: &mut SideGuard<'_, T>, wait: Wait) -> Result<T, RecvFailure> {
@@ -103,7 +107,9 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         loop {
             if let Some(item) = side.local.pop_front() {
                 side.put_back = side.put_back.saturating_sub(1);
-                self.taken.fetch_add(1, Ordering::Release);
+                // Single writer: a load and a store, no read-modify-write.
+                let taken = self.taken.load(Ordering::Relaxed);
+                self.taken.store(taken + 1, Ordering::Release);
                 self.count_received();
                 return Ok(item);
             }
@@ -117,18 +123,41 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 Taken::Skipped => continue,
                 Taken::Nothing => {}
             }
-            let mut state = self.state.lock();
-            self.fold_taken(&mut state);
-            // Memory is empty from here on (swapped out, or found empty).
-            self.queued.store(false, Ordering::Relaxed);
-            if !state.memory.is_empty() {
-                mem::swap(&mut side.local, &mut state.memory);
+            if side.last_swap > 0
+                && side.last_swap < GATHER_BELOW
+                && self.capacity >= GATHER_MIN_CAPACITY
+                && self.queued.load(Ordering::Relaxed)
+            {
+                // Items are streaming in and the last swap took only a few:
+                // let more gather before taking the lock that every send
+                // needs (see the gathering below).
+                for _ in 0..GATHER_SPINS {
+                    std::hint::spin_loop();
+                }
+            }
+            // Memory is empty from here on (swapped out, or found empty);
+            // cleared before looking, so that an item arriving after the
+            // look sets it again.
+            // Without the hint, memory is left to the look under the
+            // channel lock below.
+            if self.queued.swap(false, Ordering::Relaxed) && self.swap_memory(side) {
                 continue;
             }
+            let mut state = self.state.lock();
+            let next_seq = {
+                let mut memory = self.memory.lock();
+                if !memory.items.is_empty() {
+                    side.last_swap = memory.items.len();
+                    mem::swap(&mut side.local, &mut memory.items);
+                    continue;
+                }
+                self.fold_taken(&mut memory);
+                Self::next_seq_of(&state, &memory)
+            };
             if state.disk.items() == 0 && side.put_back == 0 && side.peeks.is_empty() && side.in_peek == 0 {
                 // Empty, with nothing taken left uncommitted: every item
                 // numbered so far is done.
-                self.raise_done_below(state.next_seq);
+                self.raise_done_below(next_seq);
             }
             // Records on disk that cannot be reached right now (the writer
             // cannot flush them to a full disk, say): retry shortly.
@@ -170,6 +199,9 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 Wait::Until(deadline) => Some(deadline),
                 Wait::Forever => None,
                 Wait::Register(waker, id) => {
+                    if !self.note_waiting(&mut state) {
+                        continue;
+                    }
                     state.recv_wakers.register(waker, id);
                     self.recv_waiters.store(state.recv_wakers.len(), Ordering::Relaxed);
                     if stuck {
@@ -202,10 +234,13 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 }
                 continue;
             }
+            if !self.note_waiting(&mut state) {
+                continue;
+            }
             state.receivers_waiting += 1;
             // This one has not been notified yet.
             state.receivers_notified = false;
-            MutexGuard::unlocked(side, || {
+            FastMutexGuard::unlocked(side, || {
                 let mut state = state;
                 match deadline {
                     Some(deadline) => {
@@ -219,6 +254,32 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 drop(state);
             });
         }
+    }
+
+    /// Swaps the whole of memory into the local batch, under the memory
+    /// lock alone; whether it held anything. Memory holds only items older
+    /// than everything on disk, so they come next.
+    fn swap_memory(&self, side: &mut ReceiverSide<T>) -> bool {
+        let mut memory = self.memory.lock();
+        side.last_swap = memory.items.len();
+        if memory.items.is_empty() {
+            return false;
+        }
+        mem::swap(&mut side.local, &mut memory.items);
+        true
+    }
+
+    /// Before a receive parks or registers its waker: tells senders into
+    /// memory to wake it, unless memory received an item since the
+    /// receive looked (then it looks again: `false`). Under both locks, so
+    /// no item slips in between the look and the note.
+    fn note_waiting(&self, _state: &mut super::State) -> bool {
+        let mut memory = self.memory.lock();
+        if !memory.items.is_empty() {
+            return false;
+        }
+        memory.receiver_waiting = true;
+        true
     }
 
     /// Reads, decodes and consumes the record under the cursor, if there

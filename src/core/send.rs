@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{SendFailure, Shared, State, Wait};
+use super::{Memory, SendFailure, Shared, State, Wait};
 use crate::disk::Fit;
 use crate::encoding;
 use crate::options::WhenFull;
@@ -33,16 +33,10 @@ enum Spill {
 impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// Sends `item`, waiting for space as `wait` allows.
     pub(crate) fn send(&self, item: T, wait: Wait) -> Result<(), SendFailure<T>> {
-        if !self.spilling.load(Ordering::Relaxed) {
-            let mut state = self.state.lock();
-            if !state.receiver_alive {
-                return Err(SendFailure::Disconnected(item));
-            }
-            if self.memory_has_room(&mut state) {
-                self.push_memory(&mut state, item);
-                return Ok(());
-            }
-        }
+        let item = match self.send_to_memory(item) {
+            Ok(()) => return Ok(()),
+            Err(item) => item,
+        };
         let decided = encoding::with_frame(&item, |frame| {
             self.check_round_trip(frame)?;
             Ok(self.spill(frame, wait))
@@ -58,7 +52,8 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             },
             Spill::Written(_) | Spill::Dropped => Ok(()),
             Spill::Memory => {
-                self.push_memory(&mut state, item);
+                let mut memory = self.memory.lock();
+                self.push_memory(&mut state, &mut memory, item);
                 Ok(())
             }
             Spill::Full => Err(SendFailure::Full(item)),
@@ -68,21 +63,57 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
     }
 
-    /// Sends `items` in order, taking the lock once for every item that
-    /// fits in memory and sending the rest one by one. Stops at the first
-    /// failure; the items after it stay in `items`.
+    /// The fast path: puts `item` in memory under the memory lock alone,
+    /// if memory is open and has room; hands it back otherwise.
+    fn send_to_memory(&self, item: T) -> Result<(), T> {
+        if self.spilling.load(Ordering::Relaxed) {
+            return Err(item);
+        }
+        let mut memory = self.memory.lock();
+        if !memory.open || memory.next_seq >= memory.seq_limit || !self.memory_has_room(&mut memory) {
+            return Err(item);
+        }
+        let seq = memory.next_seq;
+        memory.next_seq += 1;
+        memory.items.push_back(seq, item);
+        memory.in_memory += 1;
+        memory.sent += 1;
+        let wake = std::mem::take(&mut memory.receiver_waiting);
+        drop(memory);
+        self.set_queued();
+        if wake {
+            self.wake_after_push();
+        }
+        Ok(())
+    }
+
+    /// Sends `items` in order, taking the memory lock once for every item
+    /// that fits in memory and sending the rest one by one. Stops at the
+    /// first failure; the items after it stay in `items`.
     pub(crate) fn send_batch(&self, items: &mut std::vec::IntoIter<T>, wait: Wait) -> Result<(), SendFailure<T>> {
         if !self.spilling.load(Ordering::Relaxed) {
-            let mut state = self.state.lock();
-            if !state.receiver_alive {
-                return match items.next() {
-                    Some(item) => Err(SendFailure::Disconnected(item)),
-                    None => Ok(()),
-                };
-            }
-            while items.len() > 0 && self.memory_has_room(&mut state) {
+            let mut memory = self.memory.lock();
+            let mut pushed = false;
+            while items.len() > 0
+                && memory.open
+                && memory.next_seq < memory.seq_limit
+                && self.memory_has_room(&mut memory)
+            {
                 let Some(item) = items.next() else { break };
-                self.push_memory(&mut state, item);
+                let seq = memory.next_seq;
+                memory.next_seq += 1;
+                memory.items.push_back(seq, item);
+                memory.in_memory += 1;
+                memory.sent += 1;
+                pushed = true;
+            }
+            let wake = pushed && std::mem::take(&mut memory.receiver_waiting);
+            drop(memory);
+            if pushed {
+                self.set_queued();
+            }
+            if wake {
+                self.wake_after_push();
             }
         }
         for item in items.by_ref() {
@@ -113,33 +144,34 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
     }
 
-    /// Whether the next item may go to memory: nothing is on disk (FIFO)
-    /// and the memory bound has room.
-    fn memory_has_room(&self, state: &mut State<T>) -> bool {
-        // An orphaned channel sends everything down the disk path, which
-        // refuses it with the reason.
-        if self.write_ahead || state.disk.items() > 0 || state.disk.orphaned() {
-            return false;
-        }
-        if state.in_memory < self.capacity {
+    /// Whether memory has room for one more item, folding in what the
+    /// receiver took when it looks full.
+    fn memory_has_room(&self, memory: &mut Memory<T>) -> bool {
+        if memory.in_memory < self.capacity {
             return true;
         }
-        self.fold_taken(state);
-        state.in_memory < self.capacity
+        self.fold_taken(memory);
+        memory.in_memory < self.capacity
     }
 
-    fn push_memory(&self, state: &mut State<T>, item: T) {
+    /// Puts `item` in memory with the channel lock held and memory closed
+    /// (by [`spill`](Self::spill)), and opens memory to the fast path
+    /// again if the disk backlog is gone.
+    fn push_memory(&self, state: &mut State, memory: &mut Memory<T>, item: T) {
         let seq = self.take_seq(state);
-        state.memory.push_back(seq, item);
-        state.in_memory += 1;
-        state.sent += 1;
+        memory.items.push_back(seq, item);
+        memory.in_memory += 1;
+        memory.sent += 1;
+        self.set_memory_gate(state, memory);
+        self.set_queued();
         self.wake_receiver(state);
+        memory.receiver_waiting = Self::receiver_waiting(state);
     }
 
-    /// The next sequence number, reserving more in the sequence file when
-    /// the reserved ones run out (once every [`RESERVE`](crate::sequence::RESERVE)
-    /// items).
-    fn take_seq(&self, state: &mut State<T>) -> u64 {
+    /// The next sequence number, with memory closed, reserving more in the
+    /// sequence file when the reserved ones run out (once every
+    /// [`RESERVE`](crate::sequence::RESERVE) items).
+    fn take_seq(&self, state: &mut State) -> u64 {
         let seq = state.next_seq;
         if seq >= state.disk.seq_checkpoint() {
             state.disk.reserve_seqs(seq);
@@ -150,15 +182,29 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
 
     /// The spill path: decides, under the lock, what happens to an item
     /// whose encoded frame is `frame`, and returns the lock still held.
-    fn spill(&self, frame: &mut [u8], wait: Wait) -> (Spill, MutexGuard<'_, State<T>>) {
+    fn spill(&self, frame: &mut [u8], wait: Wait) -> (Spill, MutexGuard<'_, State>) {
         let mut state = self.state.lock();
         loop {
             if !state.receiver_alive {
                 return (Spill::Disconnected, state);
             }
-            if self.memory_has_room(&mut state) {
-                return (Spill::Memory, state);
+            // Memory is closed to the fast path from here on: until
+            // `push_memory` puts the item in, so that the room found here is
+            // still there then; before anything reaches the disk, so that no
+            // send puts an item in memory behind it. While it is closed,
+            // only holders of the channel lock number items. An orphaned
+            // channel sends everything down the disk path, which refuses
+            // it with the reason.
+            let open = self.memory_open(&state);
+            if open || !state.memory_closed {
+                let mut memory = self.memory.lock();
+                Self::close_memory(&mut state, &mut memory);
+                if open && self.memory_has_room(&mut memory) {
+                    drop(memory);
+                    return (Spill::Memory, state);
+                }
             }
+            let seq = state.next_seq;
             match state.disk.fit(frame.len()) {
                 Fit::Fits => {
                     // Write-ahead without `Always` writes each record through
@@ -166,22 +212,23 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                     // and syncs everyone's records at once before `send`
                     // returns. The number is taken back if the append fails:
                     // the item is handed back, never delivered.
-                    let seq = state.next_seq;
                     crate::segment::format::stamp_frame(frame, seq);
                     let outcome = match state.disk.append(frame, self.write_ahead && !self.sync_always) {
                         Ok(()) => {
                             self.take_seq(&mut state);
                             if state.spilled == 0 || !self.spilling.load(Ordering::Relaxed) {
-                                tracing::debug!(in_memory = state.in_memory, "spill to disk started");
+                                tracing::debug!("spill to disk started");
                             }
-                            state.sent += 1;
                             state.spilled += 1;
                             state.appended += 1;
                             self.spilling.store(true, Ordering::Relaxed);
                             self.wake_receiver(&mut state);
                             Spill::Written(state.appended)
                         }
-                        Err(err) => Spill::Io(err),
+                        Err(err) => {
+                            self.sync_memory_gate(&mut state);
+                            Spill::Io(err)
+                        }
                     };
                     return (outcome, state);
                 }

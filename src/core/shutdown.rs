@@ -18,8 +18,13 @@ impl<T> Shared<T> {
         let (memory, result) = {
             let mut state = self.state.lock();
             state.receiver_alive = false;
-            self.fold_taken(&mut state);
-            let memory = mem::take(&mut state.memory);
+            let memory = {
+                let mut memory = self.memory.lock();
+                Self::close_memory(&mut state, &mut memory);
+                memory.in_memory = 0;
+                memory.folded = self.taken.load(Ordering::Relaxed);
+                mem::take(&mut memory.items)
+            };
             let result = if self.durable {
                 let persisted = self.persist(&mut state.disk, side, &memory);
                 state.disk.detach(&mut side.reader);
@@ -29,8 +34,6 @@ impl<T> Shared<T> {
                 Ok(())
             };
             self.spilling.store(false, Ordering::Relaxed);
-            state.in_memory = 0;
-            self.taken.store(0, Ordering::Relaxed);
             self.space.notify_all();
             state.send_wakers.wake_all();
             if state.senders == 0 {

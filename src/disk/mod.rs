@@ -96,7 +96,7 @@ pub(crate) struct DiskQueue {
     /// Every file operation goes through here (the directory's storage).
     fs: Fs,
     /// When the directory was last checked to still be the channel's.
-    checked_dir_at: std::time::Instant,
+    checked_dir_at: std::time::Duration,
     /// Whether the directory was found deleted or replaced.
     orphaned: bool,
     /// Segments read to the end whose deletion failed, recorded as read.
@@ -265,7 +265,7 @@ impl DiskQueue {
             max_disk_bytes: settings.max_disk_bytes,
             max_segments: settings.max_segments,
             fs,
-            checked_dir_at: std::time::Instant::now(),
+            checked_dir_at: coarse_now(),
             orphaned: false,
             undeleted: Vec::new(),
             dir_unsynced: false,
@@ -410,8 +410,9 @@ impl DiskQueue {
         if self.orphaned {
             return false;
         }
-        if now || self.checked_dir_at.elapsed() >= DIR_CHECK_INTERVAL {
-            self.checked_dir_at = std::time::Instant::now();
+        let at = coarse_now();
+        if now || at.saturating_sub(self.checked_dir_at) >= DIR_CHECK_INTERVAL {
+            self.checked_dir_at = at;
             if !self.dir.still_ours() {
                 tracing::error!(path = %self.dir.path().display(),
                     "the channel's directory was deleted or replaced; nothing more is written to disk");
@@ -468,3 +469,14 @@ impl Drop for DiskQueue {
 /// How often a channel that writes to disk checks that its directory is
 /// still its own.
 const DIR_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The time on the kernel's coarse monotonic clock, which it keeps at the
+/// resolution of its timer tick (a few milliseconds) and hands out without
+/// reading the hardware clock: the checks of the spill path are due every
+/// 50 or 100 ms and are asked on every record, where `Instant::now` cost
+/// 2% of a spill's time.
+pub(crate) fn coarse_now() -> std::time::Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    // A monotonic clock counts from boot: never negative.
+    std::time::Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+}

@@ -255,8 +255,8 @@ impl DiskQueue {
 pub(super) struct FreeSpace {
     /// Bytes that must stay free; 0 disables the check.
     pub(super) min_free: u64,
-    /// When `free` was read.
-    pub(super) checked_at: Option<std::time::Instant>,
+    /// When `free` was read, on [`coarse_now`](super::coarse_now)'s clock.
+    pub(super) checked_at: Option<std::time::Duration>,
     /// Free bytes at the last reading, less what was written since.
     pub(super) free: u64,
     /// Bytes appended since the last reading.
@@ -272,13 +272,15 @@ impl FreeSpace {
         if self.min_free == 0 {
             return true;
         }
-        let stale = self.checked_at.is_none_or(|at| at.elapsed() >= crate::options::FREE_SPACE_CHECK_INTERVAL);
+        let now = super::coarse_now();
+        let stale =
+            self.checked_at.is_none_or(|at| now.saturating_sub(at) >= crate::options::FREE_SPACE_CHECK_INTERVAL);
         if stale || self.written >= Self::RECHECK_AFTER_BYTES {
             match fs.available_space(dir) {
                 Ok(free) => self.free = free,
                 Err(err) => tracing::warn!(error = %err, "cannot read the free space of the channel's filesystem"),
             }
-            self.checked_at = Some(std::time::Instant::now());
+            self.checked_at = Some(now);
             self.written = 0;
         }
         self.free.saturating_sub(self.written) >= more.saturating_add(self.min_free)
