@@ -162,7 +162,10 @@ mod fast {
     /// holder preempted on a busy machine gets the processor back instead
     /// of being spun against. The release reads the count of parked
     /// threads without a fence, so it can miss one that parks at that very
-    /// moment; that one wakes after [`PARK_AT_MOST`] and looks again.
+    /// moment; that one wakes after [`PARK_AT_MOST`] and looks again. It
+    /// is not fair: a parked taker can lose the lock to spinning ones more
+    /// than once (the receiver to many senders filling memory, say, which
+    /// then spill).
     ///
     /// It guards what is held for a few hundred instructions at a time:
     /// the memory tier (a send into memory, the receiver's swap of it) and

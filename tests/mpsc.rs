@@ -323,3 +323,20 @@ fn dropping_the_receiver_drops_the_items_it_held() {
     assert_eq!(DROPS.load(Ordering::SeqCst), 3, "the receiver's items are dropped with it, senders alive or not");
     drop(tx);
 }
+
+/// A send after the receiver left fails as disconnected before anything
+/// is encoded, even for a type the disk path would refuse (serde_json's
+/// `Value` cannot be read back by bincode), and hands the item back.
+#[test]
+fn a_send_after_the_receiver_left_is_disconnected_even_for_a_type_that_cannot_spill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = sump::channel::<serde_json::Value>("gone", dir.path()).unwrap();
+    tx.send(serde_json::json!({ "before": 1 })).unwrap();
+    drop(rx);
+    let err = tx.send(serde_json::json!({ "after": 2 })).unwrap_err();
+    assert!(err.is_disconnected(), "expected disconnected, got {err:?}");
+    assert!(err.io_error().is_none());
+    assert_eq!(err.into_inner(), serde_json::json!({ "after": 2 }));
+    let err = tx.try_send(serde_json::json!(3)).unwrap_err();
+    assert!(err.is_disconnected(), "expected disconnected, got {err:?}");
+}

@@ -231,6 +231,9 @@ struct Memory<T> {
     /// Items put here since open (those written to disk are
     /// `State::spilled`).
     sent: u64,
+    /// Whether the receiver is gone: a send fails at once, before it
+    /// would encode its item for the disk path.
+    receiver_gone: bool,
     /// Whether a receive is parked or an async receive registered, so a
     /// send into memory must take the channel lock to wake it.
     receiver_waiting: bool,
@@ -386,6 +389,7 @@ impl<T: serde::Serialize> Shared<T> {
                 in_memory: 0,
                 folded: 0,
                 sent: 0,
+                receiver_gone: false,
                 receiver_waiting: false,
             })),
             state: Mutex::new(State {

@@ -14,6 +14,14 @@ use crate::encoding;
 use crate::options::WhenFull;
 use crate::sync::{MutexGuard, Ordering};
 
+/// Why the memory fast path did not take an item.
+enum Refused<T> {
+    /// The receiver is gone.
+    Disconnected(T),
+    /// Memory is closed or full: the slow path decides.
+    Elsewhere(T),
+}
+
 /// What the spill path decided, under the lock.
 enum Spill {
     /// The frame is on disk: the channel's `appended` count after it.
@@ -35,7 +43,8 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     pub(crate) fn send(&self, item: T, wait: Wait) -> Result<(), SendFailure<T>> {
         let item = match self.send_to_memory(item) {
             Ok(()) => return Ok(()),
-            Err(item) => item,
+            Err(Refused::Disconnected(item)) => return Err(SendFailure::Disconnected(item)),
+            Err(Refused::Elsewhere(item)) => item,
         };
         let decided = encoding::with_frame(&item, |frame| {
             self.check_round_trip(frame)?;
@@ -52,8 +61,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             },
             Spill::Written(_) | Spill::Dropped => Ok(()),
             Spill::Memory => {
-                let mut memory = self.memory.lock();
-                self.push_memory(&mut state, &mut memory, item);
+                self.push_memory(&mut state, item);
                 Ok(())
             }
             Spill::Full => Err(SendFailure::Full(item)),
@@ -65,13 +73,16 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
 
     /// The fast path: puts `item` in memory under the memory lock alone,
     /// if memory is open and has room; hands it back otherwise.
-    fn send_to_memory(&self, item: T) -> Result<(), T> {
+    fn send_to_memory(&self, item: T) -> Result<(), Refused<T>> {
         if self.spilling.load(Ordering::Relaxed) {
-            return Err(item);
+            return Err(Refused::Elsewhere(item));
         }
         let mut memory = self.memory.lock();
+        if memory.receiver_gone {
+            return Err(Refused::Disconnected(item));
+        }
         if !memory.open || memory.next_seq >= memory.seq_limit || !self.memory_has_room(&mut memory) {
-            return Err(item);
+            return Err(Refused::Elsewhere(item));
         }
         let seq = memory.next_seq;
         memory.next_seq += 1;
@@ -157,15 +168,21 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// Puts `item` in memory with the channel lock held and memory closed
     /// (by [`spill`](Self::spill)), and opens memory to the fast path
     /// again if the disk backlog is gone.
-    fn push_memory(&self, state: &mut State, memory: &mut Memory<T>, item: T) {
+    fn push_memory(&self, state: &mut State, item: T) {
         let seq = self.take_seq(state);
-        memory.items.push_back(seq, item);
-        memory.in_memory += 1;
-        memory.sent += 1;
-        self.set_memory_gate(state, memory);
-        self.set_queued();
+        {
+            let mut memory = self.memory.lock();
+            memory.items.push_back(seq, item);
+            memory.in_memory += 1;
+            memory.sent += 1;
+            self.set_memory_gate(state, &mut memory);
+        }
+        // Woken outside the memory lock (a notify is a system call, a waker
+        // runs an executor's code); the channel lock, still held, keeps a
+        // receive from noting it waits meanwhile.
         self.wake_receiver(state);
-        memory.receiver_waiting = Self::receiver_waiting(state);
+        let waiting = Self::receiver_waiting(state);
+        self.memory.lock().receiver_waiting = waiting;
     }
 
     /// The next sequence number, with memory closed, reserving more in the

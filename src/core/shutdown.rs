@@ -21,6 +21,7 @@ impl<T> Shared<T> {
             let memory = {
                 let mut memory = self.memory.lock();
                 Self::close_memory(&mut state, &mut memory);
+                memory.receiver_gone = true;
                 memory.in_memory = 0;
                 memory.folded = self.taken.load(Ordering::Relaxed);
                 mem::take(&mut memory.items)

@@ -474,9 +474,18 @@ const DIR_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 /// resolution of its timer tick (a few milliseconds) and hands out without
 /// reading the hardware clock: the checks of the spill path are due every
 /// 50 or 100 ms and are asked on every record, where `Instant::now` cost
-/// 2% of a spill's time.
+/// 2% of a spill's time. Elsewhere than Linux and FreeBSD, which have no
+/// such clock, the time since the first call, from `Instant`.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
 pub(crate) fn coarse_now() -> std::time::Duration {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     // A monotonic clock counts from boot: never negative.
     std::time::Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+/// See the Linux version.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+pub(crate) fn coarse_now() -> std::time::Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
 }
