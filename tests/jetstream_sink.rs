@@ -26,7 +26,14 @@ fn event(seq: u64) -> Event {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports::<1>()[0]
+}
+
+/// `N` ports free now and distinct from each other: all are held open
+/// until the last is chosen, so the system cannot hand one out twice.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|at| listeners[at].local_addr().unwrap().port())
 }
 
 fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -555,8 +562,8 @@ fn without_deduplication_the_same_kills_lose_nothing_but_may_store_items_twice()
 fn a_three_node_cluster_that_loses_a_node_keeps_every_acknowledged_item() {
     let data = tempfile::tempdir().unwrap();
     let nats = tempfile::tempdir().unwrap();
-    let ports = [free_port(), free_port(), free_port()];
-    let routes = [free_port(), free_port(), free_port()];
+    let [a, b, c, d, e, f] = free_ports::<6>();
+    let (ports, routes) = ([a, b, c], [d, e, f]);
     let mut nodes: Vec<Server> = (0..3).map(|node| Server::node(nats.path(), node, ports, routes)).collect();
     let urls = nodes.iter().map(Server::url).collect::<Vec<_>>().join(",");
     create_stream(&nodes[0].url(), "EVENTS", &["events"], 3, -1);
