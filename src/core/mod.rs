@@ -239,6 +239,16 @@ struct Memory<T> {
     receiver_waiting: bool,
 }
 
+impl<T> Memory<T> {
+    /// Adds `item`, numbered `seq`, counting it against the bound and as
+    /// sent.
+    fn push(&mut self, seq: u64, item: T) {
+        self.items.push_back(seq, item);
+        self.in_memory += 1;
+        self.sent += 1;
+    }
+}
+
 /// The part of a channel every handle shares.
 pub(crate) struct Shared<T> {
     /// Everything that decides where an item goes, but for the memory

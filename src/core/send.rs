@@ -81,21 +81,31 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         if memory.receiver_gone {
             return Err(Refused::Disconnected(item));
         }
-        if !memory.open || memory.next_seq >= memory.seq_limit || !self.memory_has_room(&mut memory) {
+        if !self.fast_path_takes(&mut memory) {
             return Err(Refused::Elsewhere(item));
         }
         let seq = memory.next_seq;
         memory.next_seq += 1;
-        memory.items.push_back(seq, item);
-        memory.in_memory += 1;
-        memory.sent += 1;
+        memory.push(seq, item);
         let wake = std::mem::take(&mut memory.receiver_waiting);
         drop(memory);
+        self.after_fast_push(wake);
+        Ok(())
+    }
+
+    /// Whether the fast path may put one more item in memory: it is open,
+    /// its number is reserved, and there is room.
+    fn fast_path_takes(&self, memory: &mut Memory<T>) -> bool {
+        memory.open && memory.next_seq < memory.seq_limit && self.memory_has_room(memory)
+    }
+
+    /// After items went to memory on the fast path: sets the hint, and
+    /// wakes a waiting receive if the send took its note (`wake`).
+    fn after_fast_push(&self, wake: bool) {
         self.set_queued();
         if wake {
             self.wake_after_push();
         }
-        Ok(())
     }
 
     /// Sends `items` in order, taking the memory lock once for every item
@@ -105,26 +115,17 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         if !self.spilling.load(Ordering::Relaxed) {
             let mut memory = self.memory.lock();
             let mut pushed = false;
-            while items.len() > 0
-                && memory.open
-                && memory.next_seq < memory.seq_limit
-                && self.memory_has_room(&mut memory)
-            {
+            while items.len() > 0 && self.fast_path_takes(&mut memory) {
                 let Some(item) = items.next() else { break };
                 let seq = memory.next_seq;
                 memory.next_seq += 1;
-                memory.items.push_back(seq, item);
-                memory.in_memory += 1;
-                memory.sent += 1;
+                memory.push(seq, item);
                 pushed = true;
             }
             let wake = pushed && std::mem::take(&mut memory.receiver_waiting);
             drop(memory);
             if pushed {
-                self.set_queued();
-            }
-            if wake {
-                self.wake_after_push();
+                self.after_fast_push(wake);
             }
         }
         for item in items.by_ref() {
@@ -172,9 +173,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         let seq = self.take_seq(state);
         {
             let mut memory = self.memory.lock();
-            memory.items.push_back(seq, item);
-            memory.in_memory += 1;
-            memory.sent += 1;
+            memory.push(seq, item);
             self.set_memory_gate(state, &mut memory);
         }
         // Woken outside the memory lock (a notify is a system call, a waker
