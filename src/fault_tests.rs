@@ -332,3 +332,49 @@ fn items_put_back_survive_a_shutdown_that_cannot_write_them() {
     assert_eq!(unique.len(), 200, "nothing lost (some may come twice): got {}", got.len());
     assert_eq!(got.last(), Some(&item(199)));
 }
+
+#[test]
+fn on_a_slow_disk_a_group_commit_waits_for_the_senders_it_last_released() {
+    // Four senders that each think for 2 ms between sends, on a disk whose
+    // syncs take 40 ms. A leader that synced the moment no append arrived
+    // would leave the thinking senders to the next sync, each round split
+    // in two; waiting (up to one sync's time) for as many senders as the
+    // last sync released puts all four in every sync after the first.
+    const SENDERS: usize = 4;
+    const ROUNDS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(FaultyIo::default());
+    let (tx, rx) = Builder::new("faults", dir.path())
+        .durability(Durability::WriteAhead)
+        .sync(SyncPolicy::Always)
+        .group_commit_wait(std::time::Duration::from_secs(1))
+        .storage(Arc::clone(&io) as crate::storage::Fs)
+        .open::<String>()
+        .unwrap();
+    io.slow_syncs(Some(std::time::Duration::from_millis(40)));
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for i in 0..ROUNDS {
+                    tx.send(item(s * ROUNDS + i)).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|s| s.join().unwrap());
+    let stats = tx.stats();
+    assert_eq!(stats.spilled, (SENDERS * ROUNDS) as u64);
+    // The first round or two may be split while the senders start.
+    assert!(
+        stats.group_commits <= ROUNDS as u64 + 3,
+        "{} syncs for {} records: the leader did not wait for the group",
+        stats.group_commits,
+        stats.spilled
+    );
+    drop(tx);
+    let mut got: Vec<String> = rx.iter().collect();
+    got.sort();
+    assert_eq!(got, (0..SENDERS * ROUNDS).map(item).collect::<Vec<_>>());
+}

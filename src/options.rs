@@ -14,7 +14,7 @@ pub const DEFAULT_MEMORY_CAPACITY: usize = 4096;
 /// Default longest wait of a group commit for more senders to join it,
 /// under [`SyncPolicy::Always`]; see
 /// [`Builder::group_commit_wait`](crate::Builder::group_commit_wait).
-pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_micros(0);
+pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_millis(1);
 
 /// Default size at which the active segment is sealed and a new one
 /// started, in bytes (8 MiB).

@@ -151,26 +151,21 @@ impl<T> Shared<T> {
             // Until the target is known, every waiter belongs to this round.
             state.sync_target = u64::MAX;
             // Let senders about to append join this sync: yield while
-            // appends keep arriving (a lone sender yields once).
-            let mut joined = false;
+            // appends keep arriving (a lone sender yields once), then wait
+            // for the senders the last sync released.
             for _ in 0..GROUP_COMMIT_GATHER_ROUNDS {
                 let seen = state.appended;
                 MutexGuard::unlocked(&mut state, yield_now);
                 if state.appended == seen {
                     break;
                 }
-                joined = true;
             }
-            // Others are appending: give them up to the gathering wait to
-            // join this sync (a lone sender does not wait).
             #[cfg(not(loom))]
-            if joined && !self.group_commit_wait.is_zero() {
-                MutexGuard::unlocked(&mut state, || std::thread::sleep(self.group_commit_wait));
-            }
-            #[cfg(loom)]
-            let _ = joined;
+            self.gather(&mut state);
             let target = state.appended;
             state.sync_target = target;
+            #[cfg(not(loom))]
+            let started = std::time::Instant::now();
             let synced = match state.disk.flush_for_sync() {
                 Ok(Some((handle, point))) => MutexGuard::unlocked(&mut state, || handle.sync()).map(|()| Some(point)),
                 Ok(None) => Ok(None),
@@ -183,7 +178,12 @@ impl<T> Shared<T> {
                     if let Some(point) = point {
                         state.disk.mark_synced(&point);
                         state.group_commits += 1;
+                        #[cfg(not(loom))]
+                        {
+                            state.last_sync = started.elapsed();
+                        }
                     }
+                    state.group_peak = state.appended.saturating_sub(state.synced);
                     state.synced = state.synced.max(target);
                     self.synced[(round % 2) as usize].notify_all();
                     self.synced[((round + 1) % 2) as usize].notify_one();
@@ -207,6 +207,37 @@ impl<T> Shared<T> {
                     self.after_disk_change(&mut state);
                 }
             }
+        }
+    }
+
+    /// The group commit's leader, before it fixes what its sync covers:
+    /// waits for as many records to be waiting as there were when the
+    /// last sync finished (the senders it released are likely sending
+    /// again), but no longer than that sync took, nor than
+    /// `group_commit_wait`. A lone sender does not wait.
+    #[cfg(not(loom))]
+    fn gather(&self, state: &mut MutexGuard<'_, State>) {
+        let expected = state.group_peak;
+        let cap = self.group_commit_wait.min(state.last_sync);
+        if cap.is_zero() || state.appended.saturating_sub(state.synced) >= expected {
+            return;
+        }
+        let deadline = std::time::Instant::now() + cap;
+        state.gather_for = expected;
+        while state.gather_for != 0 {
+            if self.gathered.wait_until(state, deadline).timed_out() {
+                break;
+            }
+        }
+        state.gather_for = 0;
+    }
+
+    /// After a record was appended: wakes a group commit's leader waiting
+    /// for it ([`gather`](Self::gather)).
+    pub(super) fn joined_group(&self, state: &mut State) {
+        if state.gather_for != 0 && state.appended.saturating_sub(state.synced) >= state.gather_for {
+            state.gather_for = 0;
+            self.gathered.notify_one();
         }
     }
 

@@ -205,6 +205,17 @@ struct State {
     group_commits: u64,
     /// The last record the sync in progress covers.
     sync_target: u64,
+    /// Records waiting for a sync when the last one finished: how many
+    /// senders the next group commit's leader waits for.
+    group_peak: u64,
+    /// While a group commit's leader waits for senders to join: the
+    /// number of unsynced records at which the append that makes it wakes
+    /// the leader (`Shared::gathered`); 0 otherwise.
+    gather_for: u64,
+    /// How long the last group commit's sync took: the longest the next
+    /// leader waits for others to join.
+    #[cfg_attr(loom, allow(dead_code))]
+    last_sync: std::time::Duration,
     /// Records whose group commit failed, until each sender has seen it.
     commit_failures: CommitFailures,
 }
@@ -268,6 +279,9 @@ pub(crate) struct Shared<T> {
     /// twice per record, and on few cores the context switches would cost
     /// more than the syncs.
     synced: [Condvar; 2],
+    /// A group commit's leader waits here for the senders of the last
+    /// group to append again (`State::gather_for`).
+    gathered: Condvar,
     /// A hint, written under the lock, that the disk holds items, so a
     /// send should encode before taking the lock. Never trusted for order.
     spilling: AtomicBool,
@@ -421,11 +435,15 @@ impl<T: serde::Serialize> Shared<T> {
                 sync_round: 0,
                 group_commits: 0,
                 sync_target: 0,
+                group_peak: 0,
+                gather_for: 0,
+                last_sync: std::time::Duration::ZERO,
                 commit_failures: CommitFailures::default(),
             }),
             ready: Condvar::new(),
             space: Condvar::new(),
             synced: [Condvar::new(), Condvar::new()],
+            gathered: Condvar::new(),
             spilling: AtomicBool::new(false),
             taken: CachePadded::default(),
             received: CachePadded::default(),

@@ -237,6 +237,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                             }
                             state.spilled += 1;
                             state.appended += 1;
+                            self.joined_group(&mut state);
                             self.spilling.store(true, Ordering::Relaxed);
                             self.wake_receiver(&mut state);
                             Spill::Written(state.appended)

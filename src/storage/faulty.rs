@@ -61,6 +61,9 @@ struct Plan {
     space_left: Option<u64>,
     /// Whether syncs fail with EIO.
     fail_syncs: bool,
+    /// How long each sync takes at least, like a disk without a write
+    /// cache.
+    slow_syncs: Option<std::time::Duration>,
     /// Whether each write writes at most half of what it is given.
     short_writes: bool,
     /// Bytes of each file known to be on stable storage, for the files
@@ -131,6 +134,12 @@ impl FaultyStorage {
         self.plan.lock().fail_syncs = fail;
     }
 
+    /// Makes every sync take at least `delay` (`None`: as long as the
+    /// real one).
+    pub(crate) fn slow_syncs(&self, delay: Option<std::time::Duration>) {
+        self.plan.lock().slow_syncs = delay;
+    }
+
     /// Makes every write write at most half of its buffer (at least one
     /// byte), or whole buffers again.
     pub(crate) fn short_writes(&self, short: bool) {
@@ -178,6 +187,7 @@ impl FaultyStorage {
         plan.fault = None;
         plan.space_left = None;
         plan.fail_syncs = false;
+        plan.slow_syncs = None;
         plan.short_writes = false;
     }
 
@@ -303,6 +313,10 @@ impl Storage for FaultyStorage {
 
     fn sync(&self, path: &Path, file: &File) -> io::Result<()> {
         self.check(Op::Sync, path)?;
+        let delay = self.plan.lock().slow_syncs;
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
         let mut plan = self.plan.lock();
         if plan.fail_syncs {
             return Err(errno(super::EIO));
