@@ -85,20 +85,45 @@ pub(crate) fn encoded_len<T: Serialize>(item: &T) -> Option<usize> {
 /// one byte on the wire) and the length of every string and byte buffer
 /// it allocates, so a legitimate payload never claims more than sixteen
 /// times its length, and a forged one can allocate at most 32 times it.
+///
+/// A short payload is decoded from a zero-padded copy: bincode reads a
+/// variable-length integer in one step only when the next 17 bytes are
+/// there (the longest integer it can find), and byte by byte otherwise,
+/// which for small records was most of the decoding. The padding is never
+/// part of the item: decoding must still end exactly at the payload's end.
 pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    if payload.len() <= PADDED_BELOW {
+        let mut padded = [0u8; PADDED_BELOW + LONGEST_PEEK];
+        padded[..payload.len()].copy_from_slice(payload);
+        return decode_within(&padded[..payload.len() + LONGEST_PEEK], payload.len());
+    }
+    decode_within(payload, payload.len())
+}
+
+/// Payloads up to this length are decoded from a padded copy.
+const PADDED_BELOW: usize = 128;
+
+/// The most bytes bincode looks at to read one integer (a `u128`'s
+/// marker byte and 16 bytes).
+const LONGEST_PEEK: usize = 17;
+
+/// Decodes the item whose payload is the first `len` bytes of `bytes`,
+/// under the limit [`decode`] describes.
+fn decode_within<T: DeserializeOwned>(bytes: &[u8], len: usize) -> Result<T, String> {
     macro_rules! decode_within {
         ($($bits:literal)*) => {
-            match payload.len().max(1).next_power_of_two().trailing_zeros() + 4 {
-                $($bits => bincode::serde::decode_from_slice::<T, _>(payload, config().with_limit::<{ 1usize << $bits }>()),)*
-                _ => bincode::serde::decode_from_slice::<T, _>(payload, config().with_limit::<{ usize::MAX }>()),
+            match len.max(1).next_power_of_two().trailing_zeros() + 4 {
+                $($bits => bincode::serde::decode_from_slice::<T, _>(bytes, config().with_limit::<{ 1usize << $bits }>()),)*
+                _ => bincode::serde::decode_from_slice::<T, _>(bytes, config().with_limit::<{ usize::MAX }>()),
             }
         };
     }
     let decoded =
         decode_within!(4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36);
     match decoded {
-        Ok((item, used)) if used == payload.len() => Ok(item),
-        Ok((_, used)) => Err(format!("{} trailing bytes after the item", payload.len() - used)),
+        Ok((item, used)) if used == len => Ok(item),
+        Ok((_, used)) if used < len => Err(format!("{} trailing bytes after the item", len - used)),
+        Ok((_, used)) => Err(format!("the item runs {} bytes past its payload", used - len)),
         Err(err) => Err(err.to_string()),
     }
 }
@@ -107,6 +132,29 @@ pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
 mod tests {
     use super::*;
     use crate::segment::format::{read_frame, stamp_frame, Frame, VERSION};
+
+    #[test]
+    fn a_cut_short_payload_fails_even_though_its_padded_copy_would_decode() {
+        let whole = bincode::serde::encode_to_vec((1u64, 2u64, String::from("abc")), config()).unwrap();
+        for cut in 1..whole.len() {
+            let err = decode::<(u64, u64, String)>(&whole[..cut]).unwrap_err();
+            assert!(!err.is_empty(), "cut at {cut}");
+        }
+        assert_eq!(decode::<(u64, u64, String)>(&whole).unwrap(), (1, 2, String::from("abc")));
+        // Cut after the two numbers, the string's length reads as the
+        // padding's zero: an empty string, one byte past the payload.
+        let err = decode::<(u64, u64, String)>(&whole[..2]).unwrap_err();
+        assert!(err.contains("past its payload"), "{err}");
+    }
+
+    #[test]
+    fn short_and_long_payloads_decode_alike() {
+        for len in [0usize, 1, 100, 127, 128, 129, 1_000] {
+            let item = vec![7u64; len];
+            let payload = bincode::serde::encode_to_vec(&item, config()).unwrap();
+            assert_eq!(decode::<Vec<u64>>(&payload).unwrap(), item, "{len}");
+        }
+    }
 
     #[test]
     fn frames_round_trip_through_the_reader() {
