@@ -378,3 +378,47 @@ fn on_a_slow_disk_a_group_commit_waits_for_the_senders_it_last_released() {
     got.sort();
     assert_eq!(got, (0..SENDERS * ROUNDS).map(item).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_receiver_close_behind_the_senders_takes_spilled_items_without_reading_them_back() {
+    use crate::storage::faulty::Fault;
+    use crate::storage::Op;
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(FaultyIo::default());
+    let (tx, rx) = Builder::new("kept", dir.path())
+        .memory_capacity(4)
+        .storage(Arc::clone(&io) as crate::storage::Fs)
+        .open::<String>()
+        .unwrap();
+    // Four in memory, six spilled: the first four of those are kept.
+    for i in 0..10 {
+        tx.send(item(i)).unwrap();
+    }
+    // The first receive from disk reads the segment (the receiver's read
+    // buffer now holds items 8 and 9, which were not kept) and takes the
+    // kept items 4 to 7.
+    for i in 0..5 {
+        assert_eq!(rx.try_recv().unwrap(), item(i));
+    }
+    // Items 8 and 9 are still on disk, so these follow them there.
+    for i in 10..14 {
+        tx.send(item(i)).unwrap();
+    }
+    assert_eq!((rx.stats().spilled, rx.stats().in_memory), (10, 0));
+    // Every read of a segment fails from now on: the receiver has the
+    // items the senders spilled, and needs none of their frames.
+    io.set_fault(Some(Fault { at: 0, errno: 5, only: Some(Op::Read), sticky: true }));
+    for i in 5..14 {
+        assert_eq!(rx.try_recv().unwrap(), item(i));
+    }
+    assert!(rx.try_recv().is_err());
+    let stats = rx.stats();
+    assert_eq!((stats.on_disk, stats.lost, stats.corrupt, stats.received), (0, 0, 0, 14));
+    assert_eq!(io.injected().0, 0, "no segment was read");
+    // The frames did reach the file, for a receiver that falls behind.
+    io.set_fault(None);
+    for i in 14..44 {
+        tx.send(item(i)).unwrap();
+    }
+    assert_eq!(rx.iter().take(30).collect::<Vec<_>>(), (14..44).map(item).collect::<Vec<_>>());
+}

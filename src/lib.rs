@@ -65,7 +65,10 @@
 //!
 //! Memory holds at most [`Builder::memory_capacity`] items, plus a write
 //! buffer and a read window of fixed size (in [`Durability::Overflow`],
-//! up to 64 items decoded ahead from disk), plus the receiver's read
+//! up to 64 items decoded ahead from disk, and up to as many spilled items
+//! as memory holds, at most 1,024 and 256 KiB of their frames, kept as
+//! they were sent so that a receiver close behind need not read them
+//! back), plus the receiver's read
 //! buffer (256 KiB, or one record if larger). Disk holds at most
 //! [`Builder::max_disk_bytes`] bytes in at most [`Builder::max_segments`]
 //! files. When both are full, [`WhenFull`] decides: block the sender

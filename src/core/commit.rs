@@ -127,7 +127,7 @@ impl<T> Shared<T> {
     /// that failed is never delivered later.
     pub(super) fn group_commit<'a>(
         &'a self,
-        mut state: MutexGuard<'a, State>,
+        mut state: MutexGuard<'a, State<T>>,
         sequence: u64,
         own: bool,
     ) -> io::Result<()> {
@@ -216,7 +216,7 @@ impl<T> Shared<T> {
     /// again), but no longer than that sync took, nor than
     /// `group_commit_wait`. A lone sender does not wait.
     #[cfg(not(loom))]
-    fn gather(&self, state: &mut MutexGuard<'_, State>) {
+    fn gather(&self, state: &mut MutexGuard<'_, State<T>>) {
         let expected = state.group_peak;
         let cap = self.group_commit_wait.min(state.last_sync);
         if cap.is_zero() || state.appended.saturating_sub(state.synced) >= expected {
@@ -234,7 +234,7 @@ impl<T> Shared<T> {
 
     /// After a record was appended: wakes a group commit's leader waiting
     /// for it ([`gather`](Self::gather)).
-    pub(super) fn joined_group(&self, state: &mut State) {
+    pub(super) fn joined_group(&self, state: &mut State<T>) {
         if state.gather_for != 0 && state.appended.saturating_sub(state.synced) >= state.gather_for {
             state.gather_for = 0;
             self.gathered.notify_one();

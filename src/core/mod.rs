@@ -27,7 +27,9 @@
 //! 1. its local batch (items it swapped out of memory in one go, and in
 //!    front of them items of peeked batches given back uncommitted),
 //! 2. items it decoded ahead from disk (`Overflow` mode only),
-//! 3. the record under its segment cursor (the oldest on disk),
+//! 3. the record under its segment cursor (the oldest on disk): the
+//!    item a send kept beside that very frame, if it kept one
+//!    ([`staged`]; `Overflow` mode only), and the decoded frame otherwise,
 //! 4. memory, by swapping the whole queue into its local batch (under the
 //!    memory lock alone when a send said items arrived, and again under
 //!    both locks before it looks at the disk),
@@ -70,8 +72,10 @@
 //! behind another such lock, taken once per item. A send that spills
 //! encodes its item in a per-thread buffer before it takes the channel
 //! lock (when the channel is known to be spilling) and only copies bytes
-//! into the write buffer under it; while the disk holds items it does not
-//! take the memory lock at all. The receiver takes the memory lock once per
+//! into the write buffer under it (and, in `Overflow` mode, keeps the item
+//! beside them, so that a receiver close behind neither reads nor decodes
+//! it); while the disk holds items it does not take the memory lock at
+//! all. The receiver takes the memory lock once per
 //! memory batch, not per item, and reports what it took through a counter
 //! that senders fold into `in_memory` only when memory looks full.
 //!
@@ -91,6 +95,7 @@ mod peek;
 mod recv;
 mod send;
 mod shutdown;
+mod staged;
 #[cfg(not(loom))]
 mod tier;
 mod wakers;
@@ -114,6 +119,7 @@ use crate::stats::Stats;
 use crate::sync::{
     AtomicBool, AtomicU64, AtomicUsize, CachePadded, Condvar, FastMutex, FastMutexGuard, Mutex, Ordering,
 };
+use staged::Staged;
 use wakers::Wakers;
 
 /// How long an operation may wait.
@@ -163,7 +169,7 @@ pub(crate) enum RecvFailure {
 }
 
 /// State guarded by the channel lock.
-struct State {
+struct State<T> {
     /// The sequence number the next item accepted gets, while memory is
     /// closed to the fast path (`memory_closed`); `Memory::next_seq` is
     /// the one while it is open. Handed over under both locks.
@@ -218,6 +224,9 @@ struct State {
     last_sync: std::time::Duration,
     /// Records whose group commit failed, until each sender has seen it.
     commit_failures: CommitFailures,
+    /// Spilled items kept as they were sent, beside their frames, not yet
+    /// handed to the receiver ([`staged`]).
+    staged: Staged<T>,
 }
 
 /// The memory tier and what a send needs to use it without the channel
@@ -264,7 +273,7 @@ impl<T> Memory<T> {
 pub(crate) struct Shared<T> {
     /// Everything that decides where an item goes, but for the memory
     /// fast path. Taken before `memory` when both are held.
-    state: Mutex<State>,
+    state: Mutex<State<T>>,
     /// The memory tier. A send that finds it open and with room takes
     /// only this lock (see the module docs).
     memory: CachePadded<FastMutex<Memory<T>>>,
@@ -309,6 +318,9 @@ pub(crate) struct Shared<T> {
     /// yet (`ReceiverSide::prefetched`), so that stats count them as on
     /// disk. Written by the receiver only.
     prefetched: CachePadded<AtomicUsize>,
+    /// Whether spilled items are kept beside their frames at all
+    /// (`Overflow` mode, plain segments; see [`staged`]).
+    keeps_spilled: bool,
     /// Async receives registered in `State::recv_wakers`, as of the last
     /// change under the lock: a receive that got an item looks at it to
     /// know whether to pass a wakeup on. A hint only.
@@ -387,6 +399,9 @@ pub(crate) struct ReceiverSide<T> {
     in_peek: usize,
     /// How many items the last swap of memory brought into `local`.
     last_swap: usize,
+    /// Spilled items kept as they were sent, taken from `State::staged`,
+    /// for the cursor to take when it reaches their frames.
+    kept: staged::Kept<T>,
 }
 
 /// Most records the receiver decodes ahead from disk in `Overflow` mode.
@@ -399,10 +414,11 @@ impl<T: serde::Serialize> Shared<T> {
     /// The core of a new channel over `disk`, with one sender and the
     /// receiver alive.
     pub(crate) fn new(disk: DiskQueue, settings: &Settings) -> Shared<T> {
-        use crate::options::{Durability, SyncPolicy};
+        use crate::options::{Compression, Durability, SyncPolicy};
         let channel_id = disk.channel_id();
         // With nothing on disk, nothing numbered before now is waiting.
         let done_below = if disk.items() == 0 { disk.first_seq() } else { 0 };
+        let keeps_spilled = settings.durability == Durability::Overflow && settings.compression == Compression::None;
         let memory_open = settings.durability != Durability::WriteAhead && disk.items() == 0 && !disk.orphaned();
         Shared {
             memory: CachePadded(FastMutex::new(Memory {
@@ -439,6 +455,11 @@ impl<T: serde::Serialize> Shared<T> {
                 gather_for: 0,
                 last_sync: std::time::Duration::ZERO,
                 commit_failures: CommitFailures::default(),
+                staged: Staged::new(if keeps_spilled {
+                    staged::STAGED_MAX.min(settings.memory_capacity.max(1))
+                } else {
+                    0
+                }),
             }),
             ready: Condvar::new(),
             space: Condvar::new(),
@@ -450,6 +471,7 @@ impl<T: serde::Serialize> Shared<T> {
             done_below: CachePadded(AtomicU64::new(done_below)),
             prefetched: CachePadded::default(),
             queued: CachePadded::default(),
+            keeps_spilled,
             recv_waiters: AtomicUsize::new(0),
             round_trip_checked: AtomicBool::new(false),
             capacity: settings.memory_capacity,
@@ -490,6 +512,7 @@ impl<T> ReceiverSide<T> {
             last_taken: None,
             in_peek: 0,
             last_swap: 0,
+            kept: staged::Kept::default(),
         }
     }
 
@@ -510,7 +533,7 @@ impl<T> Shared<T> {
     /// Tells the receiver something arrived: wakes it if it is parked (and
     /// one async receive, if any waits), and sets the hint it watches while
     /// it spins.
-    fn wake_receiver(&self, state: &mut State) {
+    fn wake_receiver(&self, state: &mut State<T>) {
         self.set_queued();
         if state.receivers_waiting > 0 && !state.receivers_notified {
             state.receivers_notified = true;
@@ -542,7 +565,7 @@ impl<T> Shared<T> {
 
     /// After the disk backlog shrank by more than one record or emptied:
     /// updates the spilling hint and wakes senders waiting for space.
-    fn after_disk_change(&self, state: &mut State) {
+    fn after_disk_change(&self, state: &mut State<T>) {
         if state.disk.items() == 0 && self.spilling.swap(false, Ordering::Relaxed) {
             tracing::debug!("disk backlog drained; back to memory");
         }
@@ -550,7 +573,7 @@ impl<T> Shared<T> {
         self.wake_senders(state);
     }
 
-    fn wake_senders(&self, state: &mut State) {
+    fn wake_senders(&self, state: &mut State<T>) {
         if state.senders_waiting > 0 {
             self.space.notify_all();
         }
@@ -567,7 +590,7 @@ impl<T> Shared<T> {
 
     /// Opens memory to the fast path, or closes it, as the channel now
     /// stands ([`memory_open`](Self::memory_open)).
-    fn sync_memory_gate(&self, state: &mut State) {
+    fn sync_memory_gate(&self, state: &mut State<T>) {
         if self.memory_open(state) != state.memory_closed {
             return;
         }
@@ -576,7 +599,7 @@ impl<T> Shared<T> {
     }
 
     /// [`sync_memory_gate`](Self::sync_memory_gate) with the memory lock held.
-    fn set_memory_gate(&self, state: &mut State, memory: &mut Memory<T>) {
+    fn set_memory_gate(&self, state: &mut State<T>, memory: &mut Memory<T>) {
         if self.memory_open(state) {
             Self::open_memory(state, memory);
         } else {
@@ -585,7 +608,7 @@ impl<T> Shared<T> {
     }
 
     /// Closes memory to the fast path: numbering moves to the channel lock.
-    fn close_memory(state: &mut State, memory: &mut Memory<T>) {
+    fn close_memory(state: &mut State<T>, memory: &mut Memory<T>) {
         if memory.open {
             memory.open = false;
             state.next_seq = memory.next_seq;
@@ -595,7 +618,7 @@ impl<T> Shared<T> {
 
     /// Opens memory to the fast path: numbering moves to the memory lock,
     /// up to the numbers reserved in the sequence file.
-    fn open_memory(state: &mut State, memory: &mut Memory<T>) {
+    fn open_memory(state: &mut State<T>, memory: &mut Memory<T>) {
         if !memory.open {
             memory.next_seq = state.next_seq;
             memory.seq_limit = state.disk.seq_checkpoint();
@@ -605,7 +628,7 @@ impl<T> Shared<T> {
     }
 
     /// The number the next item accepted gets, with both locks held.
-    fn next_seq_of(state: &State, memory: &Memory<T>) -> u64 {
+    fn next_seq_of(state: &State<T>, memory: &Memory<T>) -> u64 {
         if memory.open {
             memory.next_seq
         } else {
@@ -615,13 +638,13 @@ impl<T> Shared<T> {
 
     /// Whether a send may use memory without the channel lock, as the
     /// channel stands now.
-    fn memory_open(&self, state: &State) -> bool {
+    fn memory_open(&self, state: &State<T>) -> bool {
         !self.write_ahead && state.receiver_alive && state.disk.items() == 0 && !state.disk.orphaned()
     }
 
     /// Whether a send into memory must take the channel lock to wake a
     /// receive: one is parked and not yet notified, or an async one waits.
-    fn receiver_waiting(state: &State) -> bool {
+    fn receiver_waiting(state: &State<T>) -> bool {
         (state.receivers_waiting > 0 && !state.receivers_notified) || !state.recv_wakers.is_empty()
     }
 

@@ -159,6 +159,14 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 // numbered so far is done.
                 self.raise_done_below(next_seq);
             }
+            if self.keeps_spilled && state.disk.items() > 0 {
+                // The next frames may be ones whose items were kept: then
+                // the cursor need not wait for the writer to flush them.
+                state.staged.hand_over(&mut side.kept);
+                if Self::kept_at_cursor(side) {
+                    continue;
+                }
+            }
             // Records on disk that cannot be reached right now (the writer
             // cannot flush them to a full disk, say): retry shortly.
             let mut stuck = false;
@@ -273,7 +281,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// memory to wake it, unless memory received an item since the
     /// receive looked (then it looks again: `false`). Under both locks, so
     /// no item slips in between the look and the note.
-    fn note_waiting(&self, _state: &mut super::State) -> bool {
+    fn note_waiting(&self, _state: &mut super::State<T>) -> bool {
         let mut memory = self.memory.lock();
         if !memory.items.is_empty() {
             return false;
@@ -291,7 +299,16 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         };
         match cursor.peek() {
             Ok(Peek::Record { .. }) => self.take_records(side),
-            Ok(Peek::Exhausted) => Taken::Nothing,
+            // The frames past the limit may be ones whose items were kept.
+            // Past the limit may come frames whose items were kept (once
+            // the header is read, the cursor is where they start).
+            Ok(Peek::Exhausted) => {
+                if self.keeps_spilled && Self::kept_at_cursor(side) {
+                    self.take_records(side)
+                } else {
+                    Taken::Nothing
+                }
+            }
             Ok(Peek::Damaged { reason, resume }) => {
                 tracing::error!(%reason, "damaged record in segment; skipping it");
                 cursor.mark_damaged();
@@ -324,16 +341,38 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
     }
 
-    /// Decodes up to `read_ahead` intact records from under the cursor
-    /// (the first of them known to be there) into `side.prefetched`, and
-    /// accounts for them, undecodable ones counted as corrupt, under one
-    /// lock; returns the first item, or `Skipped` when none decoded.
+    /// Whether the frame under the cursor is one whose item the receiver
+    /// holds as it was sent ([`super::staged`]).
+    fn kept_at_cursor(side: &mut ReceiverSide<T>) -> bool {
+        let ReceiverSide { reader, kept, .. } = side;
+        reader.cursor().is_some_and(|cursor| kept.ready_at(cursor))
+    }
+
+    /// Takes up to `read_ahead` records from under the cursor (the first
+    /// of them known to be there, or kept) into `side.prefetched`: the
+    /// items kept as they were sent where their frames come next
+    /// ([`super::staged`]), decoded otherwise; and accounts for them,
+    /// undecodable ones counted as corrupt, under one lock. Returns the
+    /// first item, or `Skipped` when there was none.
     fn take_records(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
-        let ReceiverSide { prefetched, reader, .. } = side;
+        let ReceiverSide { prefetched, reader, kept, .. } = side;
         let mut read = 0;
         let mut undecodable = Vec::new();
+        // Where the next kept frame starts, as of the last look: the kept
+        // items are looked at again only once the cursor is there.
+        let mut look = self.keeps_spilled;
+        let mut next_kept = None;
         while read < self.read_ahead {
             let Some(open) = reader.cursor() else { break };
+            if look || next_kept == Some((open.id(), open.pos())) {
+                look = false;
+                let (moved, next) = kept.take_at(open, self.read_ahead - read, prefetched);
+                next_kept = next;
+                if moved > 0 {
+                    read += moved;
+                    continue;
+                }
+            }
             let (decoded, seq) = match open.peek() {
                 Ok(Peek::Record { payload, seq }) => (encoding::decode::<T>(payload), seq),
                 _ => break,
@@ -354,6 +393,9 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
         if state.disk.consumed(read as u64, reader) {
             self.after_disk_change(&mut state);
+        }
+        if self.keeps_spilled {
+            state.staged.hand_over(kept);
         }
         // Under the lock, so that stats never miss the items in hand.
         let first = prefetched.pop_front();

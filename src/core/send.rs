@@ -24,8 +24,13 @@ enum Refused<T> {
 
 /// What the spill path decided, under the lock.
 enum Spill {
-    /// The frame is on disk: the channel's `appended` count after it.
-    Written(u64),
+    /// The frame is on disk: the channel's `appended` count after it, the
+    /// item's sequence number and the frame's length.
+    Written {
+        appended: u64,
+        seq: u64,
+        len: u64,
+    },
     /// The item was dropped by policy.
     Dropped,
     /// The disk backlog drained meanwhile and memory has room: the item
@@ -55,11 +60,19 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             Err(err) => return Err(SendFailure::Io(item, err)),
         };
         match outcome {
-            Spill::Written(sequence) if self.sync_always => match self.group_commit(state, sequence, true) {
+            Spill::Written { appended, .. } if self.sync_always => match self.group_commit(state, appended, true) {
                 Ok(()) => Ok(()),
                 Err(err) => Err(SendFailure::Io(item, err)),
             },
-            Spill::Written(_) | Spill::Dropped => Ok(()),
+            Spill::Written { seq, len, .. } => {
+                let refused = self.keep_spilled(&mut state, seq, len, item);
+                // Dropped outside the lock: an item's `Drop` may use the
+                // channel.
+                drop(state);
+                drop(refused);
+                Ok(())
+            }
+            Spill::Dropped => Ok(()),
             Spill::Memory => {
                 self.push_memory(&mut state, item);
                 Ok(())
@@ -156,6 +169,19 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
     }
 
+    /// Keeps a spilled item beside its frame, numbered `seq` and `len`
+    /// bytes long, which the append just made the newest on disk, if the
+    /// channel keeps spilled items and has room ([`super::staged`]). With
+    /// the channel lock held, so that items are kept in append order.
+    /// Returns the item if it was not kept.
+    fn keep_spilled(&self, state: &mut State<T>, seq: u64, len: u64, item: T) -> Option<T> {
+        if !self.keeps_spilled {
+            return Some(item);
+        }
+        let Some((segment, end)) = state.disk.appended_end() else { return Some(item) };
+        state.staged.keep(seq, item, segment, end.saturating_sub(len), end).err()
+    }
+
     /// Whether memory has room for one more item, folding in what the
     /// receiver took when it looks full.
     fn memory_has_room(&self, memory: &mut Memory<T>) -> bool {
@@ -169,7 +195,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// Puts `item` in memory with the channel lock held and memory closed
     /// (by [`spill`](Self::spill)), and opens memory to the fast path
     /// again if the disk backlog is gone.
-    fn push_memory(&self, state: &mut State, item: T) {
+    fn push_memory(&self, state: &mut State<T>, item: T) {
         let seq = self.take_seq(state);
         {
             let mut memory = self.memory.lock();
@@ -187,7 +213,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// The next sequence number, with memory closed, reserving more in the
     /// sequence file when the reserved ones run out (once every
     /// [`RESERVE`](crate::sequence::RESERVE) items).
-    fn take_seq(&self, state: &mut State) -> u64 {
+    fn take_seq(&self, state: &mut State<T>) -> u64 {
         let seq = state.next_seq;
         if seq >= state.disk.seq_checkpoint() {
             state.disk.reserve_seqs(seq);
@@ -198,7 +224,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
 
     /// The spill path: decides, under the lock, what happens to an item
     /// whose encoded frame is `frame`, and returns the lock still held.
-    fn spill(&self, frame: &mut [u8], wait: Wait) -> (Spill, MutexGuard<'_, State>) {
+    fn spill(&self, frame: &mut [u8], wait: Wait) -> (Spill, MutexGuard<'_, State<T>>) {
         let mut state = self.state.lock();
         loop {
             if !state.receiver_alive {
@@ -240,7 +266,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                             self.joined_group(&mut state);
                             self.spilling.store(true, Ordering::Relaxed);
                             self.wake_receiver(&mut state);
-                            Spill::Written(state.appended)
+                            Spill::Written { appended: state.appended, seq, len: frame.len() as u64 }
                         }
                         Err(err) => {
                             self.sync_memory_gate(&mut state);

@@ -15,7 +15,7 @@ impl<T> Shared<T> {
     /// deleted (disk); in the durable modes the items in memory are written
     /// to disk, in front of the backlog, and read progress is recorded.
     pub(crate) fn remove_receiver(&self, side: &mut ReceiverSide<T>) -> Result<(), CloseError> {
-        let (memory, result) = {
+        let (memory, kept, result) = {
             let mut state = self.state.lock();
             state.receiver_alive = false;
             let memory = {
@@ -34,6 +34,7 @@ impl<T> Shared<T> {
                 state.disk.release_all(&mut side.reader);
                 Ok(())
             };
+            let kept = state.staged.take_all();
             self.spilling.store(false, Ordering::Relaxed);
             self.space.notify_all();
             state.send_wakers.wake_all();
@@ -41,13 +42,15 @@ impl<T> Shared<T> {
                 // The last handle: the directory is free from now on.
                 state.disk.close();
             }
-            (memory, result)
+            (memory, kept, result)
         };
         // Items are dropped outside the lock: their `Drop` may use the channel.
         drop(memory);
+        drop(kept);
         drop(mem::take(&mut side.local));
         drop(mem::take(&mut side.prefetched));
         self.prefetched.store(0, Ordering::Relaxed);
+        side.kept.clear();
         result
     }
 

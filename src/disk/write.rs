@@ -110,6 +110,14 @@ impl DiskQueue {
         Ok(())
     }
 
+    /// Where the frame [`append`](Self::append) just added ends: the
+    /// active segment's id and its length with everything buffered. `None`
+    /// for a compressed segment, whose frames are packed into blocks and
+    /// have no offsets of their own.
+    pub(crate) fn appended_end(&self) -> Option<(u64, u64)> {
+        self.active.as_ref().filter(|writer| !writer.compressed()).map(|writer| (writer.id(), writer.len()))
+    }
+
     /// Starts a new active segment, sealing the current one. Under
     /// `SyncPolicy::Always` the old segment is synced before it is sealed,
     /// and the directory after the new file is created, so that a group

@@ -27,7 +27,7 @@ pub(crate) mod writer;
 use std::path::{Path, PathBuf};
 
 pub(crate) use cursor::{Peek, SegmentCursor};
-pub(crate) use writer::SegmentWriter;
+pub(crate) use writer::{SegmentWriter, WRITE_BUFFER_BYTES};
 
 /// File name suffix of a segment.
 const SEGMENT_SUFFIX: &str = ".seg";

@@ -438,6 +438,31 @@ impl SegmentCursor {
         Ok(())
     }
 
+    /// Moves past the plain frame between `start` and `end`, counting it
+    /// as read, when it is the next one under the cursor: its record was
+    /// taken from elsewhere (the item kept as it was sent, see
+    /// `core::staged`). The frame may still be only in the writer's
+    /// buffer, past the limit; the cursor then stays past the limit until
+    /// the limit catches up. Returns whether it moved: not before the
+    /// header was checked, nor in a compressed segment.
+    pub(crate) fn pass_frame(&mut self, start: u64, end: u64) -> bool {
+        if self.passable_at() != Some(start) || end <= start {
+            return false;
+        }
+        self.pending_next = None;
+        self.pos = end;
+        self.records_read += 1;
+        true
+    }
+
+    /// Where a frame must start for [`pass_frame`](Self::pass_frame) to
+    /// pass it: the cursor's offset, once a good header of a segment of
+    /// plain frames has been read; `None` otherwise.
+    pub(crate) fn passable_at(&self) -> Option<u64> {
+        let ready = self.pos >= HEADER_LEN as u64 && self.codec == 0 && !self.header_failed;
+        ready.then_some(self.pos)
+    }
+
     /// The cursor's offset: where the next record starts.
     pub(crate) fn pos(&self) -> u64 {
         self.pos

@@ -172,6 +172,11 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Whether frames are packed into compressed blocks.
+    pub(crate) fn compressed(&self) -> bool {
+        self.compressed.is_some()
+    }
+
     /// The segment's id.
     pub(crate) fn id(&self) -> u64 {
         self.id
