@@ -321,6 +321,8 @@ pub(crate) struct Shared<T> {
     /// Whether spilled items are kept beside their frames at all
     /// (`Overflow` mode, plain segments; see [`staged`]).
     keeps_spilled: bool,
+    /// Most spilled items kept beside their frames (0 when none are).
+    kept_limit: usize,
     /// Async receives registered in `State::recv_wakers`, as of the last
     /// change under the lock: a receive that got an item looks at it to
     /// know whether to pass a wakeup on. A hint only.
@@ -419,6 +421,7 @@ impl<T: serde::Serialize> Shared<T> {
         // With nothing on disk, nothing numbered before now is waiting.
         let done_below = if disk.items() == 0 { disk.first_seq() } else { 0 };
         let keeps_spilled = settings.durability == Durability::Overflow && settings.compression == Compression::None;
+        let kept_limit = if keeps_spilled { staged::STAGED_MAX.min(settings.memory_capacity.max(1)) } else { 0 };
         let memory_open = settings.durability != Durability::WriteAhead && disk.items() == 0 && !disk.orphaned();
         Shared {
             memory: CachePadded(FastMutex::new(Memory {
@@ -455,11 +458,7 @@ impl<T: serde::Serialize> Shared<T> {
                 gather_for: 0,
                 last_sync: std::time::Duration::ZERO,
                 commit_failures: CommitFailures::default(),
-                staged: Staged::new(if keeps_spilled {
-                    staged::STAGED_MAX.min(settings.memory_capacity.max(1))
-                } else {
-                    0
-                }),
+                staged: Staged::new(kept_limit),
             }),
             ready: Condvar::new(),
             space: Condvar::new(),
@@ -472,6 +471,7 @@ impl<T: serde::Serialize> Shared<T> {
             prefetched: CachePadded::default(),
             queued: CachePadded::default(),
             keeps_spilled,
+            kept_limit,
             recv_waiters: AtomicUsize::new(0),
             round_trip_checked: AtomicBool::new(false),
             capacity: settings.memory_capacity,

@@ -162,7 +162,8 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             if self.keeps_spilled && state.disk.items() > 0 {
                 // The next frames may be ones whose items were kept: then
                 // the cursor need not wait for the writer to flush them.
-                state.staged.hand_over(&mut side.kept);
+                let in_hand = side.prefetched.len();
+                state.staged.hand_over(&mut side.kept, in_hand);
                 if Self::kept_at_cursor(side) {
                     continue;
                 }
@@ -362,25 +363,33 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         // items are looked at again only once the cursor is there.
         let mut look = self.keeps_spilled;
         let mut next_kept = None;
-        while read < self.read_ahead {
+        // Kept items are in memory already: they are taken in larger
+        // batches than records are decoded, one lock for up to all of them.
+        let budget = self.read_ahead.max(self.kept_limit);
+        let mut decoded = 0;
+        while read < budget {
             let Some(open) = reader.cursor() else { break };
             if look || next_kept == Some((open.id(), open.pos())) {
                 look = false;
-                let (moved, next) = kept.take_at(open, self.read_ahead - read, prefetched);
+                let (moved, next) = kept.take_at(open, budget - read, prefetched);
                 next_kept = next;
                 if moved > 0 {
                     read += moved;
                     continue;
                 }
             }
-            let (decoded, seq) = match open.peek() {
+            if decoded == self.read_ahead {
+                break;
+            }
+            let (item, seq) = match open.peek() {
                 Ok(Peek::Record { payload, seq }) => (encoding::decode::<T>(payload), seq),
                 _ => break,
             };
             open.commit();
             read += 1;
+            decoded += 1;
             let seq = reader.number(seq);
-            match decoded {
+            match item {
                 Ok(item) => prefetched.push_back(seq, item),
                 Err(reason) => undecodable.push(reason),
             }
@@ -394,11 +403,11 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         if state.disk.consumed(read as u64, reader) {
             self.after_disk_change(&mut state);
         }
-        if self.keeps_spilled {
-            state.staged.hand_over(kept);
-        }
         // Under the lock, so that stats never miss the items in hand.
         let first = prefetched.pop_front();
+        if self.keeps_spilled {
+            state.staged.hand_over(kept, prefetched.len());
+        }
         self.prefetched.store(prefetched.len(), Ordering::Relaxed);
         drop(state);
         match first {

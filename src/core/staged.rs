@@ -95,15 +95,16 @@ impl<T> Staged<T> {
     }
 
     /// Moves every kept item to the receiver's `kept`, behind the ones it
-    /// holds (which are older).
-    pub(crate) fn hand_over(&mut self, kept: &mut Kept<T>) {
+    /// holds (which are older); `in_hand` more kept items are in the
+    /// receiver's hands outside `kept`, not yet handed out.
+    pub(crate) fn hand_over(&mut self, kept: &mut Kept<T>, in_hand: usize) {
         if kept.entries.is_empty() {
             std::mem::swap(&mut kept.entries, &mut self.entries);
         } else {
             kept.entries.append(&mut self.entries);
         }
         kept.bytes += std::mem::take(&mut self.bytes);
-        self.held = (kept.entries.len(), kept.bytes);
+        self.held = (kept.entries.len() + in_hand, kept.bytes);
     }
 
     /// Takes every kept item out, to be dropped outside the lock.
@@ -220,7 +221,7 @@ mod tests {
             staged.keep(10 + i, i, 3, offsets[i as usize].0, offsets[i as usize].1).unwrap();
         }
         let mut kept = Kept::default();
-        staged.hand_over(&mut kept);
+        staged.hand_over(&mut kept, 0);
         let mut out = Numbered::default();
         assert_eq!(kept.take_at(&mut cursor, 8, &mut out), (0, Some((3, offsets[1].0))), "not at the cursor yet");
         assert!(out.is_empty());
@@ -243,7 +244,7 @@ mod tests {
         staged.keep(12, 2, 3, offsets[2].0, offsets[2].1).unwrap();
         staged.keep(20, 200, 4, HEADER_LEN as u64, 60).unwrap(); // a newer segment's
         let mut kept = Kept::default();
-        staged.hand_over(&mut kept);
+        staged.hand_over(&mut kept, 0);
         // The first frame is read from the file instead.
         cursor.commit();
         let mut out = Numbered::default();
@@ -271,7 +272,7 @@ mod tests {
         let mut staged = Staged::new(8);
         staged.keep(10, 0u8, 3, HEADER_LEN as u64, writer.flushed()).unwrap();
         let mut kept = Kept::default();
-        staged.hand_over(&mut kept);
+        staged.hand_over(&mut kept, 0);
         assert!(!kept.ready_at(&cursor));
         let mut out = Numbered::default();
         assert_eq!(kept.take_at(&mut cursor, 8, &mut out).0, 0);
@@ -286,8 +287,13 @@ mod tests {
             staged.keep(i, i, 1, 16 + 10 * i, 26 + 10 * i).unwrap();
         }
         assert_eq!(staged.keep(3, 3, 1, 46, 56), Err(3), "three items at most");
-        staged.hand_over(&mut kept);
+        staged.hand_over(&mut kept, 0);
         assert_eq!(staged.keep(3, 3, 1, 46, 56), Err(3), "the receiver's count too");
+        // Two kept items the receiver moved on to hand out still count.
+        let mut staged = Staged::new(3);
+        staged.hand_over(&mut Kept::default(), 2);
+        staged.keep(0, 0, 1, 16, 26).unwrap();
+        assert_eq!(staged.keep(1, 1, 1, 26, 36), Err(1));
         let mut staged = Staged::new(10);
         staged.keep(0, 0, 1, 16, 16 + STAGED_BYTES - 100).unwrap();
         assert_eq!(staged.keep(1, 1, 1, 16 + STAGED_BYTES - 100, 17 + STAGED_BYTES), Err(1), "bytes");
