@@ -420,8 +420,12 @@ impl<T: serde::Serialize> Shared<T> {
         let channel_id = disk.channel_id();
         // With nothing on disk, nothing numbered before now is waiting.
         let done_below = if disk.items() == 0 { disk.first_seq() } else { 0 };
-        let keeps_spilled = settings.durability == Durability::Overflow && settings.compression == Compression::None;
-        let kept_limit = if keeps_spilled { staged::STAGED_MAX.min(settings.memory_capacity.max(1)) } else { 0 };
+        let kept_limit = if settings.durability == Durability::Overflow && settings.compression == Compression::None {
+            staged::STAGED_MAX.min(settings.memory_capacity)
+        } else {
+            0
+        };
+        let keeps_spilled = kept_limit > 0;
         let memory_open = settings.durability != Durability::WriteAhead && disk.items() == 0 && !disk.orphaned();
         Shared {
             memory: CachePadded(FastMutex::new(Memory {

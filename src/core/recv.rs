@@ -162,8 +162,8 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             if self.keeps_spilled && state.disk.items() > 0 {
                 // The next frames may be ones whose items were kept: then
                 // the cursor need not wait for the writer to flush them.
-                let in_hand = side.prefetched.len();
-                state.staged.hand_over(&mut side.kept, in_hand);
+                // Nothing is in `prefetched` here: it is handed out first.
+                state.staged.hand_over(&mut side.kept, 0, 0);
                 if Self::kept_at_cursor(side) {
                     continue;
                 }
@@ -291,18 +291,23 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         true
     }
 
-    /// Reads, decodes and consumes the record under the cursor, if there
-    /// is one below its limit. Damaged records are consumed and counted,
-    /// never returned.
+    /// Takes the record under the cursor, if there is one below its limit
+    /// or its item was kept: reads and decodes it (or takes the kept item)
+    /// and consumes it. Damaged records are consumed and counted, never
+    /// returned.
     fn take_from_cursor(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
+        // A kept item is taken without reading its frame, which may not be
+        // in the file yet, or may not be readable right now.
+        if self.keeps_spilled && Self::kept_at_cursor(side) {
+            return self.take_records(side);
+        }
         let Some(cursor) = side.reader.cursor() else {
             return Taken::Nothing;
         };
         match cursor.peek() {
             Ok(Peek::Record { .. }) => self.take_records(side),
-            // The frames past the limit may be ones whose items were kept.
-            // Past the limit may come frames whose items were kept (once
-            // the header is read, the cursor is where they start).
+            // Reading the header moves the cursor to where the first
+            // frame starts, which may be a kept one.
             Ok(Peek::Exhausted) => {
                 if self.keeps_spilled && Self::kept_at_cursor(side) {
                     self.take_records(side)
@@ -349,12 +354,12 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         reader.cursor().is_some_and(|cursor| kept.ready_at(cursor))
     }
 
-    /// Takes up to `read_ahead` records from under the cursor (the first
-    /// of them known to be there, or kept) into `side.prefetched`: the
-    /// items kept as they were sent where their frames come next
-    /// ([`super::staged`]), decoded otherwise; and accounts for them,
-    /// undecodable ones counted as corrupt, under one lock. Returns the
-    /// first item, or `Skipped` when there was none.
+    /// Takes records from under the cursor (the first of them known to be
+    /// there, or kept) into `side.prefetched`: the items kept as they were
+    /// sent where their frames come next ([`super::staged`]), up to the
+    /// kept bound, and up to `read_ahead` decoded ones otherwise; and
+    /// accounts for them, undecodable ones counted as corrupt, under one
+    /// lock. Returns the first item, or `Skipped` when there was none.
     fn take_records(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
         let ReceiverSide { prefetched, reader, kept, .. } = side;
         let mut read = 0;
@@ -367,14 +372,16 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         // batches than records are decoded, one lock for up to all of them.
         let budget = self.read_ahead.max(self.kept_limit);
         let mut decoded = 0;
+        let mut kept_bytes = 0;
         while read < budget {
             let Some(open) = reader.cursor() else { break };
             if look || next_kept == Some((open.id(), open.pos())) {
                 look = false;
-                let (moved, next) = kept.take_at(open, budget - read, prefetched);
-                next_kept = next;
-                if moved > 0 {
-                    read += moved;
+                let taken = kept.take_at(open, budget - read, prefetched);
+                next_kept = taken.next;
+                if taken.items > 0 {
+                    read += taken.items;
+                    kept_bytes += taken.bytes;
                     continue;
                 }
             }
@@ -406,7 +413,8 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         // Under the lock, so that stats never miss the items in hand.
         let first = prefetched.pop_front();
         if self.keeps_spilled {
-            state.staged.hand_over(kept, prefetched.len());
+            // What this batch took is in `prefetched` now (it was empty).
+            state.staged.hand_over(kept, prefetched.len(), kept_bytes);
         }
         self.prefetched.store(prefetched.len(), Ordering::Relaxed);
         drop(state);

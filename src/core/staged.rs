@@ -25,7 +25,9 @@
 //!
 //! A kept item is the item as it was sent, so bytes of its frame that
 //! another program damaged in the file go unnoticed: what is delivered is
-//! intact. The frame still reaches the file, in the writer's large
+//! intact. It is also the sent value rather than what its encoding
+//! decodes to, as an item that stayed in memory is; the two differ only
+//! for types whose serde round trip is not exact (the README says so). The frame still reaches the file, in the writer's large
 //! writes, for a receiver that falls further behind than the bound.
 //!
 //! The bound ([`STAGED_MAX`] items, no more than the memory bound, and
@@ -95,16 +97,17 @@ impl<T> Staged<T> {
     }
 
     /// Moves every kept item to the receiver's `kept`, behind the ones it
-    /// holds (which are older); `in_hand` more kept items are in the
-    /// receiver's hands outside `kept`, not yet handed out.
-    pub(crate) fn hand_over(&mut self, kept: &mut Kept<T>, in_hand: usize) {
+    /// holds (which are older); `in_hand` more items, with frames of at
+    /// most `in_hand_bytes`, are in the receiver's hands outside `kept`,
+    /// not yet handed out.
+    pub(crate) fn hand_over(&mut self, kept: &mut Kept<T>, in_hand: usize, in_hand_bytes: u64) {
         if kept.entries.is_empty() {
             std::mem::swap(&mut kept.entries, &mut self.entries);
         } else {
             kept.entries.append(&mut self.entries);
         }
         kept.bytes += std::mem::take(&mut self.bytes);
-        self.held = (kept.entries.len() + in_hand, kept.bytes);
+        self.held = (kept.entries.len() + in_hand, kept.bytes + in_hand_bytes);
     }
 
     /// Takes every kept item out, to be dropped outside the lock.
@@ -113,6 +116,17 @@ impl<T> Staged<T> {
         self.bytes = 0;
         self.entries.drain(..).map(|entry| entry.item).collect()
     }
+}
+
+/// What [`Kept::take_at`] moved.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TakenKept {
+    /// Items moved.
+    pub(crate) items: usize,
+    /// Bytes of their frames.
+    pub(crate) bytes: u64,
+    /// Where the oldest kept frame left starts: its segment and offset.
+    pub(crate) next: Option<(u64, u64)>,
 }
 
 /// The kept items in the receiver's hands, oldest first.
@@ -149,32 +163,35 @@ impl<T> Kept<T> {
     }
 
     /// Whether the next frame under `cursor` is one whose item is kept,
-    /// and the cursor can pass it.
-    pub(crate) fn ready_at(&mut self, cursor: &SegmentCursor) -> bool {
+    /// and the cursor can pass it. Drops nothing (it may be asked with the
+    /// channel lock held, and an item's `Drop` may use the channel).
+    pub(crate) fn ready_at(&self, cursor: &SegmentCursor) -> bool {
         let Some(pos) = cursor.passable_at() else { return false };
-        self.next_after(cursor) == Some((cursor.id(), pos))
+        let id = cursor.id();
+        self.entries
+            .iter()
+            .find(|entry| !(entry.segment < id || (entry.segment == id && entry.start < pos)))
+            .is_some_and(|entry| entry.segment == id && entry.start == pos)
     }
 
     /// Moves to `out`, up to `max` of them, the kept items whose frames are
-    /// the next ones under `cursor`, moving the cursor past each. Returns
-    /// how many it moved and where the oldest kept frame left starts.
-    pub(crate) fn take_at(
-        &mut self,
-        cursor: &mut SegmentCursor,
-        max: usize,
-        out: &mut Numbered<T>,
-    ) -> (usize, Option<(u64, u64)>) {
-        let mut taken = 0;
-        while taken < max && self.ready_at(cursor) {
+    /// the next ones under `cursor`, moving the cursor past each, and drops
+    /// those of frames the cursor has passed: with no lock held but the
+    /// receiver's own.
+    pub(crate) fn take_at(&mut self, cursor: &mut SegmentCursor, max: usize, out: &mut Numbered<T>) -> TakenKept {
+        let mut taken = TakenKept { items: 0, bytes: 0, next: None };
+        while taken.items < max && self.next_after(cursor).is_some() && self.ready_at(cursor) {
             let Some(entry) = self.entries.front() else { break };
             if !cursor.pass_frame(entry.start, entry.end) {
                 break;
             }
             let Some(entry) = self.pop() else { break };
+            taken.bytes += entry.end - entry.start;
             out.push_back(entry.seq, entry.item);
-            taken += 1;
+            taken.items += 1;
         }
-        (taken, self.next_after(cursor))
+        taken.next = self.next_after(cursor);
+        taken
     }
 
     /// Drops every item.
@@ -189,6 +206,10 @@ mod tests {
     use super::*;
     use crate::segment::format::{frame_of, HEADER_LEN};
     use crate::segment::{Peek, SegmentWriter};
+
+    fn took(taken: TakenKept) -> (usize, Option<(u64, u64)>) {
+        (taken.items, taken.next)
+    }
 
     /// A segment holding `count` frames (item `i` numbered `10 + i`), of
     /// which only the first is written to the file, the cursor on it
@@ -221,13 +242,15 @@ mod tests {
             staged.keep(10 + i, i, 3, offsets[i as usize].0, offsets[i as usize].1).unwrap();
         }
         let mut kept = Kept::default();
-        staged.hand_over(&mut kept, 0);
+        staged.hand_over(&mut kept, 0, 0);
         let mut out = Numbered::default();
-        assert_eq!(kept.take_at(&mut cursor, 8, &mut out), (0, Some((3, offsets[1].0))), "not at the cursor yet");
+        assert_eq!(took(kept.take_at(&mut cursor, 8, &mut out)), (0, Some((3, offsets[1].0))), "not at the cursor yet");
         assert!(out.is_empty());
         cursor.commit();
-        assert_eq!(kept.take_at(&mut cursor, 2, &mut out), (2, Some((3, offsets[3].0))), "at most `max`");
-        assert_eq!(kept.take_at(&mut cursor, 8, &mut out), (1, None));
+        let taken = kept.take_at(&mut cursor, 2, &mut out);
+        assert_eq!(taken.bytes, offsets[2].1 - offsets[1].0);
+        assert_eq!(took(taken), (2, Some((3, offsets[3].0))), "at most `max`");
+        assert_eq!(took(kept.take_at(&mut cursor, 8, &mut out)), (1, None));
         assert_eq!(out.iter().map(|(seq, &item)| (seq, item)).collect::<Vec<_>>(), vec![(11, 1), (12, 2), (13, 3)]);
         assert_eq!(cursor.pos(), offsets[3].1, "past the last kept frame, beyond what the file holds");
         assert_eq!(cursor.records_read(), 4);
@@ -244,14 +267,16 @@ mod tests {
         staged.keep(12, 2, 3, offsets[2].0, offsets[2].1).unwrap();
         staged.keep(20, 200, 4, HEADER_LEN as u64, 60).unwrap(); // a newer segment's
         let mut kept = Kept::default();
-        staged.hand_over(&mut kept, 0);
+        staged.hand_over(&mut kept, 0, 0);
         // The first frame is read from the file instead.
         cursor.commit();
         let mut out = Numbered::default();
+        assert!(!kept.ready_at(&cursor));
+        assert_eq!(kept.entries.len(), 4, "asking drops nothing");
         assert_eq!(kept.next_after(&cursor), Some((3, offsets[2].0)), "the older and the read ones are gone");
-        assert_eq!(kept.take_at(&mut cursor, 8, &mut out), (0, Some((3, offsets[2].0))), "frame 1 was not kept");
+        assert_eq!(took(kept.take_at(&mut cursor, 8, &mut out)), (0, Some((3, offsets[2].0))), "frame 1 was not kept");
         assert!(cursor.pass_frame(offsets[1].0, offsets[1].1), "read from elsewhere");
-        assert_eq!(kept.take_at(&mut cursor, 8, &mut out), (1, Some((4, HEADER_LEN as u64))));
+        assert_eq!(took(kept.take_at(&mut cursor, 8, &mut out)), (1, Some((4, HEADER_LEN as u64))));
         assert_eq!(out.pop_front(), Some((12, 2)));
         assert!(!cursor.pass_frame(offsets[1].0, offsets[1].1), "a frame not under the cursor is not passed");
     }
@@ -272,10 +297,10 @@ mod tests {
         let mut staged = Staged::new(8);
         staged.keep(10, 0u8, 3, HEADER_LEN as u64, writer.flushed()).unwrap();
         let mut kept = Kept::default();
-        staged.hand_over(&mut kept, 0);
+        staged.hand_over(&mut kept, 0, 0);
         assert!(!kept.ready_at(&cursor));
         let mut out = Numbered::default();
-        assert_eq!(kept.take_at(&mut cursor, 8, &mut out).0, 0);
+        assert_eq!(kept.take_at(&mut cursor, 8, &mut out).items, 0);
         assert!(out.is_empty());
     }
 
@@ -287,13 +312,17 @@ mod tests {
             staged.keep(i, i, 1, 16 + 10 * i, 26 + 10 * i).unwrap();
         }
         assert_eq!(staged.keep(3, 3, 1, 46, 56), Err(3), "three items at most");
-        staged.hand_over(&mut kept, 0);
+        staged.hand_over(&mut kept, 0, 0);
         assert_eq!(staged.keep(3, 3, 1, 46, 56), Err(3), "the receiver's count too");
         // Two kept items the receiver moved on to hand out still count.
         let mut staged = Staged::new(3);
-        staged.hand_over(&mut Kept::default(), 2);
+        staged.hand_over(&mut Kept::default(), 2, 20);
         staged.keep(0, 0, 1, 16, 26).unwrap();
         assert_eq!(staged.keep(1, 1, 1, 26, 36), Err(1));
+        let mut staged = Staged::new(10);
+        staged.hand_over(&mut Kept::default(), 1, STAGED_BYTES - 10);
+        assert_eq!(staged.keep(0, 0, 1, 16, 27), Err(0), "and their frames' bytes");
+        staged.keep(0, 0, 1, 16, 26).unwrap();
         let mut staged = Staged::new(10);
         staged.keep(0, 0, 1, 16, 16 + STAGED_BYTES - 100).unwrap();
         assert_eq!(staged.keep(1, 1, 1, 16 + STAGED_BYTES - 100, 17 + STAGED_BYTES), Err(1), "bytes");
