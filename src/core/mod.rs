@@ -318,10 +318,8 @@ pub(crate) struct Shared<T> {
     /// yet (`ReceiverSide::prefetched`), so that stats count them as on
     /// disk. Written by the receiver only.
     prefetched: CachePadded<AtomicUsize>,
-    /// Whether spilled items are kept beside their frames at all
-    /// (`Overflow` mode, plain segments; see [`staged`]).
-    keeps_spilled: bool,
-    /// Most spilled items kept beside their frames (0 when none are).
+    /// Most spilled items kept beside their frames ([`staged`]): 0, none,
+    /// but in `Overflow` mode with plain segments.
     kept_limit: usize,
     /// Async receives registered in `State::recv_wakers`, as of the last
     /// change under the lock: a receive that got an item looks at it to
@@ -425,7 +423,6 @@ impl<T: serde::Serialize> Shared<T> {
         } else {
             0
         };
-        let keeps_spilled = kept_limit > 0;
         let memory_open = settings.durability != Durability::WriteAhead && disk.items() == 0 && !disk.orphaned();
         Shared {
             memory: CachePadded(FastMutex::new(Memory {
@@ -474,7 +471,6 @@ impl<T: serde::Serialize> Shared<T> {
             done_below: CachePadded(AtomicU64::new(done_below)),
             prefetched: CachePadded::default(),
             queued: CachePadded::default(),
-            keeps_spilled,
             kept_limit,
             recv_waiters: AtomicUsize::new(0),
             round_trip_checked: AtomicBool::new(false),
@@ -534,6 +530,11 @@ impl<T> ReceiverSide<T> {
 }
 
 impl<T> Shared<T> {
+    /// Whether spilled items are kept beside their frames at all.
+    fn keeps_spilled(&self) -> bool {
+        self.kept_limit > 0
+    }
+
     /// Tells the receiver something arrived: wakes it if it is parked (and
     /// one async receive, if any waits), and sets the hint it watches while
     /// it spins.

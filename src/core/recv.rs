@@ -159,7 +159,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                 // numbered so far is done.
                 self.raise_done_below(next_seq);
             }
-            if self.keeps_spilled && state.disk.items() > 0 {
+            if self.keeps_spilled() && state.disk.items() > 0 {
                 // The next frames may be ones whose items were kept: then
                 // the cursor need not wait for the writer to flush them.
                 // Nothing is in `prefetched` here: it is handed out first.
@@ -298,7 +298,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     fn take_from_cursor(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
         // A kept item is taken without reading its frame, which may not be
         // in the file yet, or may not be readable right now.
-        if self.keeps_spilled && Self::kept_at_cursor(side) {
+        if self.keeps_spilled() && Self::kept_at_cursor(side) {
             return self.take_records(side);
         }
         let Some(cursor) = side.reader.cursor() else {
@@ -309,7 +309,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             // Reading the header moves the cursor to where the first
             // frame starts, which may be a kept one.
             Ok(Peek::Exhausted) => {
-                if self.keeps_spilled && Self::kept_at_cursor(side) {
+                if self.keeps_spilled() && Self::kept_at_cursor(side) {
                     self.take_records(side)
                 } else {
                     Taken::Nothing
@@ -366,7 +366,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         let mut undecodable = Vec::new();
         // Where the next kept frame starts, as of the last look: the kept
         // items are looked at again only once the cursor is there.
-        let mut look = self.keeps_spilled;
+        let mut look = self.keeps_spilled();
         let mut next_kept = None;
         // Kept items are in memory already: they are taken in larger
         // batches than records are decoded, one lock for up to all of them.
@@ -412,7 +412,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
         // Under the lock, so that stats never miss the items in hand.
         let first = prefetched.pop_front();
-        if self.keeps_spilled {
+        if self.keeps_spilled() {
             // What this batch took is in `prefetched` now (it was empty).
             state.staged.hand_over(kept, prefetched.len(), kept_bytes);
         }

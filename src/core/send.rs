@@ -175,7 +175,7 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// the channel lock held, so that items are kept in append order.
     /// Returns the item if it was not kept.
     fn keep_spilled(&self, state: &mut State<T>, seq: u64, len: u64, item: T) -> Option<T> {
-        if !self.keeps_spilled {
+        if !self.keeps_spilled() {
             return Some(item);
         }
         let Some((segment, end)) = state.disk.appended_end() else { return Some(item) };

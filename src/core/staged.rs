@@ -27,8 +27,9 @@
 //! another program damaged in the file go unnoticed: what is delivered is
 //! intact. It is also the sent value rather than what its encoding
 //! decodes to, as an item that stayed in memory is; the two differ only
-//! for types whose serde round trip is not exact (the README says so). The frame still reaches the file, in the writer's large
-//! writes, for a receiver that falls further behind than the bound.
+//! for types whose serde round trip is not exact (the README says so).
+//! The frame still reaches the file, in the writer's large writes, for a
+//! receiver that falls further behind than the bound.
 //!
 //! The bound ([`STAGED_MAX`] items, no more than the memory bound, and
 //! [`STAGED_BYTES`] of frames) counts the items in the receiver's hands as
@@ -57,6 +58,19 @@ struct Entry<T> {
     segment: u64,
     start: u64,
     end: u64,
+}
+
+impl<T> Entry<T> {
+    /// Where the frame starts: its segment and offset, which order frames
+    /// as the cursor meets them.
+    fn place(&self) -> (u64, u64) {
+        (self.segment, self.start)
+    }
+}
+
+/// Where the cursor is, as [`Entry::place`] says it.
+fn place_of(cursor: &SegmentCursor) -> (u64, u64) {
+    (cursor.id(), cursor.pos())
 }
 
 /// Spilled items kept as they were sent, oldest first, not yet handed to
@@ -148,12 +162,11 @@ impl<T> Kept<T> {
     /// instead), and returns where the oldest remaining kept frame starts:
     /// its segment and offset.
     pub(crate) fn next_after(&mut self, cursor: &SegmentCursor) -> Option<(u64, u64)> {
-        let (id, pos) = (cursor.id(), cursor.pos());
-        while self.entries.front().is_some_and(|entry| entry.segment < id || (entry.segment == id && entry.start < pos))
-        {
+        let here = place_of(cursor);
+        while self.entries.front().is_some_and(|entry| entry.place() < here) {
             self.pop();
         }
-        self.entries.front().map(|entry| (entry.segment, entry.start))
+        self.entries.front().map(Entry::place)
     }
 
     fn pop(&mut self) -> Option<Entry<T>> {
@@ -166,12 +179,9 @@ impl<T> Kept<T> {
     /// and the cursor can pass it. Drops nothing (it may be asked with the
     /// channel lock held, and an item's `Drop` may use the channel).
     pub(crate) fn ready_at(&self, cursor: &SegmentCursor) -> bool {
-        let Some(pos) = cursor.passable_at() else { return false };
-        let id = cursor.id();
-        self.entries
-            .iter()
-            .find(|entry| !(entry.segment < id || (entry.segment == id && entry.start < pos)))
-            .is_some_and(|entry| entry.segment == id && entry.start == pos)
+        let here = place_of(cursor);
+        cursor.passable_at().is_some()
+            && self.entries.iter().map(Entry::place).find(|&place| place >= here) == Some(here)
     }
 
     /// Moves to `out`, up to `max` of them, the kept items whose frames are
@@ -180,7 +190,7 @@ impl<T> Kept<T> {
     /// receiver's own.
     pub(crate) fn take_at(&mut self, cursor: &mut SegmentCursor, max: usize, out: &mut Numbered<T>) -> TakenKept {
         let mut taken = TakenKept { items: 0, bytes: 0, next: None };
-        while taken.items < max && self.next_after(cursor).is_some() && self.ready_at(cursor) {
+        while taken.items < max && cursor.passable_at().is_some() && self.next_after(cursor) == Some(place_of(cursor)) {
             let Some(entry) = self.entries.front() else { break };
             if !cursor.pass_frame(entry.start, entry.end) {
                 break;
