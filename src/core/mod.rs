@@ -272,8 +272,10 @@ impl<T> Memory<T> {
 /// The part of a channel every handle shares.
 pub(crate) struct Shared<T> {
     /// Everything that decides where an item goes, but for the memory
-    /// fast path. Taken before `memory` when both are held.
-    state: Mutex<State<T>>,
+    /// fast path. Taken before `memory` when both are held. On a cache
+    /// line of its own: spilling senders write it on every send, and the
+    /// settings read on every send would sit beside it otherwise.
+    state: CachePadded<Mutex<State<T>>>,
     /// The memory tier. A send that finds it open and with room takes
     /// only this lock (see the module docs).
     memory: CachePadded<FastMutex<Memory<T>>>,
@@ -293,7 +295,9 @@ pub(crate) struct Shared<T> {
     gathered: Condvar,
     /// A hint, written under the lock, that the disk holds items, so a
     /// send should encode before taking the lock. Never trusted for order.
-    spilling: AtomicBool,
+    /// Every send reads it: it is stored only when it changes, on a line
+    /// of its own.
+    spilling: CachePadded<AtomicBool>,
     /// Items the receiver popped from its local batch since open. Written
     /// by the receiver only, with a load and a store (no read-modify-write
     /// on the receive path); folded into `State::in_memory` under the lock,
@@ -436,7 +440,7 @@ impl<T: serde::Serialize> Shared<T> {
                 receiver_gone: false,
                 receiver_waiting: false,
             })),
-            state: Mutex::new(State {
+            state: CachePadded(Mutex::new(State {
                 next_seq: disk.first_seq(),
                 memory_closed: !memory_open,
                 disk,
@@ -460,12 +464,12 @@ impl<T: serde::Serialize> Shared<T> {
                 last_sync: std::time::Duration::ZERO,
                 commit_failures: CommitFailures::default(),
                 staged: Staged::new(kept_limit),
-            }),
+            })),
             ready: Condvar::new(),
             space: Condvar::new(),
             synced: [Condvar::new(), Condvar::new()],
             gathered: Condvar::new(),
-            spilling: AtomicBool::new(false),
+            spilling: CachePadded(AtomicBool::new(false)),
             taken: CachePadded::default(),
             received: CachePadded::default(),
             done_below: CachePadded(AtomicU64::new(done_below)),
@@ -571,7 +575,8 @@ impl<T> Shared<T> {
     /// After the disk backlog shrank by more than one record or emptied:
     /// updates the spilling hint and wakes senders waiting for space.
     fn after_disk_change(&self, state: &mut State<T>) {
-        if state.disk.items() == 0 && self.spilling.swap(false, Ordering::Relaxed) {
+        if state.disk.items() == 0 && self.spilling.load(Ordering::Relaxed) {
+            self.spilling.store(false, Ordering::Relaxed);
             tracing::debug!("disk backlog drained; back to memory");
         }
         self.sync_memory_gate(state);

@@ -258,13 +258,13 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
                     let outcome = match state.disk.append(frame, self.write_ahead && !self.sync_always) {
                         Ok(()) => {
                             self.take_seq(&mut state);
-                            if state.spilled == 0 || !self.spilling.load(Ordering::Relaxed) {
+                            if !self.spilling.load(Ordering::Relaxed) {
                                 tracing::debug!("spill to disk started");
+                                self.spilling.store(true, Ordering::Relaxed);
                             }
                             state.spilled += 1;
                             state.appended += 1;
                             self.joined_group(&mut state);
-                            self.spilling.store(true, Ordering::Relaxed);
                             self.wake_receiver(&mut state);
                             Spill::Written { appended: state.appended, seq, len: frame.len() as u64 }
                         }
