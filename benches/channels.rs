@@ -4,7 +4,8 @@
 //! - W1 hot path: 1 producer, 1 consumer, 1,000,000 `u64`, nothing spills.
 //! - W2 spill: 200,000 items of 1 KiB, receiver idle until every send
 //!   returned, memory capacity 1,000 (bounded in-memory channels cannot do
-//!   this without blocking forever, so only unbounded ones are compared;
+//!   this without blocking forever, so only unbounded ones, std's and
+//!   crossbeam's, are compared;
 //!   hopper did not finish one iteration in 120 s on the reference machine,
 //!   so it is left out here).
 //! - W5 scale: the cost per item of spilling and draining a backlog of
@@ -82,6 +83,20 @@ fn w2_spill(c: &mut Criterion) {
             kib,
             |item| {
                 let (tx, rx) = crossbeam_channel::unbounded::<String>();
+                for _ in 0..W2_ITEMS {
+                    tx.send(item.clone()).unwrap();
+                }
+                drop(tx);
+                assert_eq!(rx.iter().count(), W2_ITEMS);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("std_unbounded", |b| {
+        b.iter_batched(
+            kib,
+            |item| {
+                let (tx, rx) = std::sync::mpsc::channel::<String>();
                 for _ in 0..W2_ITEMS {
                     tx.send(item.clone()).unwrap();
                 }
