@@ -89,6 +89,33 @@ fn the_channel_goes_back_to_memory_once_the_disk_backlog_is_drained() {
 }
 
 #[test]
+fn a_receive_that_takes_every_kept_item_on_disk_at_once_keeps_order_and_reopens_memory() {
+    loom::model(|| {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments large enough to hold every frame: spilled items are kept
+        // beside frames of one segment, and a receive close behind may take
+        // them all while the sender is still spilling.
+        // Two items kept at most.
+        let (tx, rx) = Builder::new("loom", dir.path()).memory_capacity(2).open::<u32>().unwrap();
+        tx.send(1).unwrap(); // memory
+        tx.send(2).unwrap(); // memory
+        tx.send(3).unwrap(); // disk, kept
+        let late = tx.clone();
+        // Disk, kept, and taken along with 3 if it is there by then; or
+        // memory once the receive took 3.
+        let sender = thread::spawn(move || late.send(4).unwrap());
+        let got: Vec<u32> = (0..4).map(|_| rx.recv().unwrap()).collect();
+        sender.join().unwrap();
+        assert_eq!(got, vec![1, 2, 3, 4]);
+        let stats = rx.stats();
+        assert_eq!((stats.on_disk, stats.in_memory, stats.sent), (0, 0, 4));
+        tx.send(5).unwrap();
+        assert_eq!(rx.stats().spilled, stats.spilled, "back on the memory path");
+        assert_eq!(rx.try_recv(), Ok(5));
+    });
+}
+
+#[test]
 fn disconnection_wakes_a_waiting_receiver_after_the_last_item() {
     loom::model(|| {
         let dir = tempfile::tempdir().unwrap();

@@ -280,3 +280,68 @@ fn a_receiver_that_keeps_catching_up_reuses_one_segment_across_spill_episodes() 
         drop((tx, rx));
     }
 }
+
+/// An item whose decoding, when it is a large one, runs the hook set for
+/// this thread: a way to have a sender spill while the receiver decodes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Wire")]
+enum Item {
+    Small(u32),
+    Large(Vec<u8>),
+}
+
+/// [`Item`] as it is decoded, before the hook runs.
+#[derive(serde::Deserialize)]
+enum Wire {
+    Small(u32),
+    Large(Vec<u8>),
+}
+
+type Hook = Box<dyn FnOnce()>;
+
+thread_local! {
+    static ON_LARGE: std::cell::RefCell<Option<Hook>> = std::cell::RefCell::new(None);
+}
+
+impl From<Wire> for Item {
+    fn from(wire: Wire) -> Item {
+        match wire {
+            Wire::Small(n) => Item::Small(n),
+            Wire::Large(bytes) => {
+                if let Some(hook) = ON_LARGE.with(|hook| hook.borrow_mut().take()) {
+                    hook();
+                }
+                Item::Large(bytes)
+            }
+        }
+    }
+}
+
+#[test]
+fn a_receiver_that_catches_up_with_a_spilling_sender_takes_the_channel_back_to_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = Builder::new("catch", dir.path()).memory_capacity(2).open::<Item>().unwrap();
+    // Too large to be kept beside its frame: the receive decodes it.
+    let large = Item::Large(vec![7; 300 * 1024]);
+    tx.send(Item::Small(0)).unwrap();
+    tx.send(Item::Small(1)).unwrap();
+    tx.send(large.clone()).unwrap();
+    assert_eq!(tx.stats().spilled, 1);
+    // While the receive decodes the large item, a sender spills a small
+    // one behind it, after the receive last looked at the backlog.
+    let meanwhile = tx.clone();
+    ON_LARGE.with(|hook| *hook.borrow_mut() = Some(Box::new(move || meanwhile.send(Item::Small(2)).unwrap())));
+    assert_eq!(rx.recv().unwrap(), Item::Small(0));
+    assert_eq!(rx.recv().unwrap(), Item::Small(1));
+    assert_eq!(rx.recv().unwrap(), large);
+    assert!(ON_LARGE.with(|hook| hook.borrow().is_none()), "the receive decoded the large item");
+    assert_eq!(tx.stats().spilled, 2);
+    // The item spilled meanwhile was kept as it was sent, and it was all
+    // that was left on disk: the receive took it along, so the backlog is
+    // gone and the next send goes to memory.
+    assert_eq!(tx.stats().on_disk, 1, "taken, not handed out yet");
+    tx.send(Item::Small(3)).unwrap();
+    assert_eq!(tx.stats().spilled, 2, "nothing was left on disk for it to follow");
+    assert_eq!(tx.stats().in_memory, 1);
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![Item::Small(2), Item::Small(3)]);
+}

@@ -29,7 +29,11 @@
 //! 2. items it decoded ahead from disk (`Overflow` mode only),
 //! 3. the record under its segment cursor (the oldest on disk): the
 //!    item a send kept beside that very frame, if it kept one
-//!    ([`staged`]; `Overflow` mode only), and the decoded frame otherwise,
+//!    ([`staged`]; `Overflow` mode only), and the decoded frame otherwise;
+//!    when the kept items are every record left on disk, it moves them
+//!    all into 2 at once, under the channel lock, which empties the disk
+//!    and opens memory (they are older than anything memory receives
+//!    after that, and 2 comes before 4),
 //! 4. memory, by swapping the whole queue into its local batch (under the
 //!    memory lock alone when a send said items arrived, and again under
 //!    both locks before it looks at the disk),

@@ -415,6 +415,19 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         if self.keeps_spilled() {
             // What this batch took is in `prefetched` now (it was empty).
             state.staged.hand_over(kept, prefetched.len(), kept_bytes);
+            // When the kept items are all that is left on disk, they are
+            // taken now, under the lock that the senders append under: the
+            // backlog is gone and memory opens again. Otherwise senders
+            // append between any two takes, and a receiver close behind
+            // them never sees the backlog empty while they keep sending.
+            if let Some(open) = reader.cursor() {
+                if kept.is_all_of(open, state.disk.items()) {
+                    let taken = kept.take_at(open, usize::MAX, prefetched);
+                    if state.disk.consumed(taken.items as u64, reader) {
+                        self.after_disk_change(&mut state);
+                    }
+                }
+            }
         }
         self.prefetched.store(prefetched.len(), Ordering::Relaxed);
         drop(state);

@@ -31,6 +31,17 @@
 //! The frame still reaches the file, in the writer's large writes, for a
 //! receiver that falls further behind than the bound.
 //!
+//! While the senders keep spilling, the receiver finds the backlog empty
+//! only by catching up with them at a moment when none appends, which
+//! with several busy senders almost never happens: the channel would stay
+//! on the disk path, every item paying for a spill, long after the
+//! receiver caught up. So when the receiver accounts for what it took,
+//! under the channel lock that every append takes, and finds that the
+//! kept items are every record left on disk, from its cursor on, it takes
+//! them all there and then. The backlog is empty at that moment and
+//! memory opens again; the items taken are older than anything memory
+//! receives from then on, and the receiver hands them out first.
+//!
 //! The bound ([`STAGED_MAX`] items, no more than the memory bound, and
 //! [`STAGED_BYTES`] of frames) counts the items in the receiver's hands as
 //! of its last take, which only shrink meanwhile.
@@ -184,6 +195,16 @@ impl<T> Kept<T> {
             && self.entries.iter().map(Entry::place).find(|&place| place >= here) == Some(here)
     }
 
+    /// Whether the kept items are `records` in number and the first of
+    /// them is the next frame under `cursor`: then, if their frames follow
+    /// one another, they are every record from the cursor on, and
+    /// [`take_at`](Self::take_at) drops none of them.
+    pub(crate) fn is_all_of(&self, cursor: &SegmentCursor, records: u64) -> bool {
+        self.entries.len() as u64 == records
+            && records > 0
+            && self.entries.front().is_some_and(|entry| entry.place() == place_of(cursor))
+    }
+
     /// Moves to `out`, up to `max` of them, the kept items whose frames are
     /// the next ones under `cursor`, moving the cursor past each, and drops
     /// those of frames the cursor has passed: with no lock held but the
@@ -312,6 +333,26 @@ mod tests {
         let mut out = Numbered::default();
         assert_eq!(kept.take_at(&mut cursor, 8, &mut out).items, 0);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_kept_items_are_all_of_the_backlog_only_if_they_start_at_the_cursor_and_number_as_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_writer, mut cursor, offsets) = segment(dir.path(), 3);
+        let mut staged = Staged::new(8);
+        for i in 1..3 {
+            staged.keep(10 + i, i, 3, offsets[i as usize].0, offsets[i as usize].1).unwrap();
+        }
+        let mut kept = Kept::default();
+        staged.hand_over(&mut kept, 0, 0);
+        assert!(!kept.is_all_of(&cursor, 3), "frame 0, under the cursor, was not kept");
+        assert!(!kept.is_all_of(&cursor, 2), "nor with the count of the kept ones");
+        cursor.commit();
+        assert!(kept.is_all_of(&cursor, 2));
+        assert!(!kept.is_all_of(&cursor, 3), "a record beyond the kept ones");
+        let mut out = Numbered::default();
+        assert_eq!(took(kept.take_at(&mut cursor, usize::MAX, &mut out)), (2, None));
+        assert!(!kept.is_all_of(&cursor, 0), "nothing kept is not all of anything");
     }
 
     #[test]
