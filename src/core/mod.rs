@@ -83,6 +83,16 @@
 //! memory batch, not per item, and reports what it took through a counter
 //! that senders fold into `in_memory` only when memory looks full.
 //!
+//! Senders that spill never wait, so on a machine with fewer cores than
+//! busy threads the receiver gets only its share of the processor, and
+//! once it falls behind by more than the items kept beside their frames
+//! it reads and decodes, which costs more than a send, and never catches
+//! up while they keep sending. So a send whose item could not be kept
+//! because the receiver is that far behind yields its thread if the
+//! receiver received anything since a send last looked: a reading
+//! receiver gets the processor, an idle one costs nothing, and on a
+//! machine with a core to spare the yield returns at once.
+//!
 //! # Files
 //!
 //! This module holds the state and what every path shares (waking, the
@@ -201,6 +211,9 @@ struct State<T> {
     senders_waiting: usize,
     /// Items written to disk since open.
     spilled: u64,
+    /// The receiver's count of items received, as a spilling send last
+    /// looked at it (see `send`'s yield).
+    seen_received: u64,
     /// Items dropped by policy since open.
     dropped: u64,
     /// Records appended to disk since open; a record's sequence number.
@@ -456,6 +469,7 @@ impl<T: serde::Serialize> Shared<T> {
                 send_wakers: Wakers::default(),
                 senders_waiting: 0,
                 spilled: 0,
+                seen_received: 0,
                 dropped: 0,
                 appended: 0,
                 synced: 0,

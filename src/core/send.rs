@@ -66,10 +66,14 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             },
             Spill::Written { seq, len, .. } => {
                 let refused = self.keep_spilled(&mut state, seq, len, item);
+                let behind = refused.is_some() && self.keeps_spilled() && self.receiver_moved(&mut state);
                 // Dropped outside the lock: an item's `Drop` may use the
                 // channel.
                 drop(state);
                 drop(refused);
+                if behind {
+                    crate::sync::yield_now();
+                }
                 Ok(())
             }
             Spill::Dropped => Ok(()),
@@ -180,6 +184,16 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
         }
         let Some((segment, end)) = state.disk.appended_end() else { return Some(item) };
         state.staged.keep(seq, item, segment, end.saturating_sub(len), end).err()
+    }
+
+    /// Whether the receiver received anything since a spilling send last
+    /// asked: then a send whose item could not be kept yields its thread
+    /// (see "Costs" in the parent module).
+    fn receiver_moved(&self, state: &mut State<T>) -> bool {
+        let received = self.received.load(Ordering::Relaxed);
+        let moved = received != state.seen_received;
+        state.seen_received = received;
+        moved
     }
 
     /// Whether memory has room for one more item, folding in what the
