@@ -102,7 +102,9 @@ fn a_receive_that_takes_every_kept_item_on_disk_at_once_keeps_order_and_reopens_
         tx.send(3).unwrap(); // disk, kept
         let late = tx.clone();
         // Disk, kept, and taken along with 3 if it is there by then; or
-        // memory once the receive took 3.
+        // memory once the receive took 3. Which of them happened cannot be
+        // seen from here (tests/spill.rs checks that the take happens):
+        // this checks order and counts in every interleaving.
         let sender = thread::spawn(move || late.send(4).unwrap());
         let got: Vec<u32> = (0..4).map(|_| rx.recv().unwrap()).collect();
         sender.join().unwrap();

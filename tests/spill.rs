@@ -345,3 +345,33 @@ fn a_receiver_that_catches_up_with_a_spilling_sender_takes_the_channel_back_to_m
     assert_eq!(tx.stats().in_memory, 1);
     assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![Item::Small(2), Item::Small(3)]);
 }
+
+#[test]
+fn kept_items_in_the_next_segment_are_not_taken_along_and_the_channel_stays_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) =
+        Builder::new("rotate", dir.path()).memory_capacity(2).segment_bytes(320 * 1024).open::<Item>().unwrap();
+    let large = Item::Large(vec![7; 300 * 1024]);
+    // Kept (under the kept bytes), but too large for what is left of the
+    // large item's segment: it starts the next one.
+    let medium = Item::Large(vec![8; 30 * 1024]);
+    tx.send(Item::Small(0)).unwrap();
+    tx.send(Item::Small(1)).unwrap();
+    tx.send(large.clone()).unwrap();
+    let meanwhile = tx.clone();
+    let spilled = medium.clone();
+    ON_LARGE.with(|hook| *hook.borrow_mut() = Some(Box::new(move || meanwhile.send(spilled).unwrap())));
+    assert_eq!(rx.recv().unwrap(), Item::Small(0));
+    assert_eq!(rx.recv().unwrap(), Item::Small(1));
+    assert_eq!(rx.recv().unwrap(), large);
+    assert!(ON_LARGE.with(|hook| hook.borrow().is_none()), "the receive decoded the large item");
+    let stats = tx.stats();
+    assert_eq!((stats.spilled, stats.segments), (2, 2));
+    // The kept item is all that is left on disk, but in another segment:
+    // the cursor cannot pass its frame from where it is, so it stays on
+    // disk and the next send follows it there.
+    tx.send(Item::Small(3)).unwrap();
+    assert_eq!(tx.stats().spilled, 3);
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![medium, Item::Small(3)]);
+    assert_eq!(tx.stats().on_disk, 0);
+}

@@ -32,8 +32,9 @@
 //!    ([`staged`]; `Overflow` mode only), and the decoded frame otherwise;
 //!    when the kept items are every record left on disk, it moves them
 //!    all into 2 at once, under the channel lock, which empties the disk
-//!    and opens memory (they are older than anything memory receives
-//!    after that, and 2 comes before 4),
+//!    and opens memory if their frames are all in the segment it is
+//!    reading (they are older than anything memory receives after that,
+//!    and memory is swapped out only once 2 is empty),
 //! 4. memory, by swapping the whole queue into its local batch (under the
 //!    memory lock alone when a send said items arrived, and again under
 //!    both locks before it looks at the disk),
@@ -83,15 +84,17 @@
 //! memory batch, not per item, and reports what it took through a counter
 //! that senders fold into `in_memory` only when memory looks full.
 //!
-//! Senders that spill never wait, so on a machine with fewer cores than
-//! busy threads the receiver gets only its share of the processor, and
-//! once it falls behind by more than the items kept beside their frames
-//! it reads and decodes, which costs more than a send, and never catches
-//! up while they keep sending. So a send whose item could not be kept
-//! because the receiver is that far behind yields its thread if the
-//! receiver received anything since a send last looked: a reading
-//! receiver gets the processor, an idle one costs nothing, and on a
-//! machine with a core to spare the yield returns at once.
+//! Senders that spill do not wait for the receiver (in `Overflow` mode,
+//! until the disk is full), so on a machine with fewer cores than busy
+//! threads the receiver gets only its share of the processor, and once it
+//! falls behind by more than the items kept beside their frames it reads
+//! and decodes, which costs more than a send, and does not catch up while
+//! they keep sending. So a blocking send whose item could not be kept,
+//! as many items being kept as the bound allows, yields its thread if the
+//! receiver received anything since a send last looked: a receiver that
+//! is receiving gets the processor, an idle one costs nothing, and on a
+//! machine with a core to spare the yield is one system call that
+//! returns at once. An async send does not yield.
 //!
 //! # Files
 //!
@@ -406,7 +409,8 @@ pub(crate) struct ReceiverSide<T> {
     /// Items decoded ahead from the disk backlog, oldest first, in
     /// `Overflow` mode only: read and accounted for in batches of up to
     /// [`PREFETCH`] records, so the receiver takes the channel lock once
-    /// per batch rather than once per record. They are newer than `local`
+    /// per batch rather than once per record, and kept items taken with
+    /// them (up to the kept bound more). They are newer than `local`
     /// and older than anything still on disk or in memory.
     prefetched: Numbered<T>,
     /// Read position on disk.

@@ -359,7 +359,9 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     /// sent where their frames come next ([`super::staged`]), up to the
     /// kept bound, and up to `read_ahead` decoded ones otherwise; and
     /// accounts for them, undecodable ones counted as corrupt, under one
-    /// lock. Returns the first item, or `Skipped` when there was none.
+    /// lock, under which it also takes the kept items that are all that is
+    /// left on disk, if they are. Returns the first item, or `Skipped`
+    /// when there was none.
     fn take_records(&self, side: &mut ReceiverSide<T>) -> Taken<T> {
         let ReceiverSide { prefetched, reader, kept, .. } = side;
         let mut read = 0;

@@ -66,7 +66,12 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             },
             Spill::Written { seq, len, .. } => {
                 let refused = self.keep_spilled(&mut state, seq, len, item);
-                let behind = refused.is_some() && self.keeps_spilled() && self.receiver_moved(&mut state);
+                // An async send does not yield: its thread is an
+                // executor's, which may be the receiver's too.
+                let behind = refused.is_some()
+                    && state.staged.is_full()
+                    && !matches!(wait, Wait::Register(..))
+                    && self.receiver_moved(&mut state);
                 // Dropped outside the lock: an item's `Drop` may use the
                 // channel.
                 drop(state);
@@ -187,8 +192,9 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
     }
 
     /// Whether the receiver received anything since a spilling send last
-    /// asked: then a send whose item could not be kept yields its thread
-    /// (see "Costs" in the parent module).
+    /// asked: then a blocking send whose item could not be kept, as many
+    /// items being kept as may be, yields its thread (see "Costs" in the
+    /// parent module).
     fn receiver_moved(&self, state: &mut State<T>) -> bool {
         let received = self.received.load(Ordering::Relaxed);
         let moved = received != state.seen_received;

@@ -38,9 +38,12 @@
 //! receiver caught up. So when the receiver accounts for what it took,
 //! under the channel lock that every append takes, and finds that the
 //! kept items are every record left on disk, from its cursor on, it takes
-//! them all there and then. The backlog is empty at that moment and
-//! memory opens again; the items taken are older than anything memory
-//! receives from then on, and the receiver hands them out first.
+//! them all there and then. If their frames are all in the segment the
+//! cursor is in, the backlog is empty at that moment and memory opens
+//! again (otherwise the take stops at the segment's end, and memory stays
+//! closed); the items taken are older than anything memory receives from
+//! then on, and the receiver hands them all out before it looks at
+//! memory again.
 //!
 //! The bound ([`STAGED_MAX`] items, no more than the memory bound, and
 //! [`STAGED_BYTES`] of frames) counts the items in the receiver's hands as
@@ -119,6 +122,13 @@ impl<T> Staged<T> {
         self.entries.push_back(Entry { seq, item, segment, start, end });
         self.bytes += len;
         Ok(())
+    }
+
+    /// Whether as many items are kept, here and in the receiver's hands, as
+    /// the bound allows, so that the next one cannot be: the receiver is
+    /// at least that many items behind the senders.
+    pub(crate) fn is_full(&self) -> bool {
+        self.limit > 0 && self.entries.len() + self.held.0 >= self.limit
     }
 
     /// Moves every kept item to the receiver's `kept`, behind the ones it
@@ -208,7 +218,8 @@ impl<T> Kept<T> {
     /// Moves to `out`, up to `max` of them, the kept items whose frames are
     /// the next ones under `cursor`, moving the cursor past each, and drops
     /// those of frames the cursor has passed: with no lock held but the
-    /// receiver's own.
+    /// receiver's own, or under the channel lock when
+    /// [`is_all_of`](Self::is_all_of) said so, which leaves none to drop.
     pub(crate) fn take_at(&mut self, cursor: &mut SegmentCursor, max: usize, out: &mut Numbered<T>) -> TakenKept {
         let mut taken = TakenKept { items: 0, bytes: 0, next: None };
         while taken.items < max && cursor.passable_at().is_some() && self.next_after(cursor) == Some(place_of(cursor)) {
@@ -380,5 +391,21 @@ mod tests {
         staged.keep(1, 1, 1, 16 + STAGED_BYTES - 100, 16 + STAGED_BYTES - 10).unwrap();
         assert_eq!(staged.take_all(), vec![0, 1]);
         staged.keep(2, 2, 1, 0, STAGED_BYTES).unwrap();
+    }
+
+    #[test]
+    fn the_bound_is_full_by_count_only_counting_what_the_receiver_holds() {
+        let mut staged = Staged::new(2);
+        staged.keep(0, 0, 1, 16, 26).unwrap();
+        assert!(!staged.is_full());
+        staged.hand_over(&mut Kept::default(), 1, 10);
+        assert!(staged.is_full(), "one held and one in hand");
+        assert_eq!(staged.keep(1, 1, 1, 26, 36), Err(1));
+        staged.hand_over(&mut Kept::default(), 0, 0);
+        assert!(!staged.is_full(), "the receiver handed them out");
+        let mut staged = Staged::new(2);
+        assert_eq!(staged.keep(0, 0, 1, 16, 17 + STAGED_BYTES), Err(0), "too large to keep");
+        assert!(!staged.is_full(), "a refusal for its size says nothing of the receiver");
+        assert!(!Staged::<u8>::new(0).is_full(), "a channel that keeps nothing is never behind by it");
     }
 }
