@@ -418,8 +418,9 @@ impl<T: Serialize + DeserializeOwned> Shared<T> {
             // What this batch took is in `prefetched` now (it was empty).
             state.staged.hand_over(kept, prefetched.len(), kept_bytes);
             // When the kept items are all that is left on disk, they are
-            // taken now, under the lock that the senders append under: the
-            // backlog is gone and memory opens again. Otherwise senders
+            // taken now, under the lock that the senders append under: if
+            // their frames are all in the cursor's segment, the backlog is
+            // gone and memory opens again. Otherwise senders
             // append between any two takes, and a receiver close behind
             // them never sees the backlog empty while they keep sending.
             if let Some(open) = reader.cursor() {

@@ -274,17 +274,24 @@ mod tests {
         (writer, cursor, offsets)
     }
 
-    #[test]
-    fn kept_items_are_taken_only_where_their_frames_come_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_writer, mut cursor, offsets) = segment(dir.path(), 4);
+    /// The receiver's kept items for the frames of [`segment`] from the
+    /// `first` on (item `i` numbered `10 + i`), handed over.
+    fn kept_from(offsets: &[(u64, u64)], first: u64) -> Kept<u64> {
         let mut staged = Staged::new(8);
-        // Item 0 was not kept: its frame must be read from the file first.
-        for i in 1..4 {
+        for i in first..offsets.len() as u64 {
             staged.keep(10 + i, i, 3, offsets[i as usize].0, offsets[i as usize].1).unwrap();
         }
         let mut kept = Kept::default();
         staged.hand_over(&mut kept, 0, 0);
+        kept
+    }
+
+    #[test]
+    fn kept_items_are_taken_only_where_their_frames_come_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_writer, mut cursor, offsets) = segment(dir.path(), 4);
+        // Item 0 was not kept: its frame must be read from the file first.
+        let mut kept = kept_from(&offsets, 1);
         let mut out = Numbered::default();
         assert_eq!(took(kept.take_at(&mut cursor, 8, &mut out)), (0, Some((3, offsets[1].0))), "not at the cursor yet");
         assert!(out.is_empty());
@@ -350,12 +357,7 @@ mod tests {
     fn the_kept_items_are_all_of_the_backlog_only_if_they_start_at_the_cursor_and_number_as_many() {
         let dir = tempfile::tempdir().unwrap();
         let (_writer, mut cursor, offsets) = segment(dir.path(), 3);
-        let mut staged = Staged::new(8);
-        for i in 1..3 {
-            staged.keep(10 + i, i, 3, offsets[i as usize].0, offsets[i as usize].1).unwrap();
-        }
-        let mut kept = Kept::default();
-        staged.hand_over(&mut kept, 0, 0);
+        let mut kept = kept_from(&offsets, 1);
         assert!(!kept.is_all_of(&cursor, 3), "frame 0, under the cursor, was not kept");
         assert!(!kept.is_all_of(&cursor, 2), "nor with the count of the kept ones");
         cursor.commit();
