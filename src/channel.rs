@@ -398,6 +398,7 @@ impl<T> Receiver<T> {
     /// reshard uses it to back out of a step that failed.
     pub(crate) fn crash(mut self) {
         self.closed = true;
+        self.shared.crash_receiver();
     }
 }
 

@@ -303,3 +303,51 @@ fn a_commit_that_cannot_be_recorded_is_an_error_that_loses_nothing() {
     let unique: BTreeSet<u64> = got.iter().copied().collect();
     assert!((150..200).all(|i| unique.contains(&i)), "uncommitted items lost: {got:?}");
 }
+
+/// Found by the model test under the `metrics` feature: the metrics
+/// thread holds a channel for a moment each second, and a receiver that
+/// crashed left the directory locked until that thread let go, so an open
+/// right after failed with `Locked`. Each way of letting go of the last
+/// handle must free the directory at once, whoever else holds the channel.
+#[test]
+fn the_last_handle_frees_the_directory_even_while_a_background_thread_holds_the_channel() {
+    type End = fn(Sender<u64>, Receiver<u64>);
+    let ends: [(&str, End); 4] = [
+        ("close", |tx, rx| {
+            drop(tx);
+            rx.close().unwrap();
+        }),
+        ("drop", |tx, rx| {
+            drop(tx);
+            drop(rx);
+        }),
+        ("crash", |tx, rx| {
+            drop(tx);
+            rx.crash();
+        }),
+        ("crash, then the last sender", |tx, rx| {
+            rx.crash();
+            assert!(tx.send(9).unwrap_err().is_disconnected(), "a send after the receiver crashed");
+            drop(tx);
+        }),
+    ];
+    for (how, end) in ends {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Arc::new(FaultyStorage::default());
+        let (tx, rx) = open(dir.path(), &fs, Durability::WriteAhead, SyncPolicy::Always);
+        for n in 0..5 {
+            tx.send(n).unwrap();
+        }
+        // What the metrics thread does each round.
+        let held = rx.weak_shared().upgrade().unwrap();
+        end(tx, rx);
+        let (tx, rx) = Builder::new("failures", dir.path())
+            .durability(Durability::WriteAhead)
+            .storage(Arc::clone(&fs) as Fs)
+            .open::<u64>()
+            .unwrap_or_else(|err| panic!("reopen after {how} while the channel is held: {err}"));
+        drop(held);
+        drop(tx);
+        assert_eq!(rx.iter().collect::<Vec<_>>(), (0..5).collect::<Vec<_>>(), "after {how}");
+    }
+}

@@ -54,6 +54,28 @@ impl<T> Shared<T> {
         result
     }
 
+    /// The receiver is gone as a crash would take it: nothing is written
+    /// and no progress recorded, so the next open reads again what it
+    /// read. Later sends fail and waiting senders wake, as for
+    /// [`remove_receiver`](Self::remove_receiver); with no sender left the
+    /// directory is free at once, as a dead process's is, even while a
+    /// background thread (the metrics, the interval sync) still holds the
+    /// channel for a moment.
+    pub(crate) fn crash_receiver(&self) {
+        let mut state = self.state.lock();
+        state.receiver_alive = false;
+        {
+            let mut memory = self.memory.lock();
+            Self::close_memory(&mut state, &mut memory);
+            memory.receiver_gone = true;
+        }
+        self.space.notify_all();
+        state.send_wakers.wake_all();
+        if state.senders == 0 {
+            state.disk.close();
+        }
+    }
+
     /// Writes the receiver's batch and the memory queue, oldest first, to
     /// disk, and records read progress.
     fn persist(&self, disk: &mut DiskQueue, side: &ReceiverSide<T>, memory: &Numbered<T>) -> Result<(), CloseError> {
