@@ -7,7 +7,9 @@
 //!   this without blocking forever, so only unbounded ones, std's and
 //!   crossbeam's, are compared;
 //!   hopper did not finish one iteration in 120 s on the reference machine,
-//!   so it is left out here).
+//!   so it is left out here). Beside them, the disk's floor: the same
+//!   bytes written to files, read back and deleted, with and without the
+//!   CRC32C sump checks on both sides.
 //! - W5 scale: the cost per item of spilling and draining a backlog of
 //!   10^4 and of 10^6 items of 64 bytes (10^7 with `SUMP_BENCH_LARGE=1`).
 //! - W3 contention: 4 producers x 250,000 items of 64 bytes, capacity 1,000.
@@ -106,6 +108,16 @@ fn w2_spill(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // Not channels: the floor any disk-backed channel stands on here, the
+    // same bytes as sump's records written into 8 MiB files through a
+    // 256 KiB buffer, read back the same way and deleted, without and
+    // with the CRC32C that sump's format checks on both sides.
+    for (name, crc) in [("disk_floor", false), ("disk_floor_crc32c", true)] {
+        group.bench_function(name, |b| {
+            let dir = tempfile::tempdir().unwrap();
+            b.iter(|| disk_round_trip(dir.path(), crc))
+        });
+    }
     group.bench_function("sump", |b| {
         let dir = tempfile::tempdir().unwrap();
         b.iter_batched(
@@ -122,6 +134,66 @@ fn w2_spill(c: &mut Criterion) {
         )
     });
     group.finish();
+}
+
+/// The bytes of one W2 record as sump frames it: an 8-byte header, the
+/// bincode `String` (3 bytes of length, 1,024 of text) and the 8-byte
+/// sequence number.
+const W2_RECORD_BYTES: usize = 8 + 3 + 1024 + 8;
+
+/// Writes W2's records to files in `dir`, reads them back and deletes
+/// them, checking each record's CRC32C on both sides if `crc`.
+fn disk_round_trip(dir: &std::path::Path, crc: bool) {
+    use std::io::{Read, Write};
+    const SEGMENT: usize = 8 << 20;
+    const BUFFER: usize = 256 << 10;
+    let record = vec![b'x'; W2_RECORD_BYTES];
+    let per_file = SEGMENT / W2_RECORD_BYTES;
+    let mut files = Vec::new();
+    let mut buffer = Vec::with_capacity(BUFFER);
+    let mut checks = 0u32;
+    for first in (0..W2_ITEMS).step_by(per_file) {
+        let path = dir.join(format!("{first}.seg"));
+        let mut file = std::fs::File::create(&path).unwrap();
+        for _ in first..(first + per_file).min(W2_ITEMS) {
+            if buffer.len() + W2_RECORD_BYTES > BUFFER {
+                file.write_all(&buffer).unwrap();
+                buffer.clear();
+            }
+            if crc {
+                checks ^= crc32c::crc32c(&record[4..]);
+            }
+            buffer.extend_from_slice(&record);
+        }
+        file.write_all(&buffer).unwrap();
+        buffer.clear();
+        files.push(path);
+    }
+    let mut read = vec![0u8; BUFFER];
+    let mut records = 0;
+    for path in files {
+        let mut file = std::fs::File::open(&path).unwrap();
+        let mut carried = 0;
+        loop {
+            let got = file.read(&mut read[carried..]).unwrap();
+            if got == 0 {
+                break;
+            }
+            let filled = carried + got;
+            let whole = filled / W2_RECORD_BYTES * W2_RECORD_BYTES;
+            for one in read[..whole].chunks_exact(W2_RECORD_BYTES) {
+                if crc {
+                    checks ^= crc32c::crc32c(&one[4..]);
+                }
+                records += 1;
+            }
+            read.copy_within(whole..filled, 0);
+            carried = filled - whole;
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+    assert_eq!(records, W2_ITEMS);
+    criterion::black_box(checks);
 }
 
 fn w3_contention(c: &mut Criterion) {
