@@ -225,7 +225,7 @@ impl<T> Receiver<T> {
     }
 
     /// The channel core, not kept alive by the reference.
-    #[cfg(feature = "metrics")]
+    #[cfg(any(feature = "metrics", test))]
     pub(crate) fn weak_shared(&self) -> std::sync::Weak<Shared<T>> {
         Arc::downgrade(&self.shared)
     }
