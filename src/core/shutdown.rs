@@ -4,7 +4,7 @@
 
 use std::mem;
 
-use super::{Numbered, ReceiverSide, Shared};
+use super::{Numbered, ReceiverSide, Shared, State};
 use crate::disk::DiskQueue;
 use crate::err::CloseError;
 use crate::sync::Ordering;
@@ -36,12 +36,7 @@ impl<T> Shared<T> {
             };
             let kept = state.staged.take_all();
             self.spilling.store(false, Ordering::Relaxed);
-            self.space.notify_all();
-            state.send_wakers.wake_all();
-            if state.senders == 0 {
-                // The last handle: the directory is free from now on.
-                state.disk.close();
-            }
+            self.receiver_left(&mut state);
             (memory, kept, result)
         };
         // Items are dropped outside the lock: their `Drop` may use the channel.
@@ -69,6 +64,13 @@ impl<T> Shared<T> {
             Self::close_memory(&mut state, &mut memory);
             memory.receiver_gone = true;
         }
+        self.receiver_left(&mut state);
+    }
+
+    /// The receiver is gone: waiting senders wake to fail, and with no
+    /// sender left this was the last handle, so the directory is free from
+    /// now on.
+    fn receiver_left(&self, state: &mut State<T>) {
         self.space.notify_all();
         state.send_wakers.wake_all();
         if state.senders == 0 {
